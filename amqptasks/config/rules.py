@@ -1,0 +1,247 @@
+"""Checks that need the whole configuration: references, RabbitMQ's capabilities, no-ops.
+
+Pure: reads the model, writes diagnostics. The rules target RabbitMQ 3.x (quorum queues without
+priorities, no delayed-message plugin); *rabbitmq* lets later versions relax them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TypeVar
+
+from amqptasks.broker.url import BrokerURL
+from amqptasks.config.diagnostics import Diagnostics, did_you_mean
+from amqptasks.config.model import Binding, Broker, Config, Exchange, Located, Queue, RoutingSpec
+from amqptasks.constants import DLX_EXCHANGE, MAX_PRIORITY_LIMIT, RESERVED_PREFIX, dlq_name
+
+#: Exchanges every vhost has; they may be bound from but not declared.
+BUILTIN_EXCHANGES = {
+    "amq.direct": "direct",
+    "amq.topic": "topic",
+    "amq.fanout": "fanout",
+    "amq.headers": "headers",
+    "amq.match": "headers",
+}
+
+#: Typed queue fields and the x-argument each one sets; giving both is ambiguous.
+QUEUE_ARGUMENTS = {
+    "type": "x-queue-type",
+    "max_priority": "x-max-priority",
+    "message_ttl": "x-message-ttl",
+    "expires": "x-expires",
+    "max_length": "x-max-length",
+    "max_length_bytes": "x-max-length-bytes",
+    "overflow": "x-overflow",
+    "delivery_limit": "x-delivery-limit",
+    "single_active_consumer": "x-single-active-consumer",
+    "dead_letter": "x-dead-letter-exchange",
+}
+
+# What each queue type refuses on RabbitMQ 3.10 (field → reason).
+_UNSUPPORTED: dict[str, dict[str, str]] = {
+    "quorum": {
+        "max_priority": "quorum queues have no message priorities on RabbitMQ 3.x; use a classic queue",
+        "exclusive": "quorum queues cannot be exclusive",
+        "auto_delete": "quorum queues cannot be auto-delete",
+    },
+    "stream": {
+        "max_priority": "streams have no message priorities",
+        "exclusive": "streams cannot be exclusive",
+        "auto_delete": "streams cannot be auto-delete",
+        "message_ttl": "streams have no message TTL; use arguments: {x-max-age: 7D}",
+        "expires": "streams cannot expire",
+        "dead_letter": "streams do not dead-letter",
+        "delivery_limit": "streams have no delivery limit",
+        "overflow": "streams have no overflow behaviour",
+        "max_length": "streams are limited by size; use max_length_bytes",
+        "single_active_consumer": "single active consumer needs the stream protocol on streams",
+    },
+    "classic": {"delivery_limit": "delivery_limit needs a quorum queue (type: quorum)"},
+}
+
+
+_Named = TypeVar("_Named", Exchange, Queue)
+
+
+class _Checker:
+    def __init__(self, config: Config, diags: Diagnostics, ignore: set[str]) -> None:
+        self.config = config
+        self.diags = diags
+        self.ignore = ignore
+        topology = config.topology
+        self.exchanges: dict[str, Exchange] = self._index("exchange", topology.exchanges)
+        self.queues: dict[str, Queue] = self._index("queue", topology.queues)
+        self.exchange_types = dict(BUILTIN_EXCHANGES)
+        self.exchange_types.update({e.name: e.type for e in topology.exchanges})
+        if any(q.dead_letter == "auto" for q in topology.queues):
+            self.exchange_types.setdefault(DLX_EXCHANGE, "direct")
+
+    def _index(self, kind: str, items: Iterable[_Named]) -> dict[str, _Named]:
+        into: dict[str, _Named] = {}
+        for item in items:
+            loc = item.where("name")
+            if not item.name:
+                self.diags.error(loc, f"{kind} name must not be empty")
+            elif item.name.startswith(RESERVED_PREFIX):
+                self.diags.error(loc, f"{kind} {item.name!r}: names starting with 'amq.' are reserved by RabbitMQ")
+            if item.name in into:
+                self.diags.error(loc, f"{kind} {item.name!r} is declared twice (first at {into[item.name].loc})")
+            else:
+                into[item.name] = item
+        return into
+
+    def run(self) -> None:
+        self.broker(self.config.broker)
+        for exchange in self.config.topology.exchanges:
+            self.exchange(exchange)
+        for queue in self.config.topology.queues:
+            self.queue(queue)
+            for qb in queue.bindings:
+                self.binding(qb, qb.exchange, f"queue {queue.name!r}: binding")
+        for binding in self.config.topology.bindings:
+            self.top_binding(binding)
+
+    def broker(self, broker: Broker) -> None:
+        try:
+            url = BrokerURL.parse(broker.url)
+        except ValueError as exc:
+            self.diags.error(broker.where("url"), f"broker: url: {exc}")
+            url = None
+        if broker.heartbeat < 0:
+            self.diags.error(broker.where("heartbeat"), "broker: heartbeat must be 0 (off) or a number of seconds")
+        if broker.management_url is not None and not broker.management_url.startswith(("http://", "https://")):
+            self.diags.error(broker.where("management_url"), "broker: management_url must start with http(s)://")
+        tls = broker.tls
+        if tls is None:
+            return
+        if (tls.cert_file is None) != (tls.key_file is None):
+            self.diags.error(tls.loc, "broker: tls: cert_file and key_file go together; give both or neither")
+        if not tls.verify:
+            self.diags.warning(tls.where("verify"), "broker: tls: certificate verification is OFF")
+        if url is not None and url.scheme != "amqps":
+            self.diags.warning(tls.loc, "broker: tls options are ignored for an amqp:// URL; use amqps://")
+
+    def exchange(self, exchange: Exchange) -> None:
+        what = f"exchange {exchange.name!r}"
+        if exchange.alternate_exchange is not None:
+            self.reference(exchange, "alternate_exchange", exchange.alternate_exchange, what)
+            if "alternate-exchange" in exchange.arguments:
+                self.diags.error(
+                    exchange.where("arguments"),
+                    f"{what}: alternate-exchange is set twice; keep alternate_exchange",
+                )
+
+    def queue(self, queue: Queue) -> None:
+        what = f"queue {queue.name!r}"
+        for name, reason in _UNSUPPORTED[queue.type].items():
+            value = getattr(queue, name)
+            if value not in (None, False):
+                self.diags.error(queue.where(name), f"{what}: {name}: {reason}")
+        if queue.type in ("quorum", "stream") and not queue.durable:
+            self.diags.error(queue.where("durable"), f"{what}: {queue.type} queues are always durable")
+        if queue.exclusive and queue.type == "classic":
+            self.diags.warning(
+                queue.where("exclusive"),
+                f"{what}: an exclusive queue lives only as long as the connection that declares it; "
+                "provisioning it from the YAML creates a queue that disappears at once",
+            )
+        self.limits(queue, what)
+        for field_name, argument in QUEUE_ARGUMENTS.items():
+            if argument in queue.arguments:
+                self.diags.error(
+                    queue.where("arguments"),
+                    f"{what}: arguments: {argument!r} is set by {field_name!r}; use that key",
+                )
+        dead_letter = queue.dead_letter
+        if dead_letter == "auto":
+            dlq = dlq_name(queue.name)
+            if dlq in self.queues:
+                self.diags.error(
+                    queue.where("dead_letter"),
+                    f"{what}: dead_letter: auto provisions queue {dlq!r}, which is also declared at "
+                    f"{self.queues[dlq].loc}; remove one of them",
+                )
+        elif dead_letter is not None and dead_letter.exchange != "":
+            self.reference(dead_letter, "exchange", dead_letter.exchange, f"{what}: dead_letter")
+
+    def limits(self, queue: Queue, what: str) -> None:
+        checks = (
+            ("max_priority", 1, MAX_PRIORITY_LIMIT),
+            ("message_ttl", 0, None),
+            ("expires", 1, None),
+            ("max_length", 0, None),
+            ("max_length_bytes", 0, None),
+            ("delivery_limit", 0, None),
+        )
+        for name, low, high in checks:
+            value = getattr(queue, name)
+            if value is None:
+                continue
+            if value < low or (high is not None and value > high):
+                bound = f"between {low} and {high}" if high else f"at least {low}"
+                self.diags.error(queue.where(name), f"{what}: {name} must be {bound}, got {value}")
+        if queue.max_priority is not None and 10 < queue.max_priority <= MAX_PRIORITY_LIMIT:
+            self.diags.warning(
+                queue.where("max_priority"),
+                f"{what}: max_priority {queue.max_priority}: RabbitMQ keeps a sub-queue per level; "
+                "10 or less is advised",
+            )
+
+    def top_binding(self, binding: Binding) -> None:
+        what = f"binding from {binding.exchange!r}"
+        if (binding.queue is None) == (binding.to_exchange is None):
+            self.diags.error(binding.loc, f"{what}: give exactly one destination, 'queue' or 'to_exchange'")
+            return
+        if binding.queue is not None:
+            known = binding.queue in self.queues or binding.queue in self.ignore
+            if not known and not self._is_auto_dlq(binding.queue):
+                hint = did_you_mean(binding.queue, [*self.queues, *self.ignore])
+                self.diags.error(binding.where("queue"), f"{what}: queue {binding.queue!r} is not declared{hint}")
+            self.binding(binding, binding.exchange, what)
+        else:
+            assert binding.to_exchange is not None
+            self.reference(binding, "to_exchange", binding.to_exchange, what)
+            self.binding(binding, binding.exchange, what)
+
+    def _is_auto_dlq(self, name: str) -> bool:
+        return any(q.dead_letter == "auto" and dlq_name(q.name) == name for q in self.queues.values())
+
+    def binding(self, spec: RoutingSpec, source: str, what: str) -> None:
+        if source == "":
+            self.diags.error(
+                spec.where("exchange"),
+                f"{what}: the default exchange cannot be bound; every queue is reachable through it by name",
+            )
+            return
+        if not self.reference(spec, "exchange", source, what):
+            return
+        kind = self.exchange_types[source]
+        has_key = spec.routing_key is not None or bool(spec.routing_keys)
+        key_loc = spec.where("routing_key" if spec.routing_key is not None else "routing_keys")
+        if has_key and kind in ("fanout", "headers"):
+            self.diags.warning(key_loc, f"{what}: {kind} exchange {source!r} ignores routing keys; remove it")
+        if kind != "headers" and (spec.match is not None or spec.headers):
+            where = spec.where("match" if spec.match is not None else "headers")
+            self.diags.error(where, f"{what}: match/headers only work on a headers exchange; {source!r} is {kind}")
+        if kind == "headers" and spec.match is not None and not spec.headers:
+            self.diags.warning(spec.where("match"), f"{what}: match without headers matches every message")
+        if kind in ("direct", "topic") and not has_key:
+            self.diags.warning(
+                spec.loc,
+                f"{what}: no routing_key on {kind} exchange {source!r}; only the empty key will match",
+            )
+
+    def reference(self, obj: Located, field_name: str, name: str, what: str) -> bool:
+        if name in self.exchange_types:
+            return True
+        if name in self.ignore:  # declared, but invalid: its own error was reported
+            return False
+        where = obj.where(field_name)
+        hint = did_you_mean(name, self.exchange_types)
+        self.diags.error(where, f"{what}: exchange {name!r} is not declared{hint}")
+        return False
+
+
+def check(config: Config, diags: Diagnostics, ignore: set[str] | None = None) -> None:
+    """Record every rule *config* breaks; *ignore* names objects that failed to convert."""
+    _Checker(config, diags, ignore or set()).run()
