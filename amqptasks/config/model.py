@@ -96,7 +96,7 @@ class RoutingSpec(Located):
         default_factory=dict, metadata=_doc("Extra binding arguments, passed as they are.")
     )
 
-    def keys(self) -> tuple[str, ...]:
+    def binding_keys(self) -> tuple[str, ...]:
         """Every binding key; one empty key when none is given (fanout, headers)."""
         if self.routing_key is not None:
             return (self.routing_key, *self.routing_keys)

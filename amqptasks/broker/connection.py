@@ -1,0 +1,183 @@
+"""pika connection parameters from a ``BrokerURL``, TLS options, and a connect helper that wraps pika's errors."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pika
+import pika.exceptions
+
+from amqptasks import errors
+from amqptasks.broker.url import BrokerURL
+
+__all__ = ["TLSOptions", "open_blocking", "pika_parameters"]
+
+_CONNECT_HINT = "is RabbitMQ running? set AMQPTASKS_BROKER_URL or --broker"
+
+
+@dataclass(frozen=True)
+class TLSOptions:
+    """TLS settings for ``amqps://``. Verification is on unless ``verify=False``."""
+
+    ca_file: str | None = None  # None: the system's trusted CAs
+    cert_file: str | None = None  # client certificate (PEM), for mutual TLS
+    key_file: str | None = None  # its key, when not inside cert_file
+    verify: bool = True
+    server_hostname: str | None = None  # SNI and the name checked in the certificate; default: the URL's host
+
+    def __post_init__(self) -> None:
+        if self.key_file and not self.cert_file:
+            raise ValueError("TLS key_file given without cert_file")
+
+    def ssl_context(self) -> ssl.SSLContext:
+        try:
+            # create_default_context: CERT_REQUIRED, check_hostname, modern protocol versions.
+            context = ssl.create_default_context(cafile=self.ca_file)
+            if not self.verify:
+                context.check_hostname = False  # must be turned off before verify_mode
+                context.verify_mode = ssl.CERT_NONE
+            if self.cert_file:
+                context.load_cert_chain(self.cert_file, self.key_file)
+        except (OSError, ssl.SSLError) as exc:
+            files = ", ".join(f for f in (self.ca_file, self.cert_file, self.key_file) if f)
+            raise errors.ConnectionError(f"cannot set up TLS from {files or 'the system CAs'}: {exc}") from None
+        return context
+
+    @classmethod
+    def from_query(cls, query: Mapping[str, str]) -> TLSOptions:
+        """TLS options from RabbitMQ's documented URI query parameters (cacertfile, certfile, keyfile,
+        verify=verify_peer|verify_none, server_name_indication)."""
+        verify = query.get("verify", "verify_peer")
+        if verify not in ("verify_peer", "verify_none"):
+            raise ValueError(f"URL query verify={verify!r}: expected verify_peer or verify_none")
+        return cls(
+            ca_file=query.get("cacertfile"),
+            cert_file=query.get("certfile"),
+            key_file=query.get("keyfile"),
+            verify=verify == "verify_peer",
+            server_hostname=query.get("server_name_indication"),
+        )
+
+
+# URL query parameter -> (pika ConnectionParameters keyword, conversion).
+_QUERY_OPTIONS: dict[str, tuple[str, Any]] = {
+    "heartbeat": ("heartbeat", int),
+    "channel_max": ("channel_max", int),
+    "frame_max": ("frame_max", int),
+    "connection_attempts": ("connection_attempts", int),
+    "retry_delay": ("retry_delay", float),
+    "socket_timeout": ("socket_timeout", float),
+    # RabbitMQ's own name (URI query parameters guide) is in milliseconds.
+    "connection_timeout": ("socket_timeout", lambda ms: int(ms) / 1000),
+    "stack_timeout": ("stack_timeout", float),
+    "blocked_connection_timeout": ("blocked_connection_timeout", float),
+    "locale": ("locale", str),
+}
+_TLS_QUERY = frozenset({"cacertfile", "certfile", "keyfile", "verify", "server_name_indication"})
+
+
+def _query_options(url: BrokerURL) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for key, value in url.query.items():
+        if key in _TLS_QUERY:
+            continue
+        if key not in _QUERY_OPTIONS:
+            known = ", ".join(sorted([*_QUERY_OPTIONS, *_TLS_QUERY]))
+            raise ValueError(f"broker URL {url.masked()}: unknown query parameter {key!r} (known: {known})")
+        name, convert = _QUERY_OPTIONS[key]
+        try:
+            options[name] = convert(value)
+        except ValueError:
+            raise ValueError(f"broker URL {url.masked()}: invalid value {value!r} for {key!r}") from None
+    return options
+
+
+def pika_parameters(
+    url: BrokerURL,
+    *,
+    heartbeat: int | None = None,
+    connection_name: str | None = None,
+    tls: TLSOptions | None = None,
+    blocked_connection_timeout: float = 30.0,
+) -> pika.ConnectionParameters:
+    """pika parameters for ``url``.
+
+    Precedence: explicit keyword arguments, then the URL's query parameters, then pika's defaults. The
+    exception is ``blocked_connection_timeout``, whose keyword is only a default: a value in the URL wins.
+    ``amqps://`` always gets TLS, verifying against the system CAs unless ``tls`` (or the URL query) says
+    otherwise.
+    """
+    options = _query_options(url)
+    options.setdefault("blocked_connection_timeout", blocked_connection_timeout)
+    if heartbeat is not None:
+        options["heartbeat"] = heartbeat
+    if connection_name is not None:
+        # Shown as the connection's name in the management UI and `rabbitmqctl list_connections`.
+        options["client_properties"] = {"connection_name": connection_name}
+    if url.scheme == "amqps":
+        tls = tls or TLSOptions.from_query(url.query)
+        options["ssl_options"] = pika.SSLOptions(tls.ssl_context(), tls.server_hostname or url.host)
+    elif tls is not None:
+        raise ValueError(f"TLS options given for {url.masked()}: use an amqps:// URL to connect with TLS")
+    return pika.ConnectionParameters(
+        host=url.host,
+        port=url.port,
+        virtual_host=url.vhost,
+        credentials=pika.PlainCredentials(url.username, url.password),
+        **options,
+    )
+
+
+def open_blocking(
+    url: BrokerURL,
+    *,
+    heartbeat: int | None = None,
+    connection_name: str | None = None,
+    tls: TLSOptions | None = None,
+    blocked_connection_timeout: float = 30.0,
+) -> pika.BlockingConnection:
+    """Connect to ``url``; any failure becomes ``amqptasks.errors.ConnectionError`` naming the masked URL."""
+    parameters = pika_parameters(
+        url,
+        heartbeat=heartbeat,
+        connection_name=connection_name,
+        tls=tls,
+        blocked_connection_timeout=blocked_connection_timeout,
+    )
+    try:
+        return pika.BlockingConnection(parameters)
+    except pika.exceptions.ProbableAuthenticationError:
+        raise errors.ConnectionError(
+            f"cannot connect to {url.masked()}: authentication failed (check the user and password)"
+        ) from None
+    except pika.exceptions.ProbableAccessDeniedError:
+        raise errors.ConnectionError(
+            f"cannot connect to {url.masked()}: access to vhost {url.vhost!r} refused "
+            f"(does it exist, and does user {url.username!r} have permissions on it?)"
+        ) from None
+    except (pika.exceptions.AMQPError, OSError) as exc:
+        raise errors.ConnectionError(f"cannot connect to {url.masked()}: {_describe(exc)} ({_CONNECT_HINT})") from None
+
+
+def _describe(exc: BaseException) -> str:
+    # pika nests the cause: AMQPConnectionError(AMQPConnectorSocketConnectError(ConnectionRefusedError(...))).
+    for _ in range(5):
+        inner = getattr(exc, "exception", None) or (exc.args[0] if exc.args else None)
+        if not isinstance(inner, BaseException):
+            break
+        exc = inner
+    if isinstance(exc, socket.gaierror):
+        return f"unknown host ({exc.strerror})"
+    if isinstance(exc, pika.exceptions.IncompatibleProtocolError):
+        return "the server did not speak AMQP 0-9-1 (wrong port?)"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed ({getattr(exc, 'verify_message', None) or exc.reason or exc})"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__

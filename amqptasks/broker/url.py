@@ -1,0 +1,198 @@
+"""Broker URLs (RabbitMQ URI spec) and password masking. Pure: no I/O, no pika.
+
+Spec: https://www.rabbitmq.com/docs/uri-spec -- ``amqp[s]://user:pass@host:port/vhost?query``, where the vhost is
+the single path segment, percent-decoded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from urllib.parse import parse_qsl, quote, unquote, urlencode
+
+from amqptasks.constants import MANAGEMENT_PORT, MANAGEMENT_TLS_PORT
+
+__all__ = ["BrokerURL", "mask_url"]
+
+_DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671}
+_DEFAULT_HOST = "localhost"
+_DEFAULT_CREDENTIAL = "guest"
+_DEFAULT_VHOST = "/"
+_MASK = "****"
+_SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+_SHAPE = "expected amqp://user:password@host:port/vhost"
+
+
+@dataclass(frozen=True, repr=False)
+class BrokerURL:
+    """A parsed ``amqp://`` or ``amqps://`` URL. ``repr()`` and ``str()`` never show the password."""
+
+    scheme: str
+    host: str
+    port: int
+    username: str
+    password: str
+    vhost: str
+    # Not hashed: a mapping is unhashable; equal URLs still hash equally through the other fields.
+    query: Mapping[str, str] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        if self.scheme not in _DEFAULT_PORTS:
+            raise ValueError(f"unsupported broker URL scheme {self.scheme!r}: expected 'amqp' or 'amqps'")
+        if not 0 < self.port < 65536:
+            raise ValueError(f"broker port {self.port} is out of range 1-65535")
+        # Copy so the caller's dict cannot mutate a frozen URL behind its back.
+        object.__setattr__(self, "query", MappingProxyType(dict(self.query)))
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerURL:
+        """Parse ``url``; ``ValueError`` (never showing the password) when it is not a valid broker URL."""
+        if not isinstance(url, str):
+            raise ValueError(f"broker URL must be a string, not {type(url).__name__}")
+        url = url.strip()
+        scheme, sep, rest = url.partition("://")
+        if not sep:
+            raise ValueError(f"broker URL must start with amqp:// or amqps:// ({_SHAPE})")
+        if scheme.lower() not in _DEFAULT_PORTS:
+            shown = repr(scheme) if _SCHEME_RE.fullmatch(scheme) else "(unreadable)"
+            raise ValueError(f"unsupported broker URL scheme {shown}: expected amqp:// or amqps://")
+        scheme = scheme.lower()
+
+        end = _authority_end(rest)
+        authority, remainder = rest[:end], rest[end:]
+        if "@" not in authority and "@" in remainder and ":" in authority:
+            # Most likely a password holding an unencoded '/', '?' or '#' that cut the authority short; any
+            # detail we could show (the "port", the "vhost") would be a piece of that password.
+            raise ValueError(
+                "cannot parse the broker URL: the password seems to contain an unencoded '/', '?' or '#' "
+                "(percent-encode it, e.g. urllib.parse.quote(password, safe='')); "
+                "an '@' in the vhost must be written %40"
+            )
+        shown = mask_url(url)  # safe from here on: any password sits before the last '@'
+
+        userinfo, at, hostport = authority.rpartition("@")
+        username = password = _DEFAULT_CREDENTIAL
+        if at:
+            user_part, colon, pass_part = userinfo.partition(":")
+            username = unquote(user_part)
+            if colon:
+                password = unquote(pass_part)
+
+        host, port = _split_hostport(hostport, scheme, shown)
+
+        path, _, query_string = remainder.partition("?")
+        if "#" in query_string or "#" in path:
+            raise ValueError(f"broker URL {shown} has a '#fragment', which means nothing for AMQP")
+        if path.count("/") > 1:
+            raise ValueError(
+                f"broker URL {shown}: the vhost must be a single path segment; write a '/' inside the vhost name as %2F"
+            )
+        # The spec distinguishes an absent vhost ("amqp://host") from an empty one ("amqp://host/" -> "").
+        # We map both to RabbitMQ's default vhost "/", like pika and the Java client do: a vhost named ""
+        # cannot even be addressed through the management HTTP API, so it is never what the user meant.
+        vhost = unquote(path[1:]) or _DEFAULT_VHOST
+        return cls(
+            scheme=scheme,
+            host=host,
+            port=port,
+            username=username,
+            password=password,
+            vhost=vhost,
+            query=_parse_query(query_string, shown),
+        )
+
+    def to_url(self) -> str:
+        """The full URL, password included; ``parse(u.to_url()) == u``."""
+        return self._format(quote(self.password, safe=""))
+
+    def masked(self) -> str:
+        """The URL with the password replaced by ``****``: safe for logs and error messages."""
+        return self._format(_MASK)
+
+    def with_vhost(self, vhost: str) -> BrokerURL:
+        return dataclasses.replace(self, vhost=vhost)
+
+    def management_url(self) -> str:
+        """Base URL of the management HTTP API on the same host (default ports; no credentials)."""
+        if self.scheme == "amqps":
+            return f"https://{_format_host(self.host)}:{MANAGEMENT_TLS_PORT}"
+        return f"http://{_format_host(self.host)}:{MANAGEMENT_PORT}"
+
+    def _format(self, password: str) -> str:
+        query = f"?{urlencode(list(self.query.items()))}" if self.query else ""
+        return (
+            f"{self.scheme}://{quote(self.username, safe='')}:{password}@{_format_host(self.host)}:{self.port}"
+            f"/{quote(self.vhost, safe='')}{query}"
+        )
+
+    def __repr__(self) -> str:
+        return f"BrokerURL({self.masked()!r})"
+
+    def __str__(self) -> str:
+        return self.masked()
+
+
+def _authority_end(rest: str) -> int:
+    positions = [i for i in (rest.find(c) for c in "/?#") if i >= 0]
+    return min(positions, default=len(rest))
+
+
+def _split_hostport(hostport: str, scheme: str, shown: str) -> tuple[str, int]:
+    if hostport.startswith("["):  # IPv6 literal: amqp://[::1]:5672
+        close = hostport.find("]")
+        if close < 0:
+            raise ValueError(f"broker URL {shown}: unterminated IPv6 address (missing ']')")
+        host, port_text = hostport[1:close], hostport[close + 1 :]
+        if port_text and not port_text.startswith(":"):
+            raise ValueError(f"broker URL {shown}: unexpected text after the IPv6 address")
+        port_text = port_text[1:]
+    else:
+        host_part, _, port_text = hostport.partition(":")
+        host = unquote(host_part)
+    if not port_text:  # absent (or empty, "host:") port: the scheme's IANA port, per the spec
+        port = _DEFAULT_PORTS[scheme]
+    elif port_text.isascii() and port_text.isdigit() and 0 < int(port_text) < 65536:
+        port = int(port_text)
+    else:
+        raise ValueError(f"broker URL {shown}: invalid port {port_text!r} (expected a number 1-65535)")
+    return host or _DEFAULT_HOST, port
+
+
+def _parse_query(query_string: str, shown: str) -> dict[str, str]:
+    query: dict[str, str] = {}
+    for key, value in parse_qsl(query_string, keep_blank_values=True):
+        if key in query:
+            raise ValueError(f"broker URL {shown}: query parameter {key!r} is given more than once")
+        query[key] = value
+    return query
+
+
+def _format_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``****``; works on any scheme and never raises.
+
+    Errs on the side of hiding too much: the password is taken to run up to the *last* '@', so a password
+    holding an unencoded '/', '@' or '#' is still hidden (an '@' later in the path or query may then hide
+    the host too).
+    """
+    try:
+        text = str(url)
+        start = text.find("://")
+        if start <= 0:
+            return text
+        start += 3
+        at = text.rfind("@", start)
+        if at < 0:
+            return text
+        username, colon, password = text[start:at].partition(":")
+        if not colon or not password or any(c in username for c in "/?#"):
+            return text
+        return f"{text[:start]}{username}:{_MASK}{text[at:]}"
+    except Exception:  # pragma: no cover - defensive: a masking helper must never mask the real error
+        return "<unprintable URL>"

@@ -1,0 +1,64 @@
+"""How the CLI talks: diagnostics, plans and JSON. Colour only on a terminal (click strips it otherwise)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+import click
+
+from amqptasks.config.diagnostics import Diagnostic
+from amqptasks.topology.plan import Change, Plan
+
+_MARKS = {
+    "create": ("+", "green"),
+    "unchanged": ("=", None),
+    "ensure": ("~", "cyan"),
+    "conflict": ("!", "red"),
+    "delete": ("-", "yellow"),
+}
+
+
+def echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def diagnostics(items: Iterable[Diagnostic]) -> None:
+    for d in items:
+        colour = "yellow" if d.severity == "warning" else "red"
+        click.secho(str(d), fg=colour, err=True)
+
+
+def error(message: str) -> None:
+    click.secho(f"error: {message}", fg="red", err=True)
+
+
+def change_line(change: Change) -> str:
+    mark, colour = _MARKS[change.action]
+    text = f"  {mark} {change.action:<9} {change.describe()}"
+    return click.style(text, fg=colour, dim=change.action == "unchanged")
+
+
+def plan(the_plan: Plan, where: str) -> None:
+    click.echo(f"plan for {where} (read through the {the_plan.source}):")
+    for change in the_plan.changes:
+        click.echo(change_line(change))
+    for note in the_plan.notes:
+        click.secho(f"note: {note}", dim=True)
+    summary = the_plan.summary() or "nothing declared"
+    if not the_plan.has_changes:
+        summary += " - nothing to change"
+    click.echo(summary)
+
+
+def plan_json(the_plan: Plan, where: str) -> None:
+    echo_json(
+        {
+            "broker": where,
+            "source": the_plan.source,
+            "has_changes": the_plan.has_changes,
+            "changes": [c.as_dict() for c in the_plan.changes],
+            "notes": list(the_plan.notes),
+        }
+    )

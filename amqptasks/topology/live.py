@@ -1,0 +1,75 @@
+"""Plan and provision a configuration against the live broker it names."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from amqptasks.broker.connection import TLSOptions, open_blocking
+from amqptasks.broker.management import ManagementClient
+from amqptasks.broker.url import BrokerURL
+from amqptasks.config.model import Broker, Config
+from amqptasks.errors import BrokerError, ManagementAPIError
+from amqptasks.topology.apply import ApplyResult, apply_plan
+from amqptasks.topology.desired import desired
+from amqptasks.topology.observe import observe_http, probe_plan
+from amqptasks.topology.plan import Plan, make_plan
+
+
+def tls_options(broker: Broker) -> TLSOptions | None:
+    tls = broker.tls
+    if tls is None:
+        return None
+    return TLSOptions(tls.ca_file, tls.cert_file, tls.key_file, tls.verify, tls.server_hostname)
+
+
+def _connect(broker: Broker, purpose: str):  # type: ignore[no-untyped-def]
+    url = BrokerURL.parse(broker.url)
+    name = broker.connection_name or f"amqptasks {purpose}"
+    return open_blocking(url, heartbeat=broker.heartbeat, connection_name=name, tls=tls_options(broker))
+
+
+@dataclass(frozen=True)
+class Reader:
+    """How the broker was read; the management API when reachable, else AMQP probing."""
+
+    management: ManagementClient | None
+    vhost: str
+
+
+def management_client(broker: Broker) -> ManagementClient | None:
+    url = BrokerURL.parse(broker.url)
+    client = ManagementClient.for_broker(url, broker.management_url)
+    return client if client.is_reachable() else None
+
+
+def plan(config: Config, *, prune: bool = False, use_management: bool = True) -> Plan:
+    """What ``apply`` would do. Reads through the management API when reachable, else probes over AMQP."""
+    want = desired(config.topology)
+    client = management_client(config.broker) if use_management else None
+    vhost = BrokerURL.parse(config.broker.url).vhost
+    if client is not None:
+        try:
+            return make_plan(want, observe_http(client, vhost), prune=prune)
+        except ManagementAPIError as exc:
+            if exc.status not in (None, 401, 403):
+                raise
+    if prune:
+        raise BrokerError(
+            "--prune needs the management API to list what the vhost holds; enable it with "
+            "'rabbitmq-plugins enable rabbitmq_management' or set broker.management_url"
+        )
+    connection = _connect(config.broker, "plan")
+    try:
+        return probe_plan(want, connection)
+    finally:
+        connection.close()
+
+
+def provision(config: Config, *, prune: bool = False) -> tuple[Plan, ApplyResult]:
+    """Check every object against the broker; if nothing conflicts, make the missing ones."""
+    the_plan = plan(config, prune=prune)
+    connection = _connect(config.broker, "provision")
+    try:
+        return the_plan, apply_plan(the_plan, connection)
+    finally:
+        connection.close()
