@@ -1,0 +1,127 @@
+"""The documentation tells the truth: the YAML reference is generated from the model, and its examples load."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import shutil
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import yaml
+
+from amqptasks.config import check_file, check_text
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+PAGES = sorted(DOCS.glob("*.md"))
+_YAML_BLOCK = re.compile(r"^```yaml\n(.*?)^```", re.DOTALL | re.MULTILINE)
+
+
+def load_generator() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("gen_reference", DOCS / "gen_reference.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def yaml_blocks() -> list[tuple[str, str]]:
+    """(``page.md:line``, text) of every YAML code block in docs/*.md."""
+    blocks = []
+    for page in PAGES:
+        text = page.read_text(encoding="utf-8")
+        for match in _YAML_BLOCK.finditer(text):
+            line = text.count("\n", 0, match.start()) + 2  # the block's first line, after the fence
+            blocks.append((f"{page.name}:{line}", match.group(1)))
+    return blocks
+
+
+def quickstart() -> str:
+    return (DOCS / "quickstart.md").read_text(encoding="utf-8")
+
+
+VALIDATED = [(where, text) for where, text in yaml_blocks() if re.match(r"# validate\b", text)]
+
+
+def test_yaml_reference_is_generated_from_the_current_model() -> None:
+    generator = load_generator()
+
+    expected = generator.render()
+
+    actual = (DOCS / "yaml-reference.md").read_text(encoding="utf-8")
+    assert actual == expected, "docs/yaml-reference.md is stale: run python docs/gen_reference.py"
+
+
+def test_generator_check_mode_fails_on_a_stale_file_and_passes_once_rewritten(tmp_path: Path) -> None:
+    generator = load_generator()
+    target = tmp_path / "yaml-reference.md"
+    target.write_text("stale\n", encoding="utf-8")
+
+    stale = generator.main(["--check", "-o", str(target)])
+    generator.main(["-o", str(target)])
+    fresh = generator.main(["--check", "-o", str(target)])
+
+    assert (stale, fresh) == (1, 0)
+
+
+def test_reference_documents_every_queue_key() -> None:
+    text = (DOCS / "yaml-reference.md").read_text(encoding="utf-8")
+
+    for key in ("max_priority", "message_ttl", "delivery_limit", "dead_letter", "alternate_exchange", "to_exchange"):
+        assert f"| `{key}` |" in text
+
+
+def test_docs_have_validated_yaml_examples() -> None:
+    pages = {where.split(":")[0] for where, _ in VALIDATED}
+
+    assert {"quickstart.md", "yaml-reference.md"} <= pages
+
+
+@pytest.mark.parametrize(("where", "text"), yaml_blocks(), ids=[where for where, _ in yaml_blocks()])
+def test_every_yaml_example_is_well_formed_yaml(where: str, text: str) -> None:
+    yaml.safe_load(text)
+
+
+@pytest.mark.parametrize(("where", "text"), VALIDATED, ids=[where for where, _ in VALIDATED])
+def test_yaml_example_marked_validate_loads_without_errors_or_warnings(where: str, text: str) -> None:
+    config, diags = check_text(text, where, env={})
+
+    assert [str(d) for d in diags.items] == []
+    assert config is not None
+
+
+def test_quickstart_validation_error_is_what_validate_reports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given config/app.yaml with the typo the quickstart shows, at the line it names
+    documented = re.search(
+        r"^(config/app\.yaml:(\d+):\d+: queue 'billing': unknown key 'max_prority'.*)$",
+        quickstart(),
+        re.MULTILINE,
+    )
+    assert documented is not None
+    shutil.copytree(ROOT / "config", tmp_path / "config")
+    app = tmp_path / "config" / "app.yaml"
+    lines = app.read_text(encoding="utf-8").splitlines(keepends=True)
+    line = int(documented.group(2))
+    assert "max_priority:" in lines[line - 1], f"the quickstart's typo example names config/app.yaml:{line}"
+    lines[line - 1] = lines[line - 1].replace("max_priority:", "max_prority:")
+    app.write_text("".join(lines), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+
+    # When it is validated
+    _, diags = check_file("config/app.yaml", env={})
+
+    # Then the error is the one documented, word for word
+    assert [str(d) for d in diags.errors] == [documented.group(1)]
+
+
+def test_quickstart_conflict_example_points_at_billings_max_priority() -> None:
+    documented = re.findall(r"x-max-priority is 5 on the broker, 10 in config/app\.yaml:(\d+)", quickstart())
+    config, _ = check_file(ROOT / "config" / "app.yaml", env={})
+    assert config is not None
+    billing = next(q for q in config.topology.queues if q.name == "billing")
+
+    assert documented
+    assert {int(line) for line in documented} == {billing.where("max_priority").line}
+    assert billing.max_priority == 10
