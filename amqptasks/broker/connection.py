@@ -6,13 +6,12 @@ import socket
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import pika
 import pika.exceptions
 
 from amqptasks import errors
-from amqptasks.broker.url import BrokerURL
+from amqptasks.broker.url import BrokerURL, query_options
 
 __all__ = ["TLSOptions", "open_blocking", "pika_parameters"]
 
@@ -63,39 +62,6 @@ class TLSOptions:
         )
 
 
-# URL query parameter -> (pika ConnectionParameters keyword, conversion).
-_QUERY_OPTIONS: dict[str, tuple[str, Any]] = {
-    "heartbeat": ("heartbeat", int),
-    "channel_max": ("channel_max", int),
-    "frame_max": ("frame_max", int),
-    "connection_attempts": ("connection_attempts", int),
-    "retry_delay": ("retry_delay", float),
-    "socket_timeout": ("socket_timeout", float),
-    # RabbitMQ's own name (URI query parameters guide) is in milliseconds.
-    "connection_timeout": ("socket_timeout", lambda ms: int(ms) / 1000),
-    "stack_timeout": ("stack_timeout", float),
-    "blocked_connection_timeout": ("blocked_connection_timeout", float),
-    "locale": ("locale", str),
-}
-_TLS_QUERY = frozenset({"cacertfile", "certfile", "keyfile", "verify", "server_name_indication"})
-
-
-def _query_options(url: BrokerURL) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    for key, value in url.query.items():
-        if key in _TLS_QUERY:
-            continue
-        if key not in _QUERY_OPTIONS:
-            known = ", ".join(sorted([*_QUERY_OPTIONS, *_TLS_QUERY]))
-            raise ValueError(f"broker URL {url.masked()}: unknown query parameter {key!r} (known: {known})")
-        name, convert = _QUERY_OPTIONS[key]
-        try:
-            options[name] = convert(value)
-        except ValueError:
-            raise ValueError(f"broker URL {url.masked()}: invalid value {value!r} for {key!r}") from None
-    return options
-
-
 def pika_parameters(
     url: BrokerURL,
     *,
@@ -111,7 +77,7 @@ def pika_parameters(
     ``amqps://`` always gets TLS, verifying against the system CAs unless ``tls`` (or the URL query) says
     otherwise.
     """
-    options = _query_options(url)
+    options = query_options(url)
     options.setdefault("blocked_connection_timeout", blocked_connection_timeout)
     if heartbeat is not None:
         options["heartbeat"] = heartbeat
@@ -141,13 +107,16 @@ def open_blocking(
     blocked_connection_timeout: float = 30.0,
 ) -> pika.BlockingConnection:
     """Connect to ``url``; any failure becomes ``amqptasks.errors.ConnectionError`` naming the masked URL."""
-    parameters = pika_parameters(
-        url,
-        heartbeat=heartbeat,
-        connection_name=connection_name,
-        tls=tls,
-        blocked_connection_timeout=blocked_connection_timeout,
-    )
+    try:
+        parameters = pika_parameters(
+            url,
+            heartbeat=heartbeat,
+            connection_name=connection_name,
+            tls=tls,
+            blocked_connection_timeout=blocked_connection_timeout,
+        )
+    except ValueError as exc:  # a bad URL query parameter, or TLS options for an amqp:// URL
+        raise errors.ConnectionError(str(exc)) from None
     try:
         return pika.BlockingConnection(parameters)
     except pika.exceptions.ProbableAuthenticationError:

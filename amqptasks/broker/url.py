@@ -11,11 +11,12 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode
 
 from amqptasks.constants import MANAGEMENT_PORT, MANAGEMENT_TLS_PORT
 
-__all__ = ["BrokerURL", "mask_url"]
+__all__ = ["BrokerURL", "mask_url", "query_options"]
 
 _DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671}
 _DEFAULT_HOST = "localhost"
@@ -196,3 +197,40 @@ def mask_url(url: str) -> str:
         return f"{text[:start]}{username}:{_MASK}{text[at:]}"
     except Exception:  # pragma: no cover - defensive: a masking helper must never mask the real error
         return "<unprintable URL>"
+
+
+# URL query parameter -> (pika ConnectionParameters keyword, conversion).
+_QUERY_OPTIONS: dict[str, tuple[str, Any]] = {
+    "heartbeat": ("heartbeat", int),
+    "channel_max": ("channel_max", int),
+    "frame_max": ("frame_max", int),
+    "connection_attempts": ("connection_attempts", int),
+    "retry_delay": ("retry_delay", float),
+    "socket_timeout": ("socket_timeout", float),
+    # RabbitMQ's own name (URI query parameters guide) is in milliseconds.
+    "connection_timeout": ("socket_timeout", lambda ms: int(ms) / 1000),
+    "stack_timeout": ("stack_timeout", float),
+    "blocked_connection_timeout": ("blocked_connection_timeout", float),
+    "locale": ("locale", str),
+}
+_TLS_QUERY = frozenset({"cacertfile", "certfile", "keyfile", "verify", "server_name_indication"})
+
+
+def query_options(url: BrokerURL) -> dict[str, Any]:
+    """The URL's query as pika connection options; ``ValueError`` names an unknown or invalid one."""
+    options: dict[str, Any] = {}
+    verify = url.query.get("verify", "verify_peer")
+    if verify not in ("verify_peer", "verify_none"):
+        raise ValueError(f"broker URL {url.masked()}: verify={verify!r}: expected verify_peer or verify_none")
+    for key, value in url.query.items():
+        if key in _TLS_QUERY:
+            continue
+        if key not in _QUERY_OPTIONS:
+            known = ", ".join(sorted([*_QUERY_OPTIONS, *_TLS_QUERY]))
+            raise ValueError(f"broker URL {url.masked()}: unknown query parameter {key!r} (known: {known})")
+        name, convert = _QUERY_OPTIONS[key]
+        try:
+            options[name] = convert(value)
+        except ValueError:
+            raise ValueError(f"broker URL {url.masked()}: invalid value {value!r} for {key!r}") from None
+    return options

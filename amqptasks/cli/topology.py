@@ -40,12 +40,13 @@ def validate(config_path: str | None, broker_url: str | None, as_json: bool) -> 
         output.diagnostics(diags.items)
     if diags.errors or config is None:
         if not as_json:
-            click.secho(f"{path}: {len(diags.errors)} error(s)", fg="red", err=True)
+            count = len(diags.errors)
+            click.secho(f"{path}: {count} error{'s' if count != 1 else ''}", fg="red", err=True)
         raise SystemExit(EXIT_INVALID)
     if not as_json:
-        t = config.topology
-        bindings = len(topo.desired(t).bindings)
-        click.echo(f"{path}: valid ({len(t.exchanges)} exchanges, {len(t.queues)} queues, {bindings} bindings)")
+        want = topo.desired(config.topology)  # counts include what dead_letter: auto provisions
+        counts = f"{len(want.exchanges)} exchanges, {len(want.queues)} queues, {len(want.bindings)} bindings"
+        click.echo(f"{path}: valid ({counts})")
 
 
 @topology_group.command()
@@ -57,6 +58,11 @@ def plan(config_path: str | None, broker_url: str | None, prune: bool, detailed_
     """Show what `apply` would create, what is unchanged and what conflicts."""
     try:
         config = load(config_path, broker_url)
+    except click.UsageError as exc:
+        if not detailed_exitcode:
+            raise
+        exc.show()
+        raise SystemExit(EXIT_ERROR) from None  # 2 would mean "changes pending"
     except SystemExit as exc:
         raise SystemExit(EXIT_ERROR if detailed_exitcode else exc.code) from None
     the_plan = topo.plan(config, prune=prune)
@@ -96,7 +102,7 @@ def export(config_path: str | None, broker_url: str | None, fmt: str, out: str |
         click.secho(f"warning: {warning}", fg="yellow", err=True)
     text = json.dumps(definitions.document, indent=2) + "\n"
     if out:
-        Path(out).write_text(text, encoding="utf-8")
+        _write(out, text.encode())
         click.echo(f"wrote {fmt} for vhost {target!r} to {out}", err=True)
     else:
         click.echo(text, nl=False)
@@ -113,8 +119,7 @@ def graph(config_path: str | None, broker_url: str | None, fmt: str, out: str | 
     config = load(config_path, broker_url, quiet_warnings=True)
     drawing = render(topo.desired(config.topology), cast(Format, fmt))
     if out:
-        data = drawing if isinstance(drawing, bytes) else drawing.encode()
-        Path(out).write_bytes(data)
+        _write(out, drawing if isinstance(drawing, bytes) else drawing.encode())
         click.echo(f"wrote {fmt} graph to {out}", err=True)
     elif isinstance(drawing, bytes):
         if sys.stdout.isatty():
@@ -122,6 +127,13 @@ def graph(config_path: str | None, broker_url: str | None, fmt: str, out: str | 
         sys.stdout.buffer.write(drawing)
     else:
         click.echo(drawing, nl=not drawing.endswith("\n"))
+
+
+def _write(path: str, data: bytes) -> None:
+    try:
+        Path(path).write_bytes(data)
+    except OSError as exc:
+        raise click.FileError(path, exc.strerror) from None
 
 
 @topology_group.command("schema")

@@ -15,7 +15,7 @@ from typing import Any, NoReturn, TypeVar, get_args, get_origin, get_type_hints
 
 from amqptasks.config.diagnostics import Diagnostics, did_you_mean
 from amqptasks.config.model import Unit
-from amqptasks.config.nodes import Node
+from amqptasks.config.nodes import INVALID, Node
 
 T = TypeVar("T")
 
@@ -47,7 +47,9 @@ def type_name(tp: Any) -> str:
     if origin in (typing.Union, types.UnionType):
         return " or ".join(type_name(a) for a in args if a is not type(None))
     if origin is tuple:
-        return f"a list of {type_name(args[0])}"
+        item = type_name(args[0])
+        plural = {"a string": "strings", "a mapping": "mappings", "an integer": "integers"}.get(item, item)
+        return f"a list of {plural}"
     if origin in (dict, Mapping) or tp is Mapping:
         return "a mapping"
     if dataclasses.is_dataclass(tp):
@@ -79,8 +81,11 @@ def label_of(cls: type, node: Node, key: str, owner: str) -> str:
 class Converter:
     def __init__(self, diags: Diagnostics) -> None:
         self.diags = diags
-        #: Names of objects that failed to convert: rules must not call references to them undeclared.
-        self.failed_names: set[str] = set()
+        #: Names of objects that failed to convert, by kind ("exchange", "queue"): rules must not call
+        #: references to them undeclared.
+        self.failed_names: dict[str, set[str]] = {}
+        #: ids of the nodes of objects that failed to convert, so that the rest can still be checked.
+        self.failed_nodes: set[int] = set()
 
     def object(self, cls: type[T], node: Node, what: str) -> T | None:
         """Build dataclass *cls* from a mapping node; *what* names it in messages (``queue 'billing'``)."""
@@ -90,36 +95,48 @@ class Converter:
         hints = get_type_hints(cls, include_extras=True)
         fields = {f.name: f for f in public_fields(cls)}
         kwargs: dict[str, Any] = {}
-        ok = True
+        ok, own_error = True, False
         for key, value_node in node.value.items():
             if key not in fields:
                 hint = did_you_mean(key, fields)
                 where = f"{what}: unknown key" if what else "unknown top-level key"
                 self.diags.error(node.key_locs[key], f"{where} {key!r}{hint}")
-                ok = False
+                ok, own_error = False, True
                 continue
+            nested_failures = len(self.failed_nodes)
             try:
                 kwargs[key] = self.value(hints[key], value_node, key, what)
             except _Invalid:
                 ok = False
+                # A failed nested object was recorded already; only our own fields make *us* the culprit.
+                own_error = own_error or len(self.failed_nodes) == nested_failures
         for name, f in fields.items():
             if is_required(f) and name not in node.value:
                 self.diags.error(node.loc, f"{what}: missing required key {name!r}")
-                ok = False
+                ok, own_error = False, True
         if not ok:
-            name = node.value.get("name")
-            if name is not None and isinstance(name.value, str):
-                self.failed_names.add(name.value)
+            if own_error:
+                self._record_failure(cls, node)
             return None
         if "loc" in {f.name for f in dataclasses.fields(cls)}:  # type: ignore[arg-type]
             kwargs["loc"] = node.loc
             kwargs["field_locs"] = {k: node.value[k].loc for k in node.value}
         return cls(**kwargs)
 
+    def _record_failure(self, cls: type, node: Node) -> None:
+        self.failed_nodes.add(id(node))
+        name = node.value.get("name")
+        if name is not None and isinstance(name.value, str):
+            self.failed_names.setdefault(getattr(cls, "LABEL", ""), set()).add(name.value)
+
     def value(self, tp: Any, node: Node, key: str, owner: str) -> Any:
         """Convert the value of *key* in the object named *owner*."""
         origin, args = get_origin(tp), get_args(tp)
         what = f"{owner}: {key}" if owner else key
+        if node.value is INVALID:
+            raise _Invalid  # already reported where it was read
+        if node.value is None and (origin is tuple or origin in (dict, Mapping) or tp is Mapping):
+            return () if origin is tuple else {}  # "queues:" with nothing under it yet
         if origin is typing.Annotated:
             return self._unit(args[1], node, what)
         if origin in (typing.Union, types.UnionType):
@@ -158,11 +175,12 @@ class Converter:
         if len(candidates) == 1:
             return self.value(candidates[0], node, key, owner)
         # Literal["auto"] | DeadLetter: pick the member that fits the node's shape.
-        for candidate in candidates:
-            shaped_for_mapping = dataclasses.is_dataclass(candidate)
-            if shaped_for_mapping == node.is_mapping:
-                return self.value(candidate, node, key, owner)
         names = " or ".join(type_name(a) for a in candidates)
+        for candidate in candidates:
+            if dataclasses.is_dataclass(candidate) and node.is_mapping:
+                return self.value(candidate, node, key, owner)
+            if get_origin(candidate) is typing.Literal and node.value in get_args(candidate):
+                return node.value
         return self._fail(node, f"{owner}: {key} must be {names}, got {_kind(node)}")
 
     def _scalar(self, tp: Any, node: Node, what: str) -> Any:

@@ -36,6 +36,9 @@ def check_text(
     if root is not None and not root.is_mapping:
         diags.error(root.loc, "the configuration must be a mapping")
         root = None
+    if root is not None and "include" in root.value:
+        where = root.value["include"].loc
+        diags.error(where, "'include' only works in a file (its paths are relative to it); load the file instead")
     return _finish(root, diags, broker_url, env), diags
 
 
@@ -67,35 +70,23 @@ def _finish(
     config = converter.object(Config, root, "")
     if config is None:
         # Still check what did convert, so that every error is reported in one run.
-        config = _partial(root, converter)
-        if config is None:
-            return None
-        rules.check(config, diags, ignore=converter.failed_names)
+        config = Converter(Diagnostics()).object(Config, _prune(root, converter.failed_nodes), "")
+        if config is not None:
+            rules.check(config, diags, ignore=converter.failed_names)
         return None
     config = _override_broker_url(config, broker_url, os.environ if env is None else env)
     rules.check(config, diags)
     return None if diags.errors else config
 
 
-def _partial(root: Node, converter: Converter) -> Config | None:
-    """The configuration without the objects that failed to convert (their errors are already recorded)."""
-    silent = Converter(Diagnostics())
-    pruned = _prune(root, converter.failed_names)
-    return silent.object(Config, pruned, "")
-
-
-def _prune(node: Node, failed: set[str]) -> Node:
+def _prune(node: Node, failed: set[int]) -> Node:
+    """*node* without the objects that failed to convert (their errors are already recorded)."""
     if node.is_mapping:
-        return Node({k: _prune(v, failed) for k, v in node.value.items()}, node.loc, node.key_locs)
+        kept = {k: _prune(v, failed) for k, v in node.value.items() if id(v) not in failed}
+        return Node(kept, node.loc, {k: node.key_locs[k] for k in kept})
     if node.is_sequence:
-        kept = [_prune(item, failed) for item in node.value if not _named_in(item, failed)]
-        return Node(kept, node.loc)
+        return Node([_prune(item, failed) for item in node.value if id(item) not in failed], node.loc)
     return node
-
-
-def _named_in(node: Node, names: set[str]) -> bool:
-    name = node.value.get("name") if node.is_mapping else None
-    return name is not None and name.value in names
 
 
 def _override_broker_url(config: Config, flag: str | None, env: Mapping[str, str]) -> Config:

@@ -52,7 +52,7 @@ class Located:
 
 @dataclass(frozen=True, kw_only=True)
 class TLS(Located):
-    LABEL: ClassVar[str] = "broker tls"
+    LABEL: ClassVar[str] = "tls"
     ca_file: str | None = field(default=None, metadata=_doc("CA bundle (PEM) used to verify the broker."))
     cert_file: str | None = field(default=None, metadata=_doc("Client certificate (PEM)."))
     key_file: str | None = field(default=None, metadata=_doc("Client private key (PEM).", secret=True))

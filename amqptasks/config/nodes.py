@@ -36,9 +36,20 @@ class Node:
         return isinstance(self.value, list)
 
 
+class _Invalid:
+    """A value that could not be read; its error is already recorded, so nothing else reports it."""
+
+    def __repr__(self) -> str:
+        return "<invalid>"
+
+
+#: Stands in for a scalar whose error (bad tag, unset variable) was already reported.
+INVALID: Any = _Invalid()
+
 _ENV_RE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _resolver = yaml.resolver.Resolver()
-_constructor = yaml.constructor.SafeConstructor()
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_NULL_TAG = "tag:yaml.org,2002:null"
 
 
 def display_path(path: Path) -> str:
@@ -54,6 +65,8 @@ class _Builder:
         self.file = file
         self.env = env
         self.diags = diags
+        # One constructor per file: SafeConstructor remembers every object it ever built.
+        self.constructor = yaml.constructor.SafeConstructor()
 
     def loc(self, node: yaml.Node) -> Location:
         return Location(self.file, node.start_mark.line + 1, node.start_mark.column + 1)
@@ -74,10 +87,10 @@ class _Builder:
             if not isinstance(key_node, ScalarNode):
                 self.diags.error(key_loc, "a mapping key must be a plain string")
                 continue
-            key = str(_constructor.construct_object(key_node))
-            if key == "<<":
+            if key_node.tag == _MERGE_TAG:
                 self.diags.error(key_loc, "YAML merge keys ('<<') are not supported; use 'include:' instead")
                 continue
+            key = str(self._construct(key_node))
             if key in values:
                 self.diags.error(key_loc, f"duplicate key {key!r} (first given at line {key_locs[key].line})")
                 continue
@@ -87,26 +100,44 @@ class _Builder:
 
     def _scalar(self, node: ScalarNode) -> Any:
         if node.tag != "tag:yaml.org,2002:str" or "$" not in node.value:
-            return _constructor.construct_object(node)
+            return self._construct(node)
         text = self._interpolate(node.value, self.loc(node))
+        if text is INVALID:
+            return INVALID
         if node.style is None:  # plain scalars get their type after substitution: ${PORT:-5672} is an int
             tag = _resolver.resolve(ScalarNode, text, (True, False))  # type: ignore[no-untyped-call]
-            return _constructor.construct_object(ScalarNode(tag, text))
+            return self._construct(ScalarNode(tag, text, node.start_mark, node.end_mark))
         return text
 
-    def _interpolate(self, text: str, loc: Location) -> str:
+    def _construct(self, node: ScalarNode) -> Any:
+        """A scalar's Python value; unknown tags and impossible values (``2024-13-45``) become errors."""
+        try:
+            return self.constructor.construct_object(node)
+        except (yaml.YAMLError, ValueError, TypeError) as exc:
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            self.diags.error(self.loc(node), f"cannot read value {node.value!r}: {problem}")
+            return INVALID
+
+    def _interpolate(self, text: str, loc: Location) -> Any:
+        """``${VAR}`` and ``${VAR:-default}`` as in POSIX shells (an empty variable takes the default)."""
+        missing: list[str] = []
+
         def substitute(match: re.Match[str]) -> str:
             if match.group(0) == "$$":
                 return "$"
             name, default = match.group(1), match.group(2)
-            if name in self.env:
-                return self.env[name]
-            if default is not None:
+            value = self.env.get(name)
+            if default is not None and not value:
                 return default
-            self.diags.error(loc, f"environment variable {name!r} is not set (set it, or write ${{{name}:-default}})")
-            return ""
+            if value is None:
+                missing.append(name)
+                return ""
+            return value
 
-        return _ENV_RE.sub(substitute, text)
+        result = _ENV_RE.sub(substitute, text)
+        for name in missing:
+            self.diags.error(loc, f"environment variable {name!r} is not set (set it, or write ${{{name}:-default}})")
+        return INVALID if missing else result
 
 
 def parse_text(text: str, file: str, diags: Diagnostics, env: Mapping[str, str] | None = None) -> Node | None:
@@ -122,52 +153,63 @@ def parse_text(text: str, file: str, diags: Diagnostics, env: Mapping[str, str] 
     except yaml.YAMLError as exc:  # composer errors without a mark
         diags.error(Location(file, 1, 1), f"YAML error: {exc}")
         return None
-    if root is None:
+    if root is None or (isinstance(root, ScalarNode) and root.tag == _NULL_TAG):  # empty, or just "---"
         return Node({}, Location(file, 1, 1))
     return _Builder(file, os.environ if env is None else env, diags).build(root)
 
 
-def load_file(
-    path: Path, diags: Diagnostics, env: Mapping[str, str] | None = None, _stack: tuple[Path, ...] = ()
-) -> Node | None:
+def load_file(path: Path, diags: Diagnostics, env: Mapping[str, str] | None = None) -> Node | None:
     """Read *path* and every file it includes, merged into one tree."""
-    file = display_path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        diags.error(Location(file, 1, 1), "file not found")
-        return None
-    except (OSError, UnicodeDecodeError) as exc:
-        diags.error(Location(file, 1, 1), f"cannot read file: {exc}")
-        return None
-    root = parse_text(text, file, diags, env)
-    if root is None:
-        return None
-    if not root.is_mapping:
-        diags.error(root.loc, "the configuration must be a mapping (exchanges, queues... under 'topology:')")
-        return None
-    include = root.value.get("include")
-    if include is None:
+    return _Includes(diags, env).load(path.resolve(), display_path(path), ())
+
+
+class _Includes:
+    """Follows ``include:``; a file reached twice (a diamond of includes) is merged once."""
+
+    def __init__(self, diags: Diagnostics, env: Mapping[str, str] | None) -> None:
+        self.diags = diags
+        self.env = env
+        self.merged: set[Path] = set()
+
+    def load(self, path: Path, file: str, stack: tuple[Path, ...]) -> Node | None:
+        self.merged.add(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            self.diags.error(Location(file, 1, 1), "file not found")
+            return None
+        except (OSError, UnicodeDecodeError) as exc:
+            self.diags.error(Location(file, 1, 1), f"cannot read file: {exc}")
+            return None
+        root = parse_text(text, file, self.diags, self.env)
+        if root is None:
+            return None
+        if not root.is_mapping:
+            self.diags.error(root.loc, "the configuration must be a mapping (exchanges, queues... under 'topology:')")
+            return None
+        include = root.value.get("include")
+        if include is not None:
+            self._include(root, include, path, file, (*stack, path))
         return root
-    items = [include] if isinstance(include.value, str) else include.value
-    if not isinstance(items, list):
-        diags.error(include.loc, "'include' must be a file name or a list of file names")
-        return root
-    for item in items:
-        if not isinstance(item.value, str):
-            diags.error(item.loc, "'include' entries must be file names (strings)")
-            continue
-        target = (path.parent / item.value).resolve()
-        if target in _stack or target == path.resolve():
-            diags.error(item.loc, f"include cycle: {item.value!r} includes itself again")
-            continue
-        if not target.exists():
-            diags.error(item.loc, f"included file {item.value!r} not found (paths are relative to {file})")
-            continue
-        child = load_file(target, diags, env, (*_stack, path.resolve()))
-        if child is not None:
-            merge(root, child, diags)
-    return root
+
+    def _include(self, root: Node, include: Node, path: Path, file: str, stack: tuple[Path, ...]) -> None:
+        items = [include] if isinstance(include.value, str) else include.value
+        if not isinstance(items, list):
+            self.diags.error(include.loc, "'include' must be a file name or a list of file names")
+            return
+        for item in items:
+            if not isinstance(item.value, str):
+                self.diags.error(item.loc, "'include' entries must be file names (strings)")
+                continue
+            target = (path.parent / item.value).resolve()
+            if target in stack:
+                self.diags.error(item.loc, f"include cycle: {item.value!r} includes itself again")
+            elif not target.exists():
+                self.diags.error(item.loc, f"included file {item.value!r} not found (paths are relative to {file})")
+            elif target not in self.merged:
+                child = self.load(target, display_path(target), stack)
+                if child is not None:
+                    merge(root, child, self.diags)
 
 
 def merge(into: Node, other: Node, diags: Diagnostics) -> None:

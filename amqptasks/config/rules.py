@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TypeVar
 
-from amqptasks.broker.url import BrokerURL
+from amqptasks.broker.url import BrokerURL, query_options
 from amqptasks.config.diagnostics import Diagnostics, did_you_mean
 from amqptasks.config.model import Binding, Broker, Config, Exchange, Located, Queue, RoutingSpec
 from amqptasks.constants import DLX_EXCHANGE, MAX_PRIORITY_LIMIT, RESERVED_PREFIX, dlq_name
@@ -64,10 +64,11 @@ _Named = TypeVar("_Named", Exchange, Queue)
 
 
 class _Checker:
-    def __init__(self, config: Config, diags: Diagnostics, ignore: set[str]) -> None:
+    def __init__(self, config: Config, diags: Diagnostics, ignore: dict[str, set[str]]) -> None:
         self.config = config
         self.diags = diags
-        self.ignore = ignore
+        self.ignore_exchanges = ignore.get("exchange", set())
+        self.ignore_queues = ignore.get("queue", set())
         topology = config.topology
         self.exchanges: dict[str, Exchange] = self._index("exchange", topology.exchanges)
         self.queues: dict[str, Queue] = self._index("queue", topology.queues)
@@ -104,6 +105,7 @@ class _Checker:
     def broker(self, broker: Broker) -> None:
         try:
             url = BrokerURL.parse(broker.url)
+            query_options(url)
         except ValueError as exc:
             self.diags.error(broker.where("url"), f"broker: url: {exc}")
             url = None
@@ -135,8 +137,14 @@ class _Checker:
         what = f"queue {queue.name!r}"
         for name, reason in _UNSUPPORTED[queue.type].items():
             value = getattr(queue, name)
-            if value not in (None, False):
+            if value is not None and value is not False:  # 0 is a value: `0 in (None, False)` is True
                 self.diags.error(queue.where(name), f"{what}: {name}: {reason}")
+        if queue.type == "quorum" and queue.overflow == "reject-publish-dlx":
+            self.diags.error(
+                queue.where("overflow"),
+                f"{what}: overflow: quorum queues do not support 'reject-publish-dlx' (RabbitMQ accepts the "
+                "declaration but does not dead-letter); use 'reject-publish' or 'drop-head'",
+            )
         if queue.type in ("quorum", "stream") and not queue.durable:
             self.diags.error(queue.where("durable"), f"{what}: {queue.type} queues are always durable")
         if queue.exclusive and queue.type == "classic":
@@ -193,9 +201,9 @@ class _Checker:
             self.diags.error(binding.loc, f"{what}: give exactly one destination, 'queue' or 'to_exchange'")
             return
         if binding.queue is not None:
-            known = binding.queue in self.queues or binding.queue in self.ignore
+            known = binding.queue in self.queues or binding.queue in self.ignore_queues
             if not known and not self._is_auto_dlq(binding.queue):
-                hint = did_you_mean(binding.queue, [*self.queues, *self.ignore])
+                hint = did_you_mean(binding.queue, [*self.queues, *self.ignore_queues])
                 self.diags.error(binding.where("queue"), f"{what}: queue {binding.queue!r} is not declared{hint}")
             self.binding(binding, binding.exchange, what)
         else:
@@ -234,14 +242,14 @@ class _Checker:
     def reference(self, obj: Located, field_name: str, name: str, what: str) -> bool:
         if name in self.exchange_types:
             return True
-        if name in self.ignore:  # declared, but invalid: its own error was reported
+        if name in self.ignore_exchanges:  # declared, but invalid: its own error was reported
             return False
         where = obj.where(field_name)
-        hint = did_you_mean(name, self.exchange_types)
+        hint = did_you_mean(name, [*self.exchange_types, *self.ignore_exchanges])
         self.diags.error(where, f"{what}: exchange {name!r} is not declared{hint}")
         return False
 
 
-def check(config: Config, diags: Diagnostics, ignore: set[str] | None = None) -> None:
-    """Record every rule *config* breaks; *ignore* names objects that failed to convert."""
-    _Checker(config, diags, ignore or set()).run()
+def check(config: Config, diags: Diagnostics, ignore: dict[str, set[str]] | None = None) -> None:
+    """Record every rule *config* breaks; *ignore* names objects (by kind) that failed to convert."""
+    _Checker(config, diags, ignore or {}).run()

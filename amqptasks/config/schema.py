@@ -20,8 +20,9 @@ from amqptasks.config.model import Config, Unit
 SCHEMA_ID = "https://amqptasks.dev/schema/config.json"
 _SCALARS = {str: "string", int: "integer", bool: "boolean", float: "number"}
 _UNIT_PATTERNS = {
-    "duration_ms": r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d)\s*$",
-    "bytes": r"^\s*\d+(\.\d+)?\s*([kKmMgG]i?[bB]|[bB])?\s*$",
+    # The loader reads units case-insensitively; JSON Schema regexes have no flags, hence the classes.
+    "duration_ms": r"^\s*\d+(\.\d+)?\s*([mM][sS]|[sS]|[mM]|[hH]|[dD])\s*$",
+    "bytes": r"^\s*\d+(\.\d+)?\s*([kKmMgG][iI]?[bB]|[bB])?\s*$",
 }
 
 

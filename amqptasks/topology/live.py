@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import pika
 
 from amqptasks.broker.connection import TLSOptions, open_blocking
 from amqptasks.broker.management import ManagementClient
@@ -16,24 +16,18 @@ from amqptasks.topology.plan import Plan, make_plan
 
 
 def tls_options(broker: Broker) -> TLSOptions | None:
+    """The YAML's TLS options; only for amqps:// URLs (validate warns that amqp:// ignores them)."""
     tls = broker.tls
-    if tls is None:
+    if tls is None or BrokerURL.parse(broker.url).scheme != "amqps":
         return None
     return TLSOptions(tls.ca_file, tls.cert_file, tls.key_file, tls.verify, tls.server_hostname)
 
 
-def _connect(broker: Broker, purpose: str):  # type: ignore[no-untyped-def]
+def connect(broker: Broker, purpose: str) -> pika.BlockingConnection:
+    """A blocking connection named for *purpose* in the management UI (unless the YAML names it)."""
     url = BrokerURL.parse(broker.url)
     name = broker.connection_name or f"amqptasks {purpose}"
     return open_blocking(url, heartbeat=broker.heartbeat, connection_name=name, tls=tls_options(broker))
-
-
-@dataclass(frozen=True)
-class Reader:
-    """How the broker was read; the management API when reachable, else AMQP probing."""
-
-    management: ManagementClient | None
-    vhost: str
 
 
 def management_client(broker: Broker) -> ManagementClient | None:
@@ -42,12 +36,32 @@ def management_client(broker: Broker) -> ManagementClient | None:
     return client if client.is_reachable() else None
 
 
-def plan(config: Config, *, prune: bool = False, use_management: bool = True) -> Plan:
+def plan(config: Config, *, prune: bool = False) -> Plan:
     """What ``apply`` would do. Reads through the management API when reachable, else probes over AMQP."""
+    # Connect over AMQP even when the HTTP API answers: it proves the URL's port, credentials and vhost
+    # are the ones the API describes, and gives RabbitMQ's own error when they are not.
+    connection = connect(config.broker, "plan")
+    try:
+        return _plan(config, connection, prune)
+    finally:
+        connection.close()
+
+
+def provision(config: Config, *, prune: bool = False) -> tuple[Plan, ApplyResult]:
+    """Check every object against the broker; if nothing conflicts, make the missing ones."""
+    connection = connect(config.broker, "provision")
+    try:
+        the_plan = _plan(config, connection, prune)
+        return the_plan, apply_plan(the_plan, connection)
+    finally:
+        connection.close()
+
+
+def _plan(config: Config, connection: pika.BlockingConnection, prune: bool) -> Plan:
     want = desired(config.topology)
-    client = management_client(config.broker) if use_management else None
-    vhost = BrokerURL.parse(config.broker.url).vhost
+    client = management_client(config.broker)
     if client is not None:
+        vhost = BrokerURL.parse(config.broker.url).vhost
         try:
             return make_plan(want, observe_http(client, vhost), prune=prune)
         except ManagementAPIError as exc:
@@ -58,18 +72,4 @@ def plan(config: Config, *, prune: bool = False, use_management: bool = True) ->
             "--prune needs the management API to list what the vhost holds; enable it with "
             "'rabbitmq-plugins enable rabbitmq_management' or set broker.management_url"
         )
-    connection = _connect(config.broker, "plan")
-    try:
-        return probe_plan(want, connection)
-    finally:
-        connection.close()
-
-
-def provision(config: Config, *, prune: bool = False) -> tuple[Plan, ApplyResult]:
-    """Check every object against the broker; if nothing conflicts, make the missing ones."""
-    the_plan = plan(config, prune=prune)
-    connection = _connect(config.broker, "provision")
-    try:
-        return the_plan, apply_plan(the_plan, connection)
-    finally:
-        connection.close()
+    return probe_plan(want, connection)
