@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,7 +9,8 @@ import pika
 import pika.exceptions
 
 from amqptasks.errors import BrokerError, TopologyConflict
-from amqptasks.topology.desired import BindingDecl, ExchangeDecl, QueueDecl
+from amqptasks.topology.declare import declare, unbind
+from amqptasks.topology.desired import BindingDecl
 from amqptasks.topology.plan import Change, Plan
 
 #: Order of work: exchanges before the queues that dead-letter to them, bindings last; deletions
@@ -65,49 +65,13 @@ def apply_plan(plan: Plan, connection: pika.BlockingConnection) -> ApplyResult:
 
 
 def _run(channel: Any, change: Change) -> None:
-    decl = change.decl
-    action: Callable[[], object]
-    if change.action == "delete":
-        action = _delete(channel, change)
-    elif isinstance(decl, ExchangeDecl):
-        action = lambda: channel.exchange_declare(  # noqa: E731
-            decl.name,
-            decl.type,
-            durable=decl.durable,
-            auto_delete=decl.auto_delete,
-            internal=decl.internal,
-            arguments=dict(decl.arguments),
-        )
-    elif isinstance(decl, QueueDecl):
-        action = lambda: channel.queue_declare(  # noqa: E731
-            decl.name,
-            durable=decl.durable,
-            exclusive=decl.exclusive,
-            auto_delete=decl.auto_delete,
-            arguments=dict(decl.arguments),
-        )
-    elif isinstance(decl, BindingDecl):
-        action = lambda: _bind(channel, decl, unbind=False)  # noqa: E731
-    else:  # pragma: no cover - plans only hold the kinds above
-        raise AssertionError(change)
-    action()
-
-
-def _bind(channel: Any, b: BindingDecl, *, unbind: bool) -> None:
-    args = dict(b.arguments)
-    if b.destination_type == "queue":
-        method = channel.queue_unbind if unbind else channel.queue_bind
-        method(b.destination, b.source, routing_key=b.routing_key, arguments=args)
+    if change.action != "delete":
+        assert change.decl is not None
+        declare(channel, change.decl)
+    elif change.kind == "queue":
+        channel.queue_delete(change.name)
+    elif change.kind == "exchange":
+        channel.exchange_delete(change.name)
     else:
-        method = channel.exchange_unbind if unbind else channel.exchange_bind
-        method(b.destination, b.source, routing_key=b.routing_key, arguments=args)
-
-
-def _delete(channel: Any, change: Change) -> Callable[[], object]:
-    if change.kind == "queue":
-        return lambda: channel.queue_delete(change.name)
-    if change.kind == "exchange":
-        return lambda: channel.exchange_delete(change.name)
-    assert isinstance(change.decl, BindingDecl)
-    binding = change.decl
-    return lambda: _bind(channel, binding, unbind=True)
+        assert isinstance(change.decl, BindingDecl)
+        unbind(channel, change.decl)

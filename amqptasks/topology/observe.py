@@ -11,6 +11,7 @@ import pika.exceptions
 
 from amqptasks.broker.management import ManagementClient
 from amqptasks.errors import BrokerError
+from amqptasks.topology.declare import declare
 from amqptasks.topology.desired import BindingDecl, DesiredTopology, ExchangeDecl, QueueDecl
 from amqptasks.topology.plan import Action, Change, Difference, Observed, Plan, make_plan
 
@@ -84,49 +85,21 @@ class Prober:
         channel.close()
         return 200, ""
 
-    def _change(
-        self,
-        kind: str,
-        name: str,
-        decl: ExchangeDecl | QueueDecl,
-        passive: Callable[[Any], object],
-        active: Callable[[Any], object],
-    ) -> Change:
+    def _change(self, kind: str, name: str, decl: ExchangeDecl | QueueDecl, passive: Callable[[Any], object]) -> Change:
         code, _ = self._attempt(passive)
         if code == 404:
             return Change("create", kind, name, decl=decl)  # type: ignore[arg-type]
-        code, text = self._attempt(active)
+        code, text = self._attempt(lambda channel: declare(channel, decl))
         if code == 200:
             return Change("unchanged", kind, name, decl=decl)  # type: ignore[arg-type]
         diffs = conflict_from_broker_text(text, dict(decl.locs))
         return Change("conflict", kind, name, diffs, decl=decl, detail=text)  # type: ignore[arg-type]
 
     def exchange(self, ex: ExchangeDecl) -> Change:
-        return self._change(
-            "exchange",
-            ex.name,
-            ex,
-            lambda ch: ch.exchange_declare(ex.name, passive=True),
-            lambda ch: ch.exchange_declare(
-                ex.name,
-                ex.type,
-                durable=ex.durable,
-                auto_delete=ex.auto_delete,
-                internal=ex.internal,
-                arguments=dict(ex.arguments),
-            ),
-        )
+        return self._change("exchange", ex.name, ex, lambda ch: ch.exchange_declare(ex.name, passive=True))
 
     def queue(self, q: QueueDecl) -> Change:
-        return self._change(
-            "queue",
-            q.name,
-            q,
-            lambda ch: ch.queue_declare(q.name, passive=True),
-            lambda ch: ch.queue_declare(
-                q.name, durable=q.durable, exclusive=q.exclusive, auto_delete=q.auto_delete, arguments=dict(q.arguments)
-            ),
-        )
+        return self._change("queue", q.name, q, lambda ch: ch.queue_declare(q.name, passive=True))
 
 
 def probe_plan(desired: DesiredTopology, connection: pika.BlockingConnection) -> Plan:
