@@ -1,0 +1,228 @@
+"""Celery's task message protocol, version 2 (pure).
+
+Properties: ``correlation_id`` = task id, ``content_type``/``content_encoding``, ``reply_to``, ``priority``.
+Headers: lang, task, id, shadow, eta, expires, group, group_index, retries, timelimit [soft, hard],
+root_id, parent_id, argsrepr, kwargsrepr, origin, ignore_result. Body: ``[args, kwargs, embed]`` where
+embed holds callbacks, errbacks, chain and chord. A Celery 5 client and worker read what we write.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from amqptasks.message.envelope import Envelope
+from amqptasks.message.errors import EncodeError, MessageError
+from amqptasks.message.serialize import Compression, Serializer, compress, content_type, decompress, dumps, loads
+
+#: Headers the broker adds when dead-lettering. A re-published task must not carry them: RabbitMQ drops a
+#: message whose x-death shows it already went round a dead-letter cycle (Celery #9867).
+DEATH_HEADERS = frozenset(
+    {
+        "x-death",
+        "x-first-death-queue",
+        "x-first-death-reason",
+        "x-first-death-exchange",
+        "x-last-death-queue",
+        "x-last-death-reason",
+        "x-last-death-exchange",
+    }
+)
+_REPR_LIMIT = 1024
+
+
+def origin() -> str:
+    return f"{os.getpid()}@{socket.gethostname()}"
+
+
+@dataclass(frozen=True)
+class TaskMessage:
+    """One task invocation as it travels: what to run, with what, and its place in a workflow."""
+
+    id: str
+    task: str
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    eta: datetime | None = None
+    expires: datetime | None = None
+    retries: int = 0
+    root_id: str | None = None
+    parent_id: str | None = None
+    group: str | None = None
+    group_index: int | None = None
+    timelimit: tuple[float | None, float | None] = (None, None)
+    ignore_result: bool = False
+    callbacks: tuple[Mapping[str, Any], ...] = ()
+    errbacks: tuple[Mapping[str, Any], ...] = ()
+    chain: tuple[Mapping[str, Any], ...] = ()
+    chord: Mapping[str, Any] | None = None
+    reply_to: str | None = None
+    origin: str = field(default_factory=origin)
+    #: Headers beyond the protocol's (user-given ``headers=``), passed through as they are.
+    extra_headers: Mapping[str, Any] = field(default_factory=dict)
+
+    def headers(self) -> dict[str, Any]:
+        headers = {k: v for k, v in self.extra_headers.items() if k not in DEATH_HEADERS}
+        headers.update(
+            {
+                "lang": "py",
+                "task": self.task,
+                "id": self.id,
+                "shadow": None,
+                "eta": self.eta.isoformat() if self.eta else None,
+                "expires": self.expires.isoformat() if self.expires else None,
+                "group": self.group,
+                "group_index": self.group_index,
+                "retries": self.retries,
+                "timelimit": list(self.timelimit),
+                "root_id": self.root_id or self.id,
+                "parent_id": self.parent_id,
+                "argsrepr": _short_repr(self.args),
+                "kwargsrepr": _short_repr(dict(self.kwargs)),
+                "origin": self.origin,
+                "ignore_result": self.ignore_result,
+            }
+        )
+        return headers
+
+    def body(self) -> list[Any]:
+        embed = {
+            "callbacks": list(self.callbacks) or None,
+            "errbacks": list(self.errbacks) or None,
+            "chain": list(self.chain) or None,
+            "chord": self.chord,
+        }
+        return [list(self.args), dict(self.kwargs), embed]
+
+
+def _short_repr(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= _REPR_LIMIT else text[: _REPR_LIMIT - 3] + "..."
+
+
+def to_envelope(
+    message: TaskMessage,
+    *,
+    exchange: str,
+    routing_key: str,
+    priority: int | None = None,
+    serializer: Serializer = "json",
+    compression: Compression | None = None,
+    max_size: int | None = None,
+    mandatory: bool = True,
+) -> Envelope:
+    body = dumps(message.body(), serializer)
+    headers = message.headers()
+    if compression is not None:
+        body, headers["compression"] = compress(body, compression)
+    if max_size is not None and len(body) > max_size:
+        raise EncodeError(
+            f"task {message.task!r} ({message.id}): message body is {len(body):,} bytes, over the limit of "
+            f"{max_size:,} (max_message_size). Send a reference (an id, a URL) instead of the data, "
+            "or enable compression."
+        )
+    return Envelope(
+        exchange=exchange,
+        routing_key=routing_key,
+        body=body,
+        headers=headers,
+        content_type=content_type(serializer),
+        correlation_id=message.id,
+        reply_to=message.reply_to,
+        priority=priority,
+        mandatory=mandatory,
+    )
+
+
+def from_amqp(
+    body: bytes,
+    headers: Mapping[str, Any] | None,
+    *,
+    content_type: str | None,
+    content_encoding: str | None,
+    correlation_id: str | None = None,
+    reply_to: str | None = None,
+    max_size: int | None = None,
+) -> TaskMessage:
+    """Decode a received message; :class:`MessageError` says why it is not a task we can run."""
+    headers = dict(headers or {})
+    if max_size is not None and len(body) > max_size:
+        raise MessageError("oversized", f"body is {len(body):,} bytes, over the limit of {max_size:,}")
+    if "compression" in headers:
+        body = decompress(body, str(headers["compression"]))
+    for required in ("task", "id"):
+        if not headers.get(required) and not (required == "id" and correlation_id):
+            raise MessageError("missing-header", f"no {required!r} header: not a Celery protocol v2 task message")
+    payload = loads(body, content_type, content_encoding)
+    if not (isinstance(payload, list) and len(payload) == 3 and isinstance(payload[0], list)):
+        raise MessageError("bad-body", "body must be [args, kwargs, embed]")
+    args, kwargs, embed = payload
+    if not isinstance(kwargs, dict) or not isinstance(embed, dict | None):
+        raise MessageError("bad-body", "body must be [args, kwargs, embed] with kwargs a mapping")
+    embed = embed or {}
+    known = {
+        "lang",
+        "task",
+        "id",
+        "shadow",
+        "eta",
+        "expires",
+        "group",
+        "group_index",
+        "retries",
+        "timelimit",
+        "root_id",
+        "parent_id",
+        "argsrepr",
+        "kwargsrepr",
+        "origin",
+        "ignore_result",
+        "compression",
+    }
+    try:
+        timelimit = headers.get("timelimit") or (None, None)
+        return TaskMessage(
+            id=str(headers.get("id") or correlation_id),
+            task=str(headers["task"]),
+            args=tuple(args),
+            kwargs=kwargs,
+            eta=_datetime(headers.get("eta"), "eta"),
+            expires=_datetime(headers.get("expires"), "expires"),
+            retries=int(headers.get("retries") or 0),
+            root_id=headers.get("root_id"),
+            parent_id=headers.get("parent_id"),
+            group=headers.get("group"),
+            group_index=headers.get("group_index"),
+            timelimit=(timelimit[0], timelimit[1]),
+            ignore_result=bool(headers.get("ignore_result")),
+            callbacks=tuple(embed.get("callbacks") or ()),
+            errbacks=tuple(embed.get("errbacks") or ()),
+            chain=tuple(embed.get("chain") or ()),
+            chord=embed.get("chord"),
+            reply_to=reply_to,
+            origin=str(headers.get("origin") or ""),
+            extra_headers={k: v for k, v in headers.items() if k not in known},
+        )
+    except (TypeError, ValueError, IndexError) as exc:
+        raise MessageError("bad-header", str(exc)) from None
+
+
+def _datetime(value: Any, name: str) -> datetime | None:
+    if value in (None, ""):
+        return None
+    if isinstance(value, datetime):
+        return value
+    try:
+        parsed = datetime.fromisoformat(str(value))
+    except ValueError:
+        raise MessageError("bad-header", f"{name} header {value!r} is not an ISO 8601 date-time") from None
+    return parsed
+
+
+def retried(message: TaskMessage, **changes: Any) -> TaskMessage:
+    """The same task again (same id), with *changes* (eta, retries...)."""
+    return replace(message, **changes)
