@@ -7,6 +7,19 @@ DLX_EXCHANGE = "amqptasks.dlx"
 #: Suffix of the dead-letter queue provisioned for ``dead_letter: auto``.
 DLQ_SUFFIX = ".dlq"
 
+#: Broker-side delays (``delays: {enabled: true}``). Level L of the tiers is an exchange and a queue both
+#: named ``amqptasks.delay.L``; a message leaves the last level through the exit exchange.
+DELAY_TIER_PREFIX = "amqptasks.delay."
+#: Number of levels; level L holds a message for 2**L ms, so delays up to 2**32 - 1 ms (~49.7 days).
+DELAY_LEVELS = 32
+DELAY_EXIT_EXCHANGE = "amqptasks.delay.exit"
+#: Alternate exchange (and its queue) that keeps delayed messages nothing could route when they fell due.
+UNROUTABLE_EXCHANGE = "amqptasks.unroutable"
+#: Headers of a delayed message. No "x-" prefix: headers exchanges do not match on x- headers.
+DELAY_BIT_HEADER_PREFIX = "amqptasks.d"
+DELAY_TARGET_HEADER = "amqptasks.target"
+DELAYED_HEADER = "amqptasks.delayed"
+
 #: Default broker when neither the YAML, ``--broker`` nor the environment names one.
 DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672/%2F"
 #: Environment variable overriding the broker URL of any configuration.
@@ -26,3 +39,16 @@ MAX_PRIORITY_LIMIT = 255
 
 def dlq_name(queue: str) -> str:
     return queue + DLQ_SUFFIX
+
+
+def delay_tier_name(level: int) -> str:
+    return f"{DELAY_TIER_PREFIX}{level}"
+
+
+def delay_bit_header(level: int) -> str:
+    return f"{DELAY_BIT_HEADER_PREFIX}{level}"
+
+
+def is_delay_name(name: str) -> bool:
+    """Names the delays own (exchanges and queues alike) when they are enabled."""
+    return name.startswith(DELAY_TIER_PREFIX) or name == UNROUTABLE_EXCHANGE

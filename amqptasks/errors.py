@@ -39,7 +39,11 @@ class TopologyConflict(AmqpTasksError):
     """The live broker holds objects that differ incompatibly from the configuration."""
 
 
-class UnroutableError(BrokerError):
+class PublishError(BrokerError):
+    """A message could not be published, or the broker did not confirm that it took it."""
+
+
+class UnroutableError(PublishError):
     """A mandatory publish was returned by the broker: no queue is bound for it."""
 
     def __init__(self, exchange: str, routing_key: str) -> None:
@@ -50,3 +54,49 @@ class UnroutableError(BrokerError):
             f"message to exchange {shown!r} with routing key {routing_key!r} is unroutable: "
             "no queue is bound for it (check the bindings in your topology YAML)"
         )
+
+
+class BatchUnroutableError(UnroutableError):
+    """``publish_many``: some messages were returned as unroutable; all the others were confirmed.
+
+    ``exchange``/``routing_key``/``position`` name the first returned message, ``positions`` every one
+    (0-based positions in the iterable given to ``publish_many``).
+    """
+
+    def __init__(
+        self, exchange: str, routing_key: str, *, positions: tuple[int, ...], confirmed: int, total: int
+    ) -> None:
+        super().__init__(exchange, routing_key)
+        self.position = positions[0]
+        self.positions = positions
+        self.confirmed = confirmed
+        self.total = total
+        shown = ", ".join(str(p) for p in positions[:10]) + (", ..." if len(positions) > 10 else "")
+        self.args = (
+            f"message #{self.position} of {total}: {self.args[0]}; {confirmed} of the {total} messages were "
+            f"confirmed, {len(positions)} returned (positions {shown})",
+        )
+
+
+class PublishNacked(PublishError):
+    """The broker refused responsibility for a message (basic.nack): a full queue with
+    ``x-overflow: reject-publish``, or an internal error. The message was not stored; publishing it again is safe.
+
+    ``positions``: which messages of a ``publish_many`` were refused (0-based); ``confirmed``: how many were taken.
+    """
+
+    def __init__(self, message: str, *, positions: tuple[int, ...] = (0,), confirmed: int = 0) -> None:
+        self.positions = positions
+        self.confirmed = confirmed
+        super().__init__(message)
+
+
+class PublishTimeout(PublishError):
+    """The broker did not confirm in time; usually it is blocking publishers because of a memory or disk alarm.
+
+    Whether the broker got the message is unknown: publishing it again may create a duplicate.
+    """
+
+
+class PublishConnectionError(PublishError, ConnectionError):
+    """Publishing gave up: the broker was unreachable, or the connection kept failing, through every retry."""

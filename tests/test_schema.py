@@ -29,11 +29,26 @@ from amqptasks.config import (
     check_text,
     schema,
 )
-from amqptasks.config.model import ExchangeType, HeadersMatch, Overflow, QueueType
+from amqptasks.config.model import Delays, ExchangeType, HeadersMatch, Overflow, QueueType
+from amqptasks.config.tasks_model import Route, TaskSettings
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = {
-    cls.__name__: cls for cls in (Config, Broker, TLS, Topology, Exchange, Queue, DeadLetter, QueueBinding, Binding)
+    cls.__name__: cls
+    for cls in (
+        Config,
+        Broker,
+        TLS,
+        Topology,
+        Exchange,
+        Queue,
+        DeadLetter,
+        QueueBinding,
+        Binding,
+        Delays,
+        Route,
+        TaskSettings,
+    )
 }
 EXAMPLES = sorted((REPO / "config").rglob("*.yaml"))
 

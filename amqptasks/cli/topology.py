@@ -44,7 +44,7 @@ def validate(config_path: str | None, broker_url: str | None, as_json: bool) -> 
             click.secho(f"{path}: {count} error{'s' if count != 1 else ''}", fg="red", err=True)
         raise SystemExit(EXIT_INVALID)
     if not as_json:
-        want = topo.desired(config.topology)  # counts include what dead_letter: auto provisions
+        want = topo.desired(config.topology, config.delays)  # counts include what dead_letter/delays provision
         counts = f"{len(want.exchanges)} exchanges, {len(want.queues)} queues, {len(want.bindings)} bindings"
         click.echo(f"{path}: valid ({counts})")
 
@@ -97,7 +97,7 @@ def export(config_path: str | None, broker_url: str | None, fmt: str, out: str |
     """Write RabbitMQ definitions JSON (for `rabbitmqctl import_definitions`)."""
     config = load(config_path, broker_url)
     target = vhost if vhost is not None else BrokerURL.parse(config.broker.url).vhost
-    definitions = to_definitions(topo.desired(config.topology), target)
+    definitions = to_definitions(topo.desired(config.topology, config.delays), target)
     for warning in definitions.warnings:
         click.secho(f"warning: {warning}", fg="yellow", err=True)
     text = json.dumps(definitions.document, indent=2) + "\n"

@@ -160,6 +160,8 @@ class Converter:
         if origin in (dict, Mapping) or tp is Mapping:
             if not node.is_mapping:
                 return self._fail(node, f"{what} must be a mapping, got {_kind(node)}")
+            if args and dataclasses.is_dataclass(args[1]):  # e.g. tasks: {"billing.*": {...}}
+                return self._keyed_objects(args[1], node, key)
             return {k: plain(v) for k, v in node.value.items()}
         if dataclasses.is_dataclass(tp):
             result = self.object(tp, node, label_of(tp, node, key, owner))  # type: ignore[arg-type]
@@ -167,6 +169,18 @@ class Converter:
                 raise _Invalid
             return result
         return self._scalar(tp, node, what)
+
+    def _keyed_objects(self, cls: Any, node: Node, key: str) -> dict[str, Any]:
+        result, ok = {}, True
+        for name, child in node.value.items():
+            converted = self.object(cls, child, f"{key} {name!r}")
+            if converted is None:
+                ok = False
+            else:
+                result[name] = converted
+        if not ok:
+            raise _Invalid
+        return result
 
     def _union(self, args: tuple[Any, ...], node: Node, key: str, owner: str) -> Any:
         if node.value is None and type(None) in args:
@@ -180,6 +194,8 @@ class Converter:
             if dataclasses.is_dataclass(candidate) and node.is_mapping:
                 return self.value(candidate, node, key, owner)
             if get_origin(candidate) is typing.Literal and node.value in get_args(candidate):
+                return node.value
+            if candidate in (bool, int, float, str) and _is_a(node.value, candidate):
                 return node.value
         return self._fail(node, f"{owner}: {key} must be {names}, got {_kind(node)}")
 
@@ -207,6 +223,12 @@ class Converter:
     def _fail(self, node: Node, message: str) -> NoReturn:
         self.diags.error(node.loc, message)
         raise _Invalid
+
+
+def _is_a(value: Any, tp: type) -> bool:
+    if tp is bool or isinstance(value, bool):  # True is an int to Python, not to a YAML reader
+        return tp is bool and isinstance(value, bool)
+    return isinstance(value, tp) or (tp is float and isinstance(value, int))
 
 
 def plain(node: Node) -> Any:

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
-from amqptasks.config import rules
+from amqptasks.config import rules, task_rules
 from amqptasks.config.convert import Converter
 from amqptasks.config.diagnostics import Diagnostics, Location
 from amqptasks.config.model import Config
@@ -73,9 +73,11 @@ def _finish(
         config = Converter(Diagnostics()).object(Config, _prune(root, converter.failed_nodes), "")
         if config is not None:
             rules.check(config, diags, ignore=converter.failed_names)
+            task_rules.check(config, diags)
         return None
-    config = _override_broker_url(config, broker_url, os.environ if env is None else env)
+    config = override_broker_url(config, broker_url, os.environ if env is None else env)
     rules.check(config, diags)
+    task_rules.check(config, diags)
     return None if diags.errors else config
 
 
@@ -89,7 +91,7 @@ def _prune(node: Node, failed: set[int]) -> Node:
     return node
 
 
-def _override_broker_url(config: Config, flag: str | None, env: Mapping[str, str]) -> Config:
+def override_broker_url(config: Config, flag: str | None, env: Mapping[str, str]) -> Config:
     """``--broker`` beats ``AMQPTASKS_BROKER_URL``, which beats the YAML's ``broker.url``."""
     if flag:
         url, origin = flag, "--broker"

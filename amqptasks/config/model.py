@@ -11,7 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal
 
-from amqptasks.config.diagnostics import NOWHERE, Location
+from amqptasks.config.located import Located
+from amqptasks.config.tasks_model import Route, TaskSettings
 from amqptasks.constants import DEFAULT_BROKER_URL
 
 
@@ -35,19 +36,6 @@ HeadersMatch = Literal["all", "any", "all-with-x", "any-with-x"]
 
 def _doc(text: str, **extra: Any) -> dict[str, Any]:
     return {"doc": text, **extra}
-
-
-@dataclass(frozen=True, kw_only=True)
-class Located:
-    """Base of model objects read from YAML: where the object and each of its fields were written."""
-
-    loc: Location = field(default=NOWHERE, compare=False, repr=False, metadata={"internal": True})
-    field_locs: Mapping[str, Location] = field(
-        default_factory=dict, compare=False, repr=False, metadata={"internal": True}
-    )
-
-    def where(self, name: str) -> Location:
-        return self.field_locs.get(name, self.loc)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -191,9 +179,30 @@ class Topology(Located):
 
 
 @dataclass(frozen=True, kw_only=True)
+class Delays(Located):
+    """Broker-side delays: TTL tiers and dead-lettering, with no plugin, relay process or message held by a worker."""
+
+    LABEL: ClassVar[str] = "delays"
+    enabled: bool = field(
+        default=False,
+        metadata=_doc("Provision the broker-side delay tiers used by countdown/eta and retry backoff."),
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config(Located):
     include: tuple[str, ...] = field(
         default=(), metadata=_doc("Other YAML files merged into this one (paths relative to this file).")
     )
     broker: Broker = field(default_factory=Broker, metadata=_doc("How to reach RabbitMQ."))
     topology: Topology = field(default_factory=Topology, metadata=_doc("Exchanges, queues and bindings."))
+    delays: Delays = field(
+        default_factory=Delays, metadata=_doc("Delayed publishing (countdown, eta, retry backoff) on the broker.")
+    )
+    routes: tuple[Route, ...] = field(
+        default=(), metadata=_doc("Where tasks are published, by task name, glob or regex; first match wins.")
+    )
+    tasks: Mapping[str, TaskSettings] = field(
+        default_factory=dict,
+        metadata=_doc("Task options by task name or glob ('billing.*'), overriding the code's decorators."),
+    )

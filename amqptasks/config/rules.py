@@ -11,8 +11,19 @@ from typing import TypeVar
 
 from amqptasks.broker.url import BrokerURL, query_options
 from amqptasks.config.diagnostics import Diagnostics, did_you_mean
-from amqptasks.config.model import Binding, Broker, Config, Exchange, Located, Queue, RoutingSpec
-from amqptasks.constants import DLX_EXCHANGE, MAX_PRIORITY_LIMIT, RESERVED_PREFIX, dlq_name
+from amqptasks.config.located import Located
+from amqptasks.config.model import Binding, Broker, Config, Exchange, Queue, RoutingSpec
+from amqptasks.constants import (
+    DELAY_EXIT_EXCHANGE,
+    DELAY_LEVELS,
+    DLX_EXCHANGE,
+    MAX_PRIORITY_LIMIT,
+    RESERVED_PREFIX,
+    UNROUTABLE_EXCHANGE,
+    delay_tier_name,
+    dlq_name,
+    is_delay_name,
+)
 
 #: Exchanges every vhost has; they may be bound from but not declared.
 BUILTIN_EXCHANGES = {
@@ -76,6 +87,10 @@ class _Checker:
         self.exchange_types.update({e.name: e.type for e in topology.exchanges})
         if any(q.dead_letter == "auto" for q in topology.queues):
             self.exchange_types.setdefault(DLX_EXCHANGE, "direct")
+        if config.delays.enabled:
+            delay_exchanges = [*map(delay_tier_name, range(DELAY_LEVELS)), DELAY_EXIT_EXCHANGE, UNROUTABLE_EXCHANGE]
+            for name in delay_exchanges:
+                self.exchange_types.setdefault(name, "headers")
 
     def _index(self, kind: str, items: Iterable[_Named]) -> dict[str, _Named]:
         into: dict[str, _Named] = {}
@@ -101,6 +116,8 @@ class _Checker:
                 self.binding(qb, qb.exchange, f"queue {queue.name!r}: binding")
         for binding in self.config.topology.bindings:
             self.top_binding(binding)
+        if self.config.delays.enabled:
+            self.delays()
 
     def broker(self, broker: Broker) -> None:
         try:
@@ -171,6 +188,45 @@ class _Checker:
                 )
         elif dead_letter is not None and dead_letter.exchange != "":
             self.reference(dead_letter, "exchange", dead_letter.exchange, f"{what}: dead_letter")
+
+    def delays(self) -> None:
+        """The delay tiers own their names, and end at the alternate exchange of each exchange."""
+        owned = "the names 'amqptasks.delay.*' and 'amqptasks.unroutable' belong to the delay tiers"
+        for kind, named in (("exchange", self.exchanges), ("queue", self.queues)):
+            for name, item in named.items():
+                if is_delay_name(name):
+                    self.diags.error(item.where("name"), f"{kind} {name!r}: {owned} (delays: enabled); rename it")
+        for queue in self.queues.values():
+            sources = sorted({qb.exchange for qb in queue.bindings} | self._top_sources(queue.name))
+            if queue.type == "stream" and sources:
+                self.diags.warning(
+                    queue.where("type"),
+                    f"queue {queue.name!r}: delayed messages published to {', '.join(map(repr, sources))} never reach "
+                    "this stream: RabbitMQ 3.x drops dead-lettered messages routed to a stream, and a delay ends "
+                    "with dead-lettering; publish to it without a delay",
+                )
+        for exchange in self.exchanges.values():
+            own = exchange.alternate_exchange or exchange.arguments.get("alternate-exchange")
+            if own is None or own == UNROUTABLE_EXCHANGE or self._catches_everything(str(own)):
+                continue
+            where = exchange.where("alternate_exchange" if exchange.alternate_exchange else "arguments")
+            self.diags.warning(
+                where,
+                f"exchange {exchange.name!r}: a delayed message it cannot route when due goes to its alternate "
+                f"exchange {own!r}, not to {UNROUTABLE_EXCHANGE!r}, and is lost if {own!r} routes it nowhere; "
+                f"make {own!r} a fanout exchange bound to a queue, or remove alternate_exchange",
+            )
+
+    def _top_sources(self, queue: str) -> set[str]:
+        return {b.exchange for b in self.config.topology.bindings if b.queue == queue}
+
+    def _catches_everything(self, exchange: str) -> bool:
+        """A fanout exchange with a queue bound to it: whatever it receives ends in that queue."""
+        if self.exchange_types.get(exchange) != "fanout":
+            return False
+        topology = self.config.topology
+        bound = any(qb.exchange == exchange for q in topology.queues for qb in q.bindings)
+        return bound or any(b.exchange == exchange and b.queue is not None for b in topology.bindings)
 
     def limits(self, queue: Queue, what: str) -> None:
         checks = (

@@ -47,6 +47,8 @@ def _type_schema(tp: Any) -> dict[str, Any]:
         item = _type_schema(args[0])
         return {"anyOf": [{"type": "array", "items": item}, item]}
     if origin in (dict, Mapping) or tp is Mapping:
+        if args and dataclasses.is_dataclass(args[1]):
+            return {"type": "object", "additionalProperties": _type_schema(args[1])}
         return {"type": "object"}
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return {"$ref": f"#/$defs/{tp.__name__}"}

@@ -66,7 +66,11 @@ class TaskMessage:
     extra_headers: Mapping[str, Any] = field(default_factory=dict)
 
     def headers(self) -> dict[str, Any]:
-        headers = {k: v for k, v in self.extra_headers.items() if k not in DEATH_HEADERS}
+        # A task is always published fresh: no x-death (cycle detection) and none of our delay routing
+        # headers (the unroutable-catching alternate exchange keys on them).
+        headers = {
+            k: v for k, v in self.extra_headers.items() if k not in DEATH_HEADERS and not k.startswith("amqptasks.")
+        }
         headers.update(
             {
                 "lang": "py",

@@ -1,18 +1,19 @@
 """The configuration → the exact declarations to make on the broker (pure).
 
-This is where ``dead_letter: auto`` turns into an exchange, a queue and a binding, and typed queue
-fields into x-arguments. Planning, applying, exporting and graphing all read this one form.
+This is where ``dead_letter: auto`` turns into an exchange, a queue and a binding, ``delays: {enabled: true}``
+into the delay tiers (:mod:`amqptasks.delays.tiers`), and typed queue fields into x-arguments. Planning,
+applying, exporting and graphing all read this one form.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from amqptasks.config.diagnostics import NOWHERE, Location
-from amqptasks.config.model import DeadLetter, Exchange, Queue, RoutingSpec, Topology
-from amqptasks.constants import DLX_EXCHANGE, dlq_name
+from amqptasks.config.model import DeadLetter, Delays, Exchange, Queue, RoutingSpec, Topology
+from amqptasks.constants import DLX_EXCHANGE, UNROUTABLE_EXCHANGE, dlq_name
 
 #: Queue fields → x-argument names; values are converted by :func:`_queue_arguments`.
 _QUEUE_FIELDS = (
@@ -174,8 +175,30 @@ def _dedupe(bindings: list[BindingDecl]) -> tuple[BindingDecl, ...]:
     return tuple(unique)
 
 
-def desired(topology: Topology) -> DesiredTopology:
+def _with_unroutable(decl: ExchangeDecl, where: Location) -> ExchangeDecl:
+    """*decl*, with amqptasks.unroutable as alternate exchange unless it has one of its own."""
+    if "alternate-exchange" in decl.arguments:
+        return decl
+    arguments = {**decl.arguments, "alternate-exchange": UNROUTABLE_EXCHANGE}
+    return replace(decl, arguments=arguments, locs={**decl.locs, "alternate-exchange": where})
+
+
+def _tiers(topology: Topology, delays: Delays) -> tuple[list[ExchangeDecl], list[QueueDecl], list[BindingDecl]]:
+    # Imported here: the tiers are built from this module's declaration classes (an import cycle otherwise).
+    from amqptasks.delays.tiers import tier_topology
+
+    # No exit binding to streams: RabbitMQ 3.x drops a dead-lettered message routed to a stream, and a delayed
+    # message leaves the last tier by dead-lettering. Unbound, a delayed message for a stream is kept by
+    # amqptasks.unroutable instead of vanishing.
+    queues = [q.name for q in topology.queues if q.type != "stream"]
+    return tier_topology([e.name for e in topology.exchanges], queues, loc=delays.where("enabled"))
+
+
+def desired(topology: Topology, delays: Delays | None = None) -> DesiredTopology:
+    """What to declare for *topology*; with *delays* enabled, also the delay tiers and their alternate exchange."""
     exchanges = [_exchange(e) for e in topology.exchanges]
+    if delays is not None and delays.enabled:
+        exchanges = [_with_unroutable(e, delays.where("enabled")) for e in exchanges]
     queues = [_queue(q) for q in topology.queues]
     queue_bindings: list[BindingDecl] = []
     exchange_bindings: list[BindingDecl] = []
@@ -196,6 +219,12 @@ def desired(topology: Topology) -> DesiredTopology:
             queue_bindings.extend(_bindings(b, b.exchange, b.queue, "queue"))
         elif b.to_exchange is not None:
             exchange_bindings.extend(_bindings(b, b.exchange, b.to_exchange, "exchange"))
+    if delays is not None and delays.enabled:
+        tier_exchanges, tier_queues, tier_bindings = _tiers(topology, delays)
+        exchanges += tier_exchanges
+        queues += tier_queues
+        queue_bindings += [b for b in tier_bindings if b.destination_type == "queue"]
+        exchange_bindings += [b for b in tier_bindings if b.destination_type == "exchange"]
     return DesiredTopology(
         tuple(exchanges), tuple(queues), _dedupe(queue_bindings + _downstream_first(exchange_bindings))
     )

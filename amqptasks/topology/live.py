@@ -58,7 +58,7 @@ def provision(config: Config, *, prune: bool = False) -> tuple[Plan, ApplyResult
 
 
 def _plan(config: Config, connection: pika.BlockingConnection, prune: bool) -> Plan:
-    want = desired(config.topology)
+    want = desired(config.topology, config.delays)
     client = management_client(config.broker)
     if client is not None:
         vhost = BrokerURL.parse(config.broker.url).vhost

@@ -1,0 +1,215 @@
+"""The application: task registry, configuration, and the publishers that send tasks.
+
+There is no global default app (a known trap in dramatiq); tasks belong to the App that declared them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar, overload
+
+from amqptasks.config.load import load_config, load_config_text, override_broker_url
+from amqptasks.config.model import Config
+from amqptasks.result import AsyncResult
+from amqptasks.tasks.options import TaskOptions, check_declaration, matching_overrides
+from amqptasks.tasks.sending import Prepared, SendSettings, prepare
+from amqptasks.tasks.signature import Signature
+from amqptasks.tasks.task import Task
+
+if TYPE_CHECKING:
+    from amqptasks.publish.aio import AsyncPublisher
+    from amqptasks.publish.sync import SyncPublisher
+    from amqptasks.topology.apply import ApplyResult
+    from amqptasks.topology.plan import Plan
+
+P = ParamSpec("P")
+R = TypeVar("R")
+log = logging.getLogger("amqptasks")
+
+
+class App:
+    def __init__(self, *, config: Config | str | Path | None = None, broker_url: str | None = None) -> None:
+        if isinstance(config, Config):
+            self.config = override_broker_url(config, broker_url, os.environ)
+        elif config is not None:
+            self.config = load_config(config, broker_url=broker_url)
+        else:
+            self.config = load_config_text("{}", "<App()>", broker_url=broker_url)
+        self.tasks: dict[str, Task[Any, Any]] = {}
+        self._lock = threading.Lock()
+        self._publisher: SyncPublisher | None = None
+        self._aio_publishers: dict[asyncio.AbstractEventLoop, AsyncPublisher] = {}
+        self._provisioned = False
+        self._priority_warned: set[str] = set()
+
+    @classmethod
+    def from_config(cls, path: str | Path, *, broker_url: str | None = None) -> App:
+        """An app configured by a YAML file (``AMQPTASKS_BROKER_URL`` / *broker_url* override its broker)."""
+        return cls(config=path, broker_url=broker_url)
+
+    # --- declaring tasks ---------------------------------------------------------------------------
+
+    @overload
+    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+    @overload
+    def task(
+        self, *, bind: Literal[True], **options: Any
+    ) -> Callable[[Callable[Concatenate[Any, P], R]], Task[P, R]]: ...
+    @overload
+    def task(self, *, bind: Literal[False] = False, **options: Any) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+    def task(self, *fns: Callable[..., Any], bind: bool = False, **options: Any) -> Any:
+        """Register a task: ``@app.task`` or ``@app.task(name=..., queue=..., max_retries=...)``."""
+        if len(fns) > 1 or (fns and not callable(fns[0])):
+            raise TypeError("use @app.task or @app.task(option=value, ...); options are keyword arguments")
+        options["bind"] = bind
+
+        def register(func: Callable[..., Any]) -> Task[Any, Any]:
+            name = options.get("name") or f"{func.__module__}.{func.__qualname__}"
+            check_declaration(options, f"@app.task for {name!r}")
+            base: type[Task[Any, Any]] = options.pop("base", Task)
+            if not (isinstance(base, type) and issubclass(base, Task)):
+                raise TypeError(f"@app.task for {name!r}: base must be a subclass of amqptasks.Task")
+            declared = TaskOptions(**{**options, "name": name})
+            if name in self.tasks:
+                raise ValueError(f"task {name!r} is already registered (by {self.tasks[name].fn!r}); give name=")
+            task = base(self, func, declared)
+            self.tasks[name] = task
+            return task
+
+        return register(fns[0]) if fns else register
+
+    def task_options(self, name: str, declared: TaskOptions | None = None) -> TaskOptions:
+        """Effective options of task *name*: the YAML ``tasks:`` section over the declaration."""
+        entries = {pattern: s.given() for pattern, s in self.config.tasks.items()}
+        return (declared or TaskOptions(name=name)).merged(matching_overrides(name, entries))
+
+    # --- publishing ---------------------------------------------------------------------------------
+
+    @property
+    def send_settings(self) -> SendSettings:
+        return SendSettings(self.config.routes, self.config.delays.enabled)
+
+    def _prepare(
+        self, options: TaskOptions, args: tuple[Any, ...], kwargs: Mapping[str, Any], call: Mapping[str, Any]
+    ) -> Prepared:
+        prepared = prepare(options, args, kwargs, call, self.send_settings)
+        self._warn_priority(prepared)
+        return prepared
+
+    def publish_task(
+        self, options: TaskOptions, args: tuple[Any, ...], kwargs: Mapping[str, Any], call: Mapping[str, Any]
+    ) -> AsyncResult:
+        self._ensure_provisioned()  # first, so that a countdown starts when the message can leave
+        prepared = self._prepare(options, args, kwargs, call)
+        self.publisher.publish(prepared.envelope, retry_policy=_retry_policy(call))
+        return AsyncResult(prepared.message.id, options.name)
+
+    async def apublish_task(
+        self, options: TaskOptions, args: tuple[Any, ...], kwargs: Mapping[str, Any], call: Mapping[str, Any]
+    ) -> AsyncResult:
+        if self.config.topology.provision and not self._provisioned:
+            await asyncio.to_thread(self._ensure_provisioned)
+        publisher = await self.aio_publisher()
+        prepared = self._prepare(options, args, kwargs, call)
+        await publisher.publish(prepared.envelope, retry_policy=_retry_policy(call))
+        return AsyncResult(prepared.message.id, options.name)
+
+    def send_task(
+        self, name: str, args: Iterable[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Any
+    ) -> AsyncResult:
+        """Publish task *name* without importing its function (no argument check is possible)."""
+        declared = self.tasks[name].declared if name in self.tasks else None
+        return self.publish_task(self.task_options(name, declared), tuple(args), dict(kwargs or {}), options)
+
+    def publish_many(self, signatures: Iterable[Signature]) -> list[AsyncResult]:
+        """Publish many signatures with pipelined confirms; each one confirmed, as with ``delay()``."""
+        self._ensure_provisioned()
+        prepared = []
+        for sig in signatures:
+            if sig.task in self.tasks:
+                self.tasks[sig.task].check_arguments(sig.args, sig.kwargs)
+            declared = self.tasks[sig.task].declared if sig.task in self.tasks else None
+            prepared.append(self._prepare(self.task_options(sig.task, declared), sig.args, sig.kwargs, sig.options))
+        self.publisher.publish_many([p.envelope for p in prepared])
+        return [AsyncResult(p.message.id, p.message.task) for p in prepared]
+
+    def _warn_priority(self, prepared: Prepared) -> None:
+        destination = prepared.destination
+        if destination.priority is None or destination.queue is None:
+            return
+        queue = next((q for q in self.config.topology.queues if q.name == destination.queue), None)
+        if queue is not None and queue.max_priority is None and queue.name not in self._priority_warned:
+            self._priority_warned.add(queue.name)
+            log.warning(
+                "task %s is published with priority %s to queue %r, which has no max_priority: RabbitMQ "
+                "ignores the priority (declare the queue with max_priority)",
+                prepared.message.task,
+                destination.priority,
+                queue.name,
+            )
+
+    # --- connections --------------------------------------------------------------------------------
+
+    @property
+    def publisher(self) -> SyncPublisher:
+        """The thread-safe confirmed publisher (one pika connection per thread, created lazily)."""
+        with self._lock:
+            if self._publisher is None:
+                from amqptasks.publish.sync import SyncPublisher
+
+                self._publisher = SyncPublisher(self.config.broker)
+            return self._publisher
+
+    async def aio_publisher(self) -> AsyncPublisher:
+        """The asyncio publisher of the running event loop (aio-pika)."""
+        loop = asyncio.get_running_loop()
+        publisher = self._aio_publishers.get(loop)
+        if publisher is None:
+            from amqptasks.publish.aio import AsyncPublisher
+
+            publisher = AsyncPublisher(self.config.broker)
+            await publisher.connect()
+            self._aio_publishers[loop] = publisher
+        return publisher
+
+    def provision(self, *, prune: bool = False) -> tuple[Plan, ApplyResult]:
+        """Declare the YAML topology on the broker (refusing conflicts); see ``amqptasks topology apply``."""
+        from amqptasks.topology.live import provision
+
+        result = provision(self.config, prune=prune)
+        self._provisioned = True
+        return result
+
+    def _ensure_provisioned(self) -> None:
+        if self.config.topology.provision and not self._provisioned:
+            with self._lock:
+                if not self._provisioned:
+                    self.provision()
+
+    def close(self) -> None:
+        if self._publisher is not None:
+            self._publisher.close()
+            self._publisher = None
+
+    async def aclose(self) -> None:
+        publisher = self._aio_publishers.pop(asyncio.get_running_loop(), None)
+        if publisher is not None:
+            await publisher.close()
+
+    def __enter__(self) -> App:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _retry_policy(call: Mapping[str, Any]) -> Any:
+    from amqptasks.publish.retry import from_options
+
+    return from_options(call.get("retry", True), call.get("retry_policy"))

@@ -1,0 +1,271 @@
+"""Pipelined publisher confirms on one pika channel: many messages in flight, every one accounted for.
+
+pika's ``BlockingChannel.confirm_delivery()`` waits for each confirm before the next publish (~0.5 ms per
+persistent message here). We drive the channel's underlying ``pika.channel.Channel`` instead: publish up to
+``window`` messages, then let the connection's I/O loop run until enough of them are confirmed. Delivery tags are
+numbered by the broker 1, 2, 3... per channel in publish order, so we number them the same way.
+
+Not thread-safe (nor is pika): one ``ConfirmChannel`` per connection per thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pika
+import pika.channel
+import pika.exceptions
+import pika.spec
+
+from amqptasks import errors
+from amqptasks.message.envelope import Envelope
+from amqptasks.publish.outcome import Outcome
+
+__all__ = ["ConfirmChannel", "ConfirmTimeout", "pika_properties"]
+
+log = logging.getLogger(__name__)
+
+#: Let pika write out what it buffered once this many body bytes are waiting (large messages, small windows).
+_FLUSH_BYTES = 4 * 1024 * 1024
+
+Item = tuple[int, Envelope]  # (position in the caller's batch, envelope)
+
+#: Exceptions from ``basic_publish`` that mean the channel or connection is gone (the message was not sent).
+_CLOSED = (pika.exceptions.ChannelWrongStateError, pika.exceptions.ConnectionWrongStateError)
+
+
+class ConfirmTimeout(Exception):
+    """Internal: confirms did not come within the timeout (the caller turns it into PublishTimeout)."""
+
+
+def pika_properties(envelope: Envelope) -> pika.BasicProperties:
+    return pika.BasicProperties(
+        content_type=envelope.content_type,
+        content_encoding=envelope.content_encoding,
+        headers=dict(envelope.headers) if envelope.headers else None,
+        delivery_mode=envelope.delivery_mode,
+        priority=envelope.priority,
+        correlation_id=envelope.correlation_id,
+        reply_to=envelope.reply_to,
+        # AMQP's expiration is a shortstr holding milliseconds.
+        expiration=None if envelope.expiration is None else str(envelope.expiration),
+    )
+
+
+class ConfirmChannel:
+    """A channel in confirm mode that publishes a stream of envelopes and waits until each one is settled."""
+
+    def __init__(
+        self,
+        connection: pika.BlockingConnection,
+        *,
+        confirm: bool = True,
+        window: int = 10_000,
+        window_bytes: int = 64 * 1024 * 1024,
+        confirm_timeout: float | None = None,
+    ) -> None:
+        if window < 1 or window_bytes < 1:
+            raise ValueError(f"window ({window}) and window_bytes ({window_bytes}) must be at least 1")
+        self._connection = connection
+        self._channel = connection.channel()
+        # The pika.channel.Channel under the blocking wrapper: publishing on it does not wait for the confirm.
+        self._impl: pika.channel.Channel = self._channel._impl
+        self._confirm = confirm
+        # Persistent messages are confirmed in batches, once written to disk: keeping the window nearly full (refill
+        # a tenth at a time) gives the broker more to write per batch. Measured here: 2,000 messages refilled by
+        # half ~16k msgs/s, 10,000 refilled by a tenth ~20k msgs/s.
+        self._window = window
+        self._window_bytes = window_bytes
+        self._inflight_bytes = 0  # body bytes in flight: large messages fill the window sooner
+        self._confirm_timeout = confirm_timeout
+        self._inflight: dict[int, Item] = {}  # delivery tag -> message, until the broker settles it
+        self._returned: set[int] = set()  # tags in flight that came back as basic.return (their ack follows)
+        self._next_tag = 1
+        self._oldest = 1  # lowest delivery tag that may still be in flight
+        self._return_cursor = 1  # returns come in publish order: the next one is for this tag or a later one
+        self._outcome = Outcome()
+        self._impl.add_on_return_callback(self._on_return)
+        if confirm:
+            selected: list[bool] = []
+            self._impl.confirm_delivery(ack_nack_callback=self._on_confirm, callback=lambda _: selected.append(True))
+            self._wait(lambda: bool(selected))
+
+    @property
+    def is_open(self) -> bool:
+        return bool(self._channel.is_open)
+
+    @property
+    def clean(self) -> bool:
+        """No message in flight: the channel can serve the next call."""
+        return not self._inflight
+
+    def send(self, items: Iterator[Item], outcome: Outcome) -> None:
+        """Publish every item and return once each is settled (recorded in ``outcome``).
+
+        pika's transport exceptions propagate; ``unsettled()`` then lists what may need sending again.
+        An envelope pika cannot encode stops the batch: the messages before it are settled first.
+        """
+        self._outcome = outcome
+        inflight = self._inflight
+        publish = self._impl.basic_publish
+        window, window_bytes = self._window, self._window_bytes
+        target, target_bytes = window - max(1, window // 10), window_bytes - window_bytes // 10
+
+        def room() -> bool:
+            return len(inflight) <= target and self._inflight_bytes <= target_bytes
+
+        unflushed = 0
+        while True:
+            try:
+                item = next(items)
+                properties = pika_properties(item[1])
+            except StopIteration:
+                break
+            except Exception:  # the caller's iterable failed: settle what we sent before letting it through
+                self._wait(lambda: not inflight)
+                raise
+            envelope = item[1]
+            size = len(envelope.body)
+            tag = self._next_tag
+            inflight[tag] = item
+            self._next_tag = tag + 1
+            self._inflight_bytes += size
+            try:
+                publish(envelope.exchange, envelope.routing_key, envelope.body, properties, envelope.mandatory)
+            except _CLOSED:
+                raise
+            except Exception as exc:  # pika cannot encode it (header type, long routing key): nothing was sent
+                del inflight[tag]
+                self._next_tag = tag
+                self._inflight_bytes -= size
+                self._wait(lambda: not inflight)
+                raise errors.PublishError(f"cannot send {envelope.describe()}: {_encode_problem(exc)}") from None
+            if not self._confirm:
+                del inflight[tag]
+                self._inflight_bytes -= size
+                outcome.confirmed += 1
+            if len(inflight) >= window or self._inflight_bytes >= window_bytes:
+                self._wait(room)
+                unflushed = 0
+            else:
+                unflushed += size
+                if unflushed >= _FLUSH_BYTES:  # pika buffers what we publish until its I/O loop runs: bound that
+                    self._wait(_always)
+                    unflushed = 0
+        self._wait(lambda: not inflight)
+
+    def unsettled(self) -> list[Item]:
+        """Messages sent but not settled, in publish order (after a lost connection: send them again)."""
+        return [self._inflight[tag] for tag in sorted(self._inflight)]
+
+    def close(self) -> None:
+        if self._channel.is_open:
+            self._channel.close()
+
+    # -- broker callbacks (run inside _wait, on this thread) ---------------------------------------------------
+    def _on_confirm(self, frame: Any) -> None:
+        method = frame.method
+        tag: int = method.delivery_tag
+        ok = isinstance(method, pika.spec.Basic.Ack)
+        inflight, settle = self._inflight, self._settle
+        if method.multiple:
+            for each in range(self._oldest, tag + 1):
+                item = inflight.pop(each, None)
+                if item is not None:
+                    settle(each, item, ok)
+        else:
+            item = inflight.pop(tag, None)
+            if item is not None:
+                settle(tag, item, ok)
+        oldest, end = self._oldest, self._next_tag
+        while oldest < end and oldest not in inflight:
+            oldest += 1
+        self._oldest = oldest
+
+    def _settle(self, tag: int, item: Item, ok: bool) -> None:
+        self._inflight_bytes -= len(item[1].body)
+        if not ok:
+            self._returned.discard(tag)
+            self._outcome.nacked.append(item)
+        elif tag in self._returned:
+            # RabbitMQ acks unroutable messages too; the basic.return that came first makes it a failure.
+            self._returned.discard(tag)
+            self._outcome.returned.append(item)
+        else:
+            self._outcome.confirmed += 1
+
+    def _on_return(
+        self,
+        _channel: pika.channel.Channel,
+        method: pika.spec.Basic.Return,
+        properties: pika.spec.BasicProperties,
+        body: bytes,
+    ) -> None:
+        if not self._confirm:
+            # Without confirms nothing tells us which call a late return belongs to: all we can do is say so.
+            log.warning(
+                "unroutable message returned by the broker (exchange %r, routing key %r) on a publisher without "
+                "confirms: it was dropped",
+                method.exchange,
+                method.routing_key,
+            )
+            return
+        # A return carries no delivery tag. It comes before the ack of its message and in publish order, so it
+        # belongs to the first message in flight after the previous return that it matches.
+        for tag in range(max(self._return_cursor, self._oldest), self._next_tag):
+            item = self._inflight.get(tag)
+            if item is None or tag in self._returned:
+                continue
+            envelope = item[1]
+            if (
+                envelope.exchange == method.exchange
+                and envelope.routing_key == method.routing_key
+                and envelope.correlation_id == properties.correlation_id
+                and envelope.body == body
+            ):
+                self._returned.add(tag)
+                self._return_cursor = tag + 1
+                return
+        self._outcome.stray_returns.append((method.exchange, method.routing_key))
+
+    # -- waiting -----------------------------------------------------------------------------------------------
+    def _wait(self, done: Callable[[], bool]) -> None:
+        """Run the connection's I/O until ``done()``; raises pika's error if the channel or connection closes."""
+        # BlockingChannel._flush_output is pika's own wait loop (private, stable across pika 1.x): it flushes our
+        # output, dispatches incoming frames to the callbacks above, and raises ChannelClosedByBroker or the
+        # connection's error when either closes. process_data_events() would not wake up for impl callbacks.
+        if self._confirm_timeout is None:
+            self._channel._flush_output(done)
+            return
+        deadline = time.monotonic() + self._confirm_timeout
+        # A no-op timer makes the poll wake up at the deadline even when no frame arrives.
+        timer = self._connection.call_later(self._confirm_timeout, _noop)
+        try:
+            self._channel._flush_output(lambda: done() or time.monotonic() >= deadline)
+        finally:
+            self._connection.remove_timeout(timer)
+        if not done():
+            raise ConfirmTimeout(f"no publisher confirm within {self._confirm_timeout:g} s")
+
+
+def _encode_problem(exc: Exception) -> str:
+    if isinstance(exc, pika.exceptions.UnsupportedAMQPFieldException) and len(exc.args) > 1:
+        value = repr(exc.args[1])
+        return (
+            f"a header value of type {type(exc.args[1]).__name__} cannot go in an AMQP table "
+            f"({value[:80]}; use str, bytes, int, float, bool, None, Decimal, datetime, or lists and dicts of them)"
+        )
+    if isinstance(exc, pika.exceptions.ShortStringTooLong):
+        return "the exchange, routing key or a string property is longer than 255 bytes"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _noop() -> None:
+    pass
+
+
+def _always() -> bool:
+    return True

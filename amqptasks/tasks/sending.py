@@ -1,0 +1,169 @@
+"""A task call → the Envelope to publish (pure): options, routing, eta/expires, broker-side delay."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from amqptasks.config.diagnostics import did_you_mean
+from amqptasks.config.tasks_model import Route
+from amqptasks.message.envelope import Envelope
+from amqptasks.message.protocol import TaskMessage, to_envelope
+from amqptasks.message.serialize import Serializer, check_serializable
+from amqptasks.tasks.options import TaskOptions
+from amqptasks.tasks.routing import Destination, RouteFields, find_route, resolve
+
+#: Options ``apply_async`` / ``send_task`` accept.
+APPLY_OPTIONS = frozenset(
+    {
+        "task_id", "countdown", "eta", "expires", "priority", "routing_key", "exchange", "queue", "headers",
+        "link", "link_error", "retry", "retry_policy", "mandatory", "serializer", "compression",
+        "ignore_result", "time_limit", "soft_time_limit", "root_id", "parent_id", "group_id", "group_index",
+        "reply_to", "chain", "chord", "retries",
+    }
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Prepared:
+    envelope: Envelope
+    message: TaskMessage
+    destination: Destination
+    delay_ms: float
+
+
+@dataclass(frozen=True)
+class SendSettings:
+    """What the app contributes: YAML routes, whether delay tiers exist, the size limit."""
+
+    routes: Sequence[Route] = ()
+    delays_enabled: bool = False
+    max_message_size: int = 4 * 1024 * 1024
+
+
+def check_apply_options(options: Mapping[str, Any], task: str) -> None:
+    for key in options:
+        if key not in APPLY_OPTIONS:
+            raise TypeError(f"apply_async() of {task!r}: unknown option {key!r}{did_you_mean(key, APPLY_OPTIONS)}")
+    if "countdown" in options and "eta" in options and options["countdown"] is not None and options["eta"]:
+        raise TypeError(f"apply_async() of {task!r}: give countdown or eta, not both")
+
+
+def _aware(value: datetime, name: str) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(
+            f"{name}={value!r} is a naive datetime; give a timezone-aware one, "
+            "e.g. datetime.now(timezone.utc) + timedelta(minutes=5)"
+        )
+    return value
+
+
+def _eta(options: Mapping[str, Any], now: datetime) -> datetime | None:
+    countdown, eta = options.get("countdown"), options.get("eta")
+    if countdown is not None:
+        if not isinstance(countdown, int | float) or countdown < 0:
+            raise ValueError(f"countdown must be a number of seconds >= 0, got {countdown!r}")
+        return now + timedelta(seconds=countdown)
+    if eta is not None:
+        if not isinstance(eta, datetime):
+            raise TypeError(f"eta must be a datetime, got {type(eta).__name__}")
+        return _aware(eta, "eta")
+    return None
+
+
+def _expires(value: Any, now: datetime) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return _aware(value, "expires")
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return now + timedelta(seconds=value)
+    raise ValueError(f"expires must be seconds (> 0) or a timezone-aware datetime, got {value!r}")
+
+
+def _signature_dicts(value: Any) -> tuple[Mapping[str, Any], ...]:
+    if value is None:
+        return ()
+    items = value if isinstance(value, list | tuple) else [value]
+    return tuple(dict(item) for item in items)
+
+
+def prepare(
+    task: TaskOptions,
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    options: Mapping[str, Any],
+    settings: SendSettings,
+    now: datetime | None = None,
+) -> Prepared:
+    """Everything but the I/O of publishing a task: raises before anything could be sent."""
+    check_apply_options(options, task.name)
+    now = now or datetime.now(UTC)
+    eta = _eta(options, now)
+    expires = _expires(options.get("expires", task.expires), now)
+    call = RouteFields(
+        options.get("exchange"), options.get("routing_key"), options.get("queue"), options.get("priority")
+    )
+    declared = RouteFields(task.exchange, task.routing_key, task.queue, task.priority)
+    destination = resolve(task.name, call, find_route(settings.routes, task.name), declared)
+    serializer: Serializer = options.get("serializer") or task.serializer
+    check_serializable(task.name, args, dict(kwargs), serializer)
+    task_id = str(options.get("task_id") or uuid.uuid4())
+    time_limit = options.get("time_limit", task.time_limit)
+    soft_limit = options.get("soft_time_limit", task.soft_time_limit)
+    message = TaskMessage(
+        id=task_id,
+        task=task.name,
+        args=tuple(args),
+        kwargs=dict(kwargs),
+        eta=eta,
+        expires=expires,
+        retries=int(options.get("retries", 0)),
+        root_id=options.get("root_id") or task_id,
+        parent_id=options.get("parent_id"),
+        group=options.get("group_id"),
+        group_index=options.get("group_index"),
+        timelimit=(soft_limit, time_limit),
+        ignore_result=bool(options.get("ignore_result", task.ignore_result)),
+        callbacks=_signature_dicts(options.get("link")),
+        errbacks=_signature_dicts(options.get("link_error")),
+        chain=_signature_dicts(options.get("chain")),
+        chord=options.get("chord"),
+        reply_to=options.get("reply_to"),
+        extra_headers=dict(options.get("headers") or {}),
+    )
+    envelope = to_envelope(
+        message,
+        exchange=destination.exchange,
+        routing_key=destination.routing_key,
+        priority=destination.priority,
+        serializer=serializer,
+        compression=options.get("compression") or task.compression,
+        max_size=settings.max_message_size,
+        mandatory=bool(options.get("mandatory", True)),
+    )
+    delay_ms = max(0.0, (eta - now).total_seconds() * 1000) if eta else 0.0
+    if delay_ms > 0:
+        envelope = _through_delays(envelope, destination, delay_ms, settings, task.name)
+    return Prepared(envelope, message, destination, delay_ms)
+
+
+def _through_delays(
+    envelope: Envelope, destination: Destination, delay_ms: float, settings: SendSettings, task: str
+) -> Envelope:
+    if not settings.delays_enabled:
+        raise ValueError(
+            f"task {task!r}: countdown/eta need the broker-side delay tiers; add 'delays: {{enabled: true}}' to "
+            "the YAML and run 'amqptasks topology apply' (amqptasks never holds delayed tasks in a worker)"
+        )
+    from amqptasks.delays.tiers import route
+
+    if destination.queue is not None and destination.exchange == "":
+        hop = route(delay_ms, queue=destination.queue, headers=envelope.headers)
+    else:
+        hop = route(delay_ms, exchange=destination.exchange, headers=envelope.headers)
+    # No AMQP expiration on a delayed message: it would also count down inside the tier queues.
+    return replace(envelope, exchange=hop.exchange, headers=hop.headers, expiration=None)

@@ -1,0 +1,115 @@
+"""RetryPolicy: Celery's publish retry options, as pure data."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from amqptasks.publish.retry import NO_RETRY, RetryPolicy, from_options
+
+
+def test_default_policy_is_celerys_three_retries_after_0_then_200ms_waits() -> None:
+    # Given Celery's defaults (max_retries 3, interval_start 0, interval_step 0.2, interval_max 0.2)
+    policy = RetryPolicy()
+
+    # When we list the sleeps before each retry
+    sleeps = list(policy.intervals())
+
+    # Then there are three, growing by the step up to the maximum
+    assert sleeps == [0.0, 0.2, 0.2]
+    assert policy.total_sleep() == pytest.approx(0.4)
+
+
+def test_intervals_grow_by_step_and_stop_at_interval_max() -> None:
+    policy = RetryPolicy(max_retries=6, interval_start=1.0, interval_step=0.5, interval_max=2.5)
+
+    assert list(policy.intervals()) == [1.0, 1.5, 2.0, 2.5, 2.5, 2.5]
+
+
+def test_zero_max_retries_means_no_sleep_and_no_retry() -> None:
+    assert list(RetryPolicy(max_retries=0).intervals()) == []
+    assert list(NO_RETRY.intervals()) == []
+
+
+def test_none_max_retries_retries_forever() -> None:
+    policy = RetryPolicy(max_retries=None, interval_start=0.1, interval_step=0.1, interval_max=0.3)
+
+    first = list(itertools.islice(policy.intervals(), 100))
+
+    assert len(first) == 100
+    assert first[:4] == pytest.approx([0.1, 0.2, 0.3, 0.3])
+    assert policy.total_sleep() == float("inf")
+
+
+def test_each_call_to_intervals_starts_afresh() -> None:
+    policy = RetryPolicy()
+    used = policy.intervals()
+    next(used)
+
+    assert list(policy.intervals()) == [0.0, 0.2, 0.2]
+
+
+def test_policy_is_frozen() -> None:
+    policy = RetryPolicy()
+    with pytest.raises(AttributeError):
+        policy.max_retries = 5  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"max_retries": -1}, "max_retries must be an integer >= 0 or None, not -1"),
+        ({"max_retries": 2.5}, "max_retries must be an integer >= 0 or None, not 2.5"),
+        ({"max_retries": True}, "max_retries must be an integer >= 0 or None, not True"),
+        ({"interval_start": -0.1}, "interval_start must be a number of seconds >= 0, not -0.1"),
+        ({"interval_step": "1"}, "interval_step must be a number of seconds >= 0, not '1'"),
+        ({"interval_max": float("nan")}, "interval_max must be a number of seconds >= 0, not nan"),
+    ],
+)
+def test_invalid_values_are_rejected_naming_the_option(options: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        RetryPolicy(**options)  # type: ignore[arg-type]
+
+
+def test_from_options_fills_missing_keys_with_defaults() -> None:
+    # Given a Celery-style retry_policy naming only some keys
+    policy = from_options(True, {"max_retries": 5, "interval_max": 1})
+
+    # Then the others keep Celery's defaults
+    assert policy == RetryPolicy(max_retries=5, interval_start=0.0, interval_step=0.2, interval_max=1)
+
+
+def test_from_options_without_a_policy_is_the_default() -> None:
+    assert from_options() == RetryPolicy()
+    assert from_options(True, None) == RetryPolicy()
+    assert from_options(True, {}) == RetryPolicy()
+
+
+def test_retry_false_disables_retries_whatever_the_policy_says() -> None:
+    policy = from_options(False, {"max_retries": 10, "interval_start": 2})
+
+    assert policy.max_retries == 0
+    assert list(policy.intervals()) == []
+
+
+def test_unknown_key_is_rejected_with_a_suggestion_and_the_known_keys() -> None:
+    # Given a typo in a policy key
+    with pytest.raises(ValueError) as caught:
+        from_options(True, {"max_retry": 3})
+
+    # Then the error names it, suggests the right key and lists the known ones
+    message = str(caught.value)
+    assert "unknown key 'max_retry'" in message
+    assert "did you mean 'max_retries'?" in message
+    assert "known keys: max_retries, interval_start, interval_step, interval_max" in message
+
+
+def test_several_unknown_keys_are_all_named() -> None:
+    with pytest.raises(ValueError, match=r"unknown keys 'retry_errors', 'intervall_max' \(did you mean 'interval_max'"):
+        from_options(True, {"retry_errors": (), "intervall_max": 1})
+
+
+def test_retry_flag_must_be_a_bool() -> None:
+    with pytest.raises(ValueError, match="retry must be True or False"):
+        from_options("yes", None)  # type: ignore[arg-type]
