@@ -197,3 +197,33 @@ def test_provisions_the_topology_on_first_publish_when_the_yaml_asks(
     assert mgmt.get_queue(vhost.vhost, "emails") is None
     app.tasks["emails.send"].delay("a")
     assert mgmt.get_queue(vhost.vhost, "emails") is not None
+
+
+def test_eta_in_the_future_goes_through_the_delay_tiers(app: App, channel: Any) -> None:
+    app.provision()
+    eta = datetime.now(UTC) + timedelta(milliseconds=600)
+    app.tasks["emails.send"].apply_async(("later",), eta=eta)
+    assert drain(channel, "emails") == []  # not before its eta
+    time.sleep(0.8)
+    [(_, props, _)] = drain(channel, "emails")
+    assert props.headers["eta"] == eta.isoformat()
+
+
+def test_mandatory_false_lets_an_unroutable_task_go_silently(app: App) -> None:
+    # Opting out of mandatory is the caller's explicit choice; the default raises UnroutableError.
+    app.tasks["billing.charge"].apply_async(("acme", 1), routing_key="nobody.listens", mandatory=False)
+
+
+def test_msgpack_serializer_sets_the_content_type_and_round_trips(app: App, channel: Any) -> None:
+    from amqptasks.tasks.dispatch import decode
+
+    app.tasks["emails.send"].apply_async(("a@example.com",), serializer="msgpack")
+    [(_, props, body)] = drain(channel, "emails")
+    assert props.content_type == "application/x-msgpack"
+    message = decode(body, props.headers, props.content_type, props.content_encoding)
+    assert message.args == ("a@example.com",)
+
+
+def test_unknown_retry_policy_key_is_refused_before_sending(app: App, channel: Any) -> None:
+    with pytest.raises(ValueError, match="max_retry"):
+        app.tasks["emails.send"].apply_async(("a",), retry_policy={"max_retry": 3})

@@ -10,6 +10,7 @@ import click
 from amqptasks import __version__
 from amqptasks.cli import output
 from amqptasks.cli.config import config_group
+from amqptasks.cli.send import send_command
 from amqptasks.cli.topology import topology_group
 from amqptasks.errors import AmqpTasksError
 
@@ -26,6 +27,7 @@ def cli() -> None:
 
 cli.add_command(topology_group)
 cli.add_command(config_group)
+cli.add_command(send_command)
 
 
 def main() -> None:
