@@ -29,6 +29,7 @@ from socket import create_connection
 # Demo: every step runs `amqptasks ARGS` ({config} replaced) for each config file, in order. The dict maps
 # a non-zero exit code to what it means; any other non-zero exit code is a plain failure.
 DEMO_CONFIGS = ["config/minimal.yaml", "config/app.yaml"]
+DEMO_VHOST = "amqptasks-demo"
 DEMO_STEPS: list[tuple[str, list[str], dict[int, str]]] = [
     ("validate", ["topology", "validate", "{config}"], {}),
     ("plan", ["topology", "plan", "{config}"], {}),
@@ -39,6 +40,12 @@ DEMO_STEPS: list[tuple[str, list[str], dict[int, str]]] = [
         {2: "changes still pending right after apply: apply is not idempotent"},
     ),
     ("graph", ["topology", "graph", "{config}", "--format", "mermaid"], {}),
+    ("send a task (confirmed; prints its id)", ["send", "demo.hello", "{config}", "--args", '["world"]'], {}),
+    (
+        "send a task with a 1.5 s broker-side countdown",
+        ["send", "demo.hello", "{config}", "--args", '["later"]', "--countdown", "1.5"],
+        {},
+    ),
 ]
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -182,6 +189,42 @@ def port_open(host: str, port: int) -> bool:
         return False
 
 
+def management_request(method: str, host: str, user: str, password: str, path: str, body: str | None = None) -> int:
+    """Send one management API request; its HTTP status (0 when nothing answers)."""
+    netloc = f"[{host}]" if ":" in host else host
+    data = body.encode() if body is not None else None
+    request = urllib.request.Request(f"http://{netloc}:{MANAGEMENT_PORT}/api/{path}", data=data, method=method)
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    request.add_header("Authorization", f"Basic {token}")
+    request.add_header("Content-Type", "application/json")
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except (OSError, ValueError):
+        return 0
+
+
+def demo_broker_url() -> str:
+    """A fresh vhost for the demo, so it neither depends on nor changes what "/" holds."""
+    parts = urllib.parse.urlsplit(os.environ.get("AMQPTASKS_BROKER_URL") or DEFAULT_BROKER_URL)
+    host, user = parts.hostname or "localhost", urllib.parse.unquote(parts.username or "guest")
+    password = urllib.parse.unquote(parts.password or "guest")
+    vhost = urllib.parse.quote(DEMO_VHOST, safe="")
+    management_request("DELETE", host, user, password, f"vhosts/{vhost}")
+    created = management_request("PUT", host, user, password, f"vhosts/{vhost}")
+    granted = management_request(
+        "PUT", host, user, password, f"permissions/{vhost}/{urllib.parse.quote(user, safe='')}",
+        '{"configure": ".*", "write": ".*", "read": ".*"}',
+    )  # fmt: skip
+    if created not in (201, 204) or granted not in (201, 204):
+        raise Fatal(f"demo: cannot create vhost {DEMO_VHOST!r} through the management API (HTTP {created}/{granted})")
+    say(f"demo: using a fresh vhost {DEMO_VHOST!r}")
+    return urllib.parse.urlunsplit(parts._replace(path="/" + vhost))
+
+
 def management_status(host: str, user: str, password: str) -> int | None:
     """HTTP status of GET /api/overview, or None when nothing answers."""
     netloc = f"[{host}]" if ":" in host else host
@@ -272,11 +315,11 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def run_step(title: str, cmd: list[str]) -> int:
+def run_step(title: str, cmd: list[str], env: dict[str, str] | None = None) -> int:
     shown = " ".join([os.path.relpath(cmd[0], ROOT), *cmd[1:]])
     say(f"\n==> {title}: {shown}")
     try:
-        return subprocess.run(cmd, cwd=ROOT, env=child_env()).returncode
+        return subprocess.run(cmd, cwd=ROOT, env={**child_env(), **(env or {})}).returncode
     except OSError as exc:
         say(f"cannot run {shown}: {exc}")
         return 127
@@ -304,11 +347,12 @@ def cmd_demo() -> int:
     cli = venv_exe("amqptasks")
     if not os.path.exists(cli):
         raise Fatal("demo: .venv has no `amqptasks` command; check [project.scripts] in pyproject.toml")
+    env = {"AMQPTASKS_BROKER_URL": demo_broker_url()}
     for config in DEMO_CONFIGS:
         if not os.path.exists(os.path.join(ROOT, config)):
             raise Fatal(f"demo: {config} does not exist")
         for title, args, meanings in DEMO_STEPS:
-            rc = run_step(f"[{config}] {title}", [cli, *(a.replace("{config}", config) for a in args)])
+            rc = run_step(f"[{config}] {title}", [cli, *(a.replace("{config}", config) for a in args)], env)
             if rc != 0:
                 reason = meanings.get(rc, "failed")
                 say(f"\ndemo: FAILED at [{config}] {title} (exit {rc}): {reason}")
