@@ -27,6 +27,20 @@ class Envelope:
     #: Ask the broker to return the message if no queue gets it (raises UnroutableError).
     mandatory: bool = True
 
+    def properties(self) -> dict[str, Any]:
+        """The AMQP basic properties, as keyword arguments for pika's or aiormq's properties class."""
+        return {
+            "content_type": self.content_type,
+            "content_encoding": self.content_encoding,
+            "headers": dict(self.headers) if self.headers else None,
+            "delivery_mode": self.delivery_mode,
+            "priority": self.priority,
+            "correlation_id": self.correlation_id,
+            "reply_to": self.reply_to,
+            # AMQP's expiration is a shortstr holding milliseconds.
+            "expiration": None if self.expiration is None else str(self.expiration),
+        }
+
     def describe(self) -> str:
         exchange = repr(self.exchange) if self.exchange else "the default exchange"
         return f"message {self.correlation_id or ''} to {exchange} with routing key {self.routing_key!r}".replace(

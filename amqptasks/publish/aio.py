@@ -24,7 +24,7 @@ from amqptasks.broker.url import BrokerURL
 from amqptasks.config.model import Broker
 from amqptasks.message.envelope import Envelope
 from amqptasks.publish.outcome import BLOCKED_HINT
-from amqptasks.publish.retry import RetryPolicy
+from amqptasks.publish.retry import RetryPolicy, gave_up
 from amqptasks.publish.sync import DEFAULT_CONNECTION_NAME
 from amqptasks.topology.live import tls_options
 
@@ -182,10 +182,7 @@ class AsyncPublisher:
                 cause = str(exc)
             delay = next(intervals, None)
             if delay is None:
-                raise errors.PublishConnectionError(
-                    f"cannot publish {envelope.describe()}: {cause}; gave up after {retries} "
-                    f"{'retry' if retries == 1 else 'retries'}"
-                ) from None
+                raise gave_up(envelope.describe(), cause, retries) from None
             retries += 1
             self._log_retry("publishing %s: %s; retry %d in %.2f s", envelope.describe(), cause, retries, delay)
             await asyncio.sleep(delay)
@@ -268,14 +265,4 @@ class _Lost(Exception):
 
 
 def _properties(envelope: Envelope) -> spec.Basic.Properties:
-    return spec.Basic.Properties(
-        content_type=envelope.content_type,
-        content_encoding=envelope.content_encoding,
-        headers=dict(envelope.headers) if envelope.headers else None,
-        delivery_mode=envelope.delivery_mode,
-        priority=envelope.priority,
-        correlation_id=envelope.correlation_id,
-        reply_to=envelope.reply_to,
-        # AMQP's expiration is a shortstr holding milliseconds.
-        expiration=None if envelope.expiration is None else str(envelope.expiration),
-    )
+    return spec.Basic.Properties(**envelope.properties())

@@ -42,17 +42,7 @@ class ConfirmTimeout(Exception):
 
 
 def pika_properties(envelope: Envelope) -> pika.BasicProperties:
-    return pika.BasicProperties(
-        content_type=envelope.content_type,
-        content_encoding=envelope.content_encoding,
-        headers=dict(envelope.headers) if envelope.headers else None,
-        delivery_mode=envelope.delivery_mode,
-        priority=envelope.priority,
-        correlation_id=envelope.correlation_id,
-        reply_to=envelope.reply_to,
-        # AMQP's expiration is a shortstr holding milliseconds.
-        expiration=None if envelope.expiration is None else str(envelope.expiration),
-    )
+    return pika.BasicProperties(**envelope.properties())
 
 
 class ConfirmChannel:

@@ -13,9 +13,17 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["NO_RETRY", "RetryPolicy", "from_options"]
+from amqptasks import errors
+
+__all__ = ["NO_RETRY", "RetryPolicy", "from_options", "gave_up"]
 
 _FIELDS = ("max_retries", "interval_start", "interval_step", "interval_max")
+
+
+def gave_up(what: str, cause: str, retries: int, progress: str = "") -> errors.PublishConnectionError:
+    """The error raised when the retry policy is exhausted."""
+    plural = "retry" if retries == 1 else "retries"
+    return errors.PublishConnectionError(f"cannot publish {what}: {cause}; gave up after {retries} {plural}{progress}")
 
 
 @dataclass(frozen=True)

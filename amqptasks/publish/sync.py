@@ -25,7 +25,7 @@ from amqptasks.config.model import Broker
 from amqptasks.message.envelope import Envelope
 from amqptasks.publish.outcome import BLOCKED_HINT, Outcome
 from amqptasks.publish.pipeline import ConfirmChannel, ConfirmTimeout, Item
-from amqptasks.publish.retry import RetryPolicy
+from amqptasks.publish.retry import RetryPolicy, gave_up
 from amqptasks.topology.live import tls_options
 
 __all__ = ["DEFAULT_CONNECTION_NAME", "SyncPublisher"]
@@ -165,10 +165,7 @@ class SyncPublisher:
                 intervals, retries, confirmed_before = policy.intervals(), 0, outcome.confirmed
             delay = next(intervals, None)
             if delay is None:
-                raise errors.PublishConnectionError(
-                    f"cannot publish {what}: {cause}; gave up after {retries} "
-                    f"{'retry' if retries == 1 else 'retries'}{outcome.progress()}"
-                ) from None
+                raise gave_up(what, cause, retries, outcome.progress()) from None
             retries += 1
             log.warning("publishing %s: %s; retry %d in %.2f s", what, cause, retries, delay)
             time.sleep(delay)
