@@ -43,7 +43,9 @@ class App:
         self.tasks: dict[str, Task[Any, Any]] = {}
         self._lock = threading.Lock()
         self._publisher: SyncPublisher | None = None
-        self._aio_publishers: dict[asyncio.AbstractEventLoop, AsyncPublisher] = {}
+        # One connecting task per event loop: concurrent first publishes must share one connection
+        # (without this, a gather of 1,000 first adelay() calls opened 1,000 connections).
+        self._aio_publishers: dict[asyncio.AbstractEventLoop, asyncio.Task[AsyncPublisher]] = {}
         self._provisioned = False
         self._priority_warned: set[str] = set()
 
@@ -167,15 +169,19 @@ class App:
             return self._publisher
 
     async def aio_publisher(self) -> AsyncPublisher:
-        """The asyncio publisher of the running event loop (aio-pika)."""
+        """The asyncio publisher of the running event loop (aio-pika), connected once per loop."""
         loop = asyncio.get_running_loop()
-        publisher = self._aio_publishers.get(loop)
-        if publisher is None:
-            from amqptasks.publish.aio import AsyncPublisher
+        connecting = self._aio_publishers.get(loop)
+        if connecting is None or (connecting.done() and connecting.exception() is not None):
+            connecting = loop.create_task(self._connect_aio())
+            self._aio_publishers[loop] = connecting
+        return await asyncio.shield(connecting)
 
-            publisher = AsyncPublisher(self.config.broker)
-            await publisher.connect()
-            self._aio_publishers[loop] = publisher
+    async def _connect_aio(self) -> AsyncPublisher:
+        from amqptasks.publish.aio import AsyncPublisher
+
+        publisher = AsyncPublisher(self.config.broker)
+        await publisher.connect()
         return publisher
 
     def provision(self, *, prune: bool = False) -> tuple[Plan, ApplyResult]:
@@ -198,8 +204,12 @@ class App:
             self._publisher = None
 
     async def aclose(self) -> None:
-        publisher = self._aio_publishers.pop(asyncio.get_running_loop(), None)
-        if publisher is not None:
+        connecting = self._aio_publishers.pop(asyncio.get_running_loop(), None)
+        if connecting is not None and not connecting.cancelled():
+            try:
+                publisher = await connecting
+            except Exception:  # it never connected: nothing to close
+                return
             await publisher.close()
 
     def __enter__(self) -> App:

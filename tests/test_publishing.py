@@ -227,3 +227,27 @@ def test_msgpack_serializer_sets_the_content_type_and_round_trips(app: App, chan
 def test_unknown_retry_policy_key_is_refused_before_sending(app: App, channel: Any) -> None:
     with pytest.raises(ValueError, match="max_retry"):
         app.tasks["emails.send"].apply_async(("a",), retry_policy={"max_retry": 3})
+
+
+def test_concurrent_first_async_publishes_share_one_connection(
+    app: App, mgmt: ManagementClient, vhost: BrokerURL
+) -> None:
+    async def main() -> int:
+        await asyncio.gather(*(app.tasks["emails.send"].adelay(f"u{i}") for i in range(50)))
+        count = _connections_in(mgmt, vhost)  # the publisher is still open here
+        await app.aclose()
+        return count
+
+    assert asyncio.run(main()) == 1
+
+
+def _connections_in(mgmt: ManagementClient, vhost: BrokerURL, settle: float = 6.0) -> int:
+    # The management API's connection list lags a few seconds behind the broker.
+    deadline = time.monotonic() + settle
+    count = 0
+    while time.monotonic() < deadline:
+        count = sum(1 for c in mgmt.list_connections() if c.get("vhost") == vhost.vhost)
+        if count:
+            break
+        time.sleep(0.25)
+    return count

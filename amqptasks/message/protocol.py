@@ -12,12 +12,21 @@ import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from amqptasks.message.envelope import Envelope
 from amqptasks.message.errors import EncodeError, MessageError
-from amqptasks.message.serialize import Compression, Serializer, compress, content_type, decompress, dumps, loads
+from amqptasks.message.serialize import (
+    Compression,
+    Serializer,
+    compress,
+    content_type,
+    culprit,
+    decompress,
+    dumps,
+    loads,
+)
 
 #: Headers the broker adds when dead-lettering. A re-published task must not carry them: RabbitMQ drops a
 #: message whose x-death shows it already went round a dead-letter cycle (Celery #9867).
@@ -35,8 +44,16 @@ DEATH_HEADERS = frozenset(
 _REPR_LIMIT = 1024
 
 
+_ORIGIN: tuple[int, str] | None = None
+
+
 def origin() -> str:
-    return f"{os.getpid()}@{socket.gethostname()}"
+    """``pid@host`` of this process (cached; recomputed after a fork)."""
+    global _ORIGIN
+    pid = os.getpid()
+    if _ORIGIN is None or _ORIGIN[0] != pid:
+        _ORIGIN = (pid, f"{pid}@{socket.gethostname()}")
+    return _ORIGIN[1]
 
 
 @dataclass(frozen=True)
@@ -119,7 +136,11 @@ def to_envelope(
     max_size: int | None = None,
     mandatory: bool = True,
 ) -> Envelope:
-    body = dumps(message.body(), serializer)
+    try:
+        body = dumps(message.body(), serializer)
+    except (TypeError, ValueError, OverflowError):
+        culprit(message.task, message.args, dict(message.kwargs), serializer)  # raises, naming the argument
+        raise
     headers = message.headers()
     if compression is not None:
         body, headers["compression"] = compress(body, compression)
@@ -224,7 +245,8 @@ def _datetime(value: Any, name: str) -> datetime | None:
         parsed = datetime.fromisoformat(str(value))
     except ValueError:
         raise MessageError("bad-header", f"{name} header {value!r} is not an ISO 8601 date-time") from None
-    return parsed
+    # Celery sends naive times in its app timezone, UTC unless configured otherwise.
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 def retried(message: TaskMessage, **changes: Any) -> TaskMessage:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
+import uuid
 import zlib
 from collections.abc import Callable
+from datetime import date, datetime, time
+from decimal import Decimal
 from typing import Any, Literal
 
 from amqptasks.message.errors import EncodeError, MessageError
@@ -20,9 +24,9 @@ CONTENT_TYPES: dict[str, Serializer] = {
 }
 _CONTENT_TYPE_OF: dict[Serializer, str] = {"json": "application/json", "msgpack": "application/x-msgpack"}
 
-# kombu (Celery) marks zlib-compressed bodies "application/x-gzip"; we write that for zlib so a Celery
-# worker can read our messages, and accept real gzip too.
-_COMPRESSION_HEADER: dict[Compression, str] = {"zlib": "application/x-gzip", "gzip": "application/gzip"}
+# kombu (Celery) means zlib by both "zlib" and "gzip" and marks the body "application/x-gzip"; a Celery
+# worker cannot read anything else (it acks and drops it), so both names write that. Real gzip is read.
+_COMPRESSION_HEADER: dict[Compression, str] = {"zlib": "application/x-gzip"}
 _DECOMPRESS: dict[str, Callable[[bytes], bytes]] = {
     "application/x-gzip": lambda data: gzip.decompress(data) if data[:2] == b"\x1f\x8b" else zlib.decompress(data),
     "application/gzip": gzip.decompress,
@@ -37,16 +41,55 @@ def content_type(serializer: Serializer) -> str:
 
 def _msgpack() -> Any:
     try:
-        import msgpack  # type: ignore[import-not-found,unused-ignore]
+        import msgpack  # type: ignore[import-untyped,import-not-found,unused-ignore]
     except ImportError:
         raise EncodeError("msgpack is not installed: pip install 'amqptasks[msgpack]'") from None
     return msgpack
 
 
+# kombu's JSON tags for values JSON has no type for: {"__type__": "datetime", "__value__": "2026-..."}.
+_ENCODERS: tuple[tuple[type, str, Callable[[Any], Any]], ...] = (
+    (datetime, "datetime", datetime.isoformat),  # before date: a datetime is a date too
+    (date, "date", date.isoformat),
+    (time, "time", time.isoformat),
+    (Decimal, "decimal", str),
+    (uuid.UUID, "uuid", lambda u: {"hex": u.hex}),
+)
+_DECODERS: dict[str, Callable[[Any], Any]] = {
+    "datetime": datetime.fromisoformat,
+    "date": lambda v: datetime.fromisoformat(v).date(),
+    "time": time.fromisoformat,
+    "decimal": Decimal,
+    "uuid": lambda v: uuid.UUID(**v),
+    "bytes": lambda v: v.encode("utf-8"),
+    "base64": base64.b64decode,
+}
+
+
+def _encode_tagged(value: Any) -> Any:
+    for kind, tag, encode in _ENCODERS:
+        if isinstance(value, kind):
+            return {"__type__": tag, "__value__": encode(value)}
+    if isinstance(value, bytes):
+        try:
+            return {"__type__": "bytes", "__value__": value.decode("utf-8")}
+        except UnicodeDecodeError:
+            return {"__type__": "base64", "__value__": base64.b64encode(value).decode()}
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _decode_tagged(obj: dict[str, Any]) -> Any:
+    if obj.keys() == {"__type__", "__value__"} and obj["__type__"] in _DECODERS:
+        return _DECODERS[obj["__type__"]](obj["__value__"])
+    return obj
+
+
 def dumps(value: Any, serializer: Serializer) -> bytes:
     if serializer == "msgpack":
         return bytes(_msgpack().packb(value, use_bin_type=True))
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    return json.dumps(
+        value, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_encode_tagged
+    ).encode()
 
 
 def loads(body: bytes, content_type: str | None, content_encoding: str | None) -> Any:
@@ -56,14 +99,14 @@ def loads(body: bytes, content_type: str | None, content_encoding: str | None) -
     try:
         if serializer == "msgpack":
             return _msgpack().unpackb(body, raw=False)
-        return json.loads(body.decode(content_encoding or "utf-8"))
+        return json.loads(body.decode(content_encoding or "utf-8"), object_hook=_decode_tagged)
     except (ValueError, UnicodeDecodeError, LookupError) as exc:
         raise MessageError("undecodable", f"body is not valid {serializer}: {exc}") from None
 
 
 def compress(body: bytes, method: Compression) -> tuple[bytes, str]:
-    data = zlib.compress(body) if method == "zlib" else gzip.compress(body)
-    return data, _COMPRESSION_HEADER[method]
+    del method  # both names mean zlib data, as in kombu
+    return zlib.compress(body), _COMPRESSION_HEADER["zlib"]
 
 
 def decompress(body: bytes, header: str) -> bytes:
@@ -76,8 +119,8 @@ def decompress(body: bytes, header: str) -> bytes:
         raise MessageError("undecodable", f"cannot decompress ({header}): {exc}") from None
 
 
-def check_serializable(task: str, args: tuple[Any, ...], kwargs: dict[str, Any], serializer: Serializer) -> None:
-    """Name the first argument that cannot be serialized, before anything is sent."""
+def culprit(task: str, args: tuple[Any, ...], kwargs: dict[str, Any], serializer: Serializer) -> None:
+    """After a body failed to serialize: raise EncodeError naming the first argument that cannot be sent."""
     named = [(f"argument {i + 1}", value) for i, value in enumerate(args)] + [
         (f"keyword argument {key!r}", value) for key, value in kwargs.items()
     ]
@@ -89,3 +132,4 @@ def check_serializable(task: str, args: tuple[Any, ...], kwargs: dict[str, Any],
                 f"task {task!r}: {label} ({type(value).__name__}) cannot be sent as {serializer}: {exc}. "
                 "Pass plain data (str, int, float, bool, None, lists, dicts), e.g. an id instead of an object."
             ) from None
+    raise EncodeError(f"task {task!r}: the message cannot be sent as {serializer}")

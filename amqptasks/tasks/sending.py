@@ -12,7 +12,7 @@ from amqptasks.config.diagnostics import did_you_mean
 from amqptasks.config.tasks_model import Route
 from amqptasks.message.envelope import Envelope
 from amqptasks.message.protocol import TaskMessage, to_envelope
-from amqptasks.message.serialize import Serializer, check_serializable
+from amqptasks.message.serialize import Serializer
 from amqptasks.tasks.options import TaskOptions
 from amqptasks.tasks.routing import Destination, RouteFields, find_route, resolve
 
@@ -110,7 +110,6 @@ def prepare(
     declared = RouteFields(task.exchange, task.routing_key, task.queue, task.priority)
     destination = resolve(task.name, call, find_route(settings.routes, task.name), declared)
     serializer: Serializer = options.get("serializer") or task.serializer
-    check_serializable(task.name, args, dict(kwargs), serializer)
     task_id = str(options.get("task_id") or uuid.uuid4())
     time_limit = options.get("time_limit", task.time_limit)
     soft_limit = options.get("soft_time_limit", task.soft_time_limit)

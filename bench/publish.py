@@ -1,0 +1,225 @@
+"""Publishing throughput and per-call latency: amqptasks vs Celery 5 vs Dramatiq, on the same local RabbitMQ.
+
+    .venv/bin/python bench/publish.py [--n 20000] [--per-call-n 2000] [--warmup 1000] [--broker amqp://...]
+
+Every row gets a fresh vhost, a durable classic queue ``bench``, persistent messages and the same no-op task
+called with ``(1, 2)``. Each row warms up first (connection, declarations, code paths), then the queue is
+emptied, the row measured, and the queue checked to hold exactly n messages. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package: it runs as a script
+
+from _common import (
+    QUEUE,
+    Row,
+    fresh_vhost,
+    machine,
+    markdown_table,
+    settle_warmup,
+    timed_calls,
+    wait_for_depth,
+)
+
+from amqptasks import App
+from amqptasks.broker import BrokerURL, ManagementClient
+from amqptasks.config import load_config_text
+from amqptasks.constants import DEFAULT_BROKER_URL, ENV_BROKER_URL
+
+TASK = "bench.noop"
+ARGS = (1, 2)
+AIO_CHUNK = 1_000
+
+
+@dataclass(frozen=True)
+class Sizes:
+    n: int
+    per_call_n: int
+    warmup: int
+
+
+def noop(x: int, y: int) -> None:
+    """The task every framework publishes; nothing consumes it during the benchmark."""
+
+
+# --- amqptasks ---------------------------------------------------------------------------------------------
+
+
+def amqptasks_app(url: BrokerURL) -> App:
+    config = load_config_text(
+        f"topology:\n  provision: true\n  queues:\n    - {{name: {QUEUE}}}\n", "bench.yaml", broker_url=url.to_url()
+    )
+    app = App(config=config, broker_url=url.to_url())
+    app.task(name=TASK, queue=QUEUE)(noop)
+    return app
+
+
+def amqptasks_delay(url: BrokerURL, sizes: Sizes) -> Row:
+    with amqptasks_app(url) as app:
+        task = app.tasks[TASK]
+        for _ in range(sizes.warmup):
+            task.delay(*ARGS)
+        settle_warmup(url, sizes.warmup)
+        seconds, latencies = timed_calls(lambda: task.delay(*ARGS), sizes.per_call_n)
+    mode = f"`delay()` one by one (n={sizes.per_call_n:,})"
+    return Row("amqptasks", mode, True, sizes.per_call_n, seconds, latencies)
+
+
+def amqptasks_publish_many(url: BrokerURL, sizes: Sizes) -> Row:
+    with amqptasks_app(url) as app:
+        task = app.tasks[TASK]
+        app.publish_many([task.s(*ARGS) for _ in range(sizes.warmup)])
+        settle_warmup(url, sizes.warmup)
+        start = time.perf_counter()
+        app.publish_many([task.s(*ARGS) for _ in range(sizes.n)])  # building the signatures is part of the cost
+        seconds = time.perf_counter() - start
+    return Row("amqptasks", "`publish_many()`, pipelined confirms", True, sizes.n, seconds)
+
+
+def amqptasks_adelay(url: BrokerURL, sizes: Sizes) -> Row:
+    app = amqptasks_app(url)
+    task = app.tasks[TASK]
+
+    async def in_chunks(n: int) -> None:
+        for done in range(0, n, AIO_CHUNK):
+            await asyncio.gather(*(task.adelay(*ARGS) for _ in range(min(AIO_CHUNK, n - done))))
+
+    async def run() -> float:
+        try:
+            # One call first: App.aio_publisher() has no lock, so a first gather() of 1,000 adelay() calls would
+            # open 1,000 connections (and leak all but one), enough to exhaust the broker's file descriptors.
+            await task.adelay(*ARGS)
+            await in_chunks(sizes.warmup - 1)
+            await asyncio.to_thread(settle_warmup, url, sizes.warmup)
+            start = time.perf_counter()
+            await in_chunks(sizes.n)
+            return time.perf_counter() - start
+        finally:
+            await app.aclose()
+            app.close()
+
+    seconds = asyncio.run(run())
+    mode = f"asyncio `adelay()`, `gather` of {AIO_CHUNK:,} at a time"
+    return Row("amqptasks", mode, True, sizes.n, seconds)
+
+
+# --- Celery 5 ----------------------------------------------------------------------------------------------
+
+
+def celery_apply_async(confirm: bool) -> Callable[[BrokerURL, Sizes], Row]:
+    def run(url: BrokerURL, sizes: Sizes) -> Row:
+        from celery import Celery
+        from kombu import Queue
+
+        app = Celery("bench", broker=url.to_url(), set_as_current=False)
+        app.conf.update(task_queues=[Queue(QUEUE)], task_default_queue=QUEUE, broker_connection_retry_on_startup=True)
+        if confirm:
+            app.conf.broker_transport_options = {"confirm_publish": True}
+        task = app.task(name=TASK)(noop)
+        n = sizes.per_call_n if confirm else sizes.n
+        try:
+            for _ in range(sizes.warmup):
+                task.apply_async(ARGS)
+            settle_warmup(url, sizes.warmup)
+            seconds, latencies = timed_calls(lambda: task.apply_async(ARGS), n)
+        finally:
+            app.close()
+        if confirm:
+            mode = f"`apply_async()` one by one, `confirm_publish: True` (n={n:,})"
+        else:
+            mode = "`apply_async()` one by one (default)"
+        return Row("Celery 5", mode, confirm, n, seconds, latencies)
+
+    return run
+
+
+# --- Dramatiq ----------------------------------------------------------------------------------------------
+
+
+def dramatiq_send(confirm: bool) -> Callable[[BrokerURL, Sizes], Row]:
+    def run(url: BrokerURL, sizes: Sizes) -> Row:
+        import dramatiq
+        from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+        broker = RabbitmqBroker(url=url.to_url(), confirm_delivery=confirm)  # False is its default
+        n = sizes.per_call_n if confirm else sizes.n
+        try:
+            actor = dramatiq.actor(noop, actor_name=TASK, queue_name=QUEUE, broker=broker)
+            for _ in range(sizes.warmup):
+                actor.send(*ARGS)
+            settle_warmup(url, sizes.warmup)
+            seconds, latencies = timed_calls(lambda: actor.send(*ARGS), n)
+        finally:
+            broker.close()
+        if confirm:
+            mode = f"`send()` one by one, `confirm_delivery=True` (n={n:,})"
+        else:
+            mode = "`send()` one by one (default `RabbitmqBroker`)"
+        return Row("Dramatiq", mode, confirm, n, seconds, latencies)
+
+    return run
+
+
+ROWS: list[tuple[str, Callable[[BrokerURL, Sizes], Row]]] = [
+    ("amqptasks delay()", amqptasks_delay),
+    ("amqptasks publish_many()", amqptasks_publish_many),
+    ("amqptasks adelay()", amqptasks_adelay),
+    ("Celery apply_async()", celery_apply_async(confirm=False)),
+    ("Celery apply_async() confirm_publish", celery_apply_async(confirm=True)),
+    ("Dramatiq send()", dramatiq_send(confirm=False)),
+    ("Dramatiq send() confirm_delivery", dramatiq_send(confirm=True)),
+]
+
+
+def measure(name: str, bench: Callable[[BrokerURL, Sizes], Row], broker: BrokerURL, sizes: Sizes) -> Row:
+    mgmt = ManagementClient.for_broker(broker)
+    print(f"running {name} ...", file=sys.stderr, flush=True)
+    with fresh_vhost(mgmt, broker) as url:
+        row = bench(url, sizes)
+        # Unconfirmed publishers may return before the broker has every message: give them time to land.
+        depth = wait_for_depth(url, row.n)
+    return Row(row.framework, row.mode, row.confirmed, row.n, row.seconds, row.latencies_ns, depth)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=20_000, help="messages per throughput row (default 20,000)")
+    parser.add_argument(
+        "--per-call-n", type=int, default=2_000, help="messages for rows confirmed one call at a time (default 2,000)"
+    )
+    parser.add_argument("--warmup", type=int, default=1_000, help="warm-up messages per row (default 1,000)")
+    parser.add_argument("--broker", default=os.environ.get(ENV_BROKER_URL) or DEFAULT_BROKER_URL)
+    args = parser.parse_args(argv)
+    if min(args.n, args.per_call_n, args.warmup) < 1:
+        parser.error("--n, --per-call-n and --warmup must be at least 1")
+    logging.basicConfig(level=logging.WARNING)
+
+    broker = BrokerURL.parse(args.broker)
+    sizes = Sizes(args.n, args.per_call_n, args.warmup)
+    rows = {name: measure(name, bench, broker, sizes) for name, bench in ROWS}
+
+    print(markdown_table(list(rows.values())))
+    print()
+    ours, theirs = rows["amqptasks publish_many()"], rows["Dramatiq send()"]
+    ratio = ours.rate / theirs.rate
+    verdict = "met" if ratio >= 1.5 else "NOT met"
+    print(f"amqptasks publish_many vs Dramatiq send(): {ratio:.2f}x (target ≥ 1.5x: {verdict})")
+    confirmed = rows["Dramatiq send() confirm_delivery"]
+    print(f"amqptasks publish_many vs Dramatiq send() with confirm_delivery=True: {ours.rate / confirmed.rate:.2f}x")
+    print(f"machine: {machine(ManagementClient.for_broker(broker), broker.host)}")
+    return 0 if all(row.depth == row.n for row in rows.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
