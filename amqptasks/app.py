@@ -48,6 +48,7 @@ class App:
         self._aio_publishers: dict[asyncio.AbstractEventLoop, asyncio.Task[AsyncPublisher]] = {}
         self._provisioned = False
         self._priority_warned: set[str] = set()
+        self._options_cache: dict[tuple[str, TaskOptions | None], TaskOptions] = {}
 
     @classmethod
     def from_config(cls, path: str | Path, *, broker_url: str | None = None) -> App:
@@ -88,8 +89,13 @@ class App:
 
     def task_options(self, name: str, declared: TaskOptions | None = None) -> TaskOptions:
         """Effective options of task *name*: the YAML ``tasks:`` section over the declaration."""
-        entries = {pattern: s.given() for pattern, s in self.config.tasks.items()}
-        return (declared or TaskOptions(name=name)).merged(matching_overrides(name, entries))
+        key = (name, declared)
+        cached = self._options_cache.get(key)
+        if cached is None:  # config and declarations are immutable: compute once per task
+            entries = {pattern: s.given() for pattern, s in self.config.tasks.items()}
+            cached = (declared or TaskOptions(name=name)).merged(matching_overrides(name, entries))
+            self._options_cache[key] = cached
+        return cached
 
     # --- publishing ---------------------------------------------------------------------------------
 

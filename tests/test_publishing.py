@@ -251,3 +251,10 @@ def _connections_in(mgmt: ManagementClient, vhost: BrokerURL, settle: float = 6.
             break
         time.sleep(0.25)
     return count
+
+
+def test_publish_many_splits_large_bodies_across_frames_intact(app: App, channel: Any) -> None:
+    big = "é" * 200_000  # 400 kB of UTF-8: several body frames at the default frame_max of 128 KiB
+    app.publish_many([app.tasks["emails.send"].s(big), app.tasks["emails.send"].s("small")])
+    [(_, _, first), (_, _, second)] = drain(channel, "emails")
+    assert json.loads(first)[0] == [big] and json.loads(second)[0] == ["small"]

@@ -22,9 +22,10 @@ import pika.spec
 
 from amqptasks import errors
 from amqptasks.message.envelope import Envelope
+from amqptasks.publish.frames import encode_publish
 from amqptasks.publish.outcome import Outcome
 
-__all__ = ["ConfirmChannel", "ConfirmTimeout", "pika_properties"]
+__all__ = ["ConfirmChannel", "ConfirmTimeout"]
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +40,6 @@ _CLOSED = (pika.exceptions.ChannelWrongStateError, pika.exceptions.ConnectionWro
 
 class ConfirmTimeout(Exception):
     """Internal: confirms did not come within the timeout (the caller turns it into PublishTimeout)."""
-
-
-def pika_properties(envelope: Envelope) -> pika.BasicProperties:
-    return pika.BasicProperties(**envelope.properties())
 
 
 class ConfirmChannel:
@@ -100,7 +97,12 @@ class ConfirmChannel:
         """
         self._outcome = outcome
         inflight = self._inflight
-        publish = self._impl.basic_publish
+        channel_number = self._impl.channel_number
+        connection = self._impl.connection
+        # Private but stable across pika 1.x, like _impl and _flush_output: the negotiated body size per frame
+        # and the write path that pika's own basic_publish ends in.
+        frame_max = connection._body_max_length + 8
+        emit = connection._output_marshaled_frames
         window, window_bytes = self._window, self._window_bytes
         target, target_bytes = window - max(1, window // 10), window_bytes - window_bytes // 10
 
@@ -111,7 +113,6 @@ class ConfirmChannel:
         while True:
             try:
                 item = next(items)
-                properties = pika_properties(item[1])
             except StopIteration:
                 break
             except Exception:  # the caller's iterable failed: settle what we sent before letting it through
@@ -124,7 +125,10 @@ class ConfirmChannel:
             self._next_tag = tag + 1
             self._inflight_bytes += size
             try:
-                publish(envelope.exchange, envelope.routing_key, envelope.body, properties, envelope.mandatory)
+                frames = encode_publish(channel_number, envelope, frame_max)
+                if not self._impl.is_open:
+                    raise pika.exceptions.ChannelWrongStateError("channel is closed")
+                emit([frames])
             except _CLOSED:
                 raise
             except Exception as exc:  # pika cannot encode it (header type, long routing key): nothing was sent
