@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar,
 from amqptasks.config.load import load_config, load_config_text, override_broker_url
 from amqptasks.config.model import Config
 from amqptasks.result import AsyncResult
+from amqptasks.signals import Signals
 from amqptasks.tasks.options import TaskOptions, check_declaration, matching_overrides
 from amqptasks.tasks.sending import Prepared, SendSettings, prepare
 from amqptasks.tasks.signature import Signature
@@ -49,6 +50,7 @@ class App:
         self._provisioned = False
         self._priority_warned: set[str] = set()
         self._options_cache: dict[tuple[str, TaskOptions | None], TaskOptions] = {}
+        self.signals = Signals()
 
     @classmethod
     def from_config(cls, path: str | Path, *, broker_url: str | None = None) -> App:

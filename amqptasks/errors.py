@@ -100,3 +100,44 @@ class PublishTimeout(PublishError):
 
 class PublishConnectionError(PublishError, ConnectionError):
     """Publishing gave up: the broker was unreachable, or the connection kept failing, through every retry."""
+
+
+# --- raised inside tasks, with Celery's meaning ------------------------------------------------------------
+
+
+class TaskControl(AmqpTasksError):
+    """Base of the exceptions a task raises to tell the worker what to do with its message."""
+
+
+class Retry(TaskControl):
+    """Run the task again later (raised by ``self.retry()``); the worker publishes the retry message."""
+
+    def __init__(self, exc: BaseException | None = None, countdown: float | None = None) -> None:
+        self.exc = exc
+        self.countdown = countdown
+        super().__init__(f"retry in {countdown:g} s" if countdown is not None else "retry", exc)
+
+
+class Reject(TaskControl):
+    """Reject the message: ``requeue=False`` dead-letters it, ``requeue=True`` puts it back in its queue."""
+
+    def __init__(self, reason: str = "", requeue: bool = False) -> None:
+        self.reason = reason
+        self.requeue = requeue
+        super().__init__(reason)
+
+
+class Ignore(TaskControl):
+    """Acknowledge the message and record nothing (the task handled it some other way)."""
+
+
+class SoftTimeLimitExceeded(TaskControl):
+    """Raised inside a task when its soft time limit passes; it may clean up and return."""
+
+
+class TimeLimitExceeded(TaskControl):
+    """The task ran past its hard time limit and was stopped; its message goes down the failure path."""
+
+
+class MaxRetriesExceeded(TaskControl):
+    """``self.retry()`` was called with no retries left."""

@@ -12,6 +12,7 @@ import pika.exceptions
 
 from amqptasks import errors
 from amqptasks.broker.url import BrokerURL, query_options
+from amqptasks.config.model import Broker
 
 __all__ = ["TLSOptions", "open_blocking", "pika_parameters"]
 
@@ -150,3 +151,11 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc) or type(exc).__name__
+
+
+def tls_options(broker: Broker) -> TLSOptions | None:
+    """The YAML's TLS options; only for amqps:// URLs (validate warns that amqp:// ignores them)."""
+    tls = broker.tls
+    if tls is None or BrokerURL.parse(broker.url).scheme != "amqps":
+        return None
+    return TLSOptions(tls.ca_file, tls.cert_file, tls.key_file, tls.verify, tls.server_hostname)

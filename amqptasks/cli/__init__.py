@@ -12,6 +12,7 @@ from amqptasks.cli import output
 from amqptasks.cli.config import config_group
 from amqptasks.cli.send import send_command
 from amqptasks.cli.topology import topology_group
+from amqptasks.cli.worker import worker_command
 from amqptasks.errors import AmqpTasksError
 
 
@@ -28,6 +29,7 @@ def cli() -> None:
 cli.add_command(topology_group)
 cli.add_command(config_group)
 cli.add_command(send_command)
+cli.add_command(worker_command)
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal
 
 from amqptasks.config.located import Located
-from amqptasks.config.tasks_model import Route, TaskSettings
+from amqptasks.config.tasks_model import Route, TaskSettings, WorkerProfile
 from amqptasks.constants import DEFAULT_BROKER_URL
 
 
@@ -205,4 +205,7 @@ class Config(Located):
     tasks: Mapping[str, TaskSettings] = field(
         default_factory=dict,
         metadata=_doc("Task options by task name or glob ('billing.*'), overriding the code's decorators."),
+    )
+    workers: Mapping[str, WorkerProfile] = field(
+        default_factory=dict, metadata=_doc("Named worker setups for 'amqptasks worker --profile NAME'.")
     )

@@ -52,3 +52,19 @@ class TaskSettings(Located):
         from amqptasks.config.convert import public_fields
 
         return {f.name: getattr(self, f.name) for f in public_fields(type(self)) if getattr(self, f.name) is not None}
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerProfile(Located):
+    """A named worker setup: ``amqptasks worker -A app --profile NAME``."""
+
+    LABEL: ClassVar[str] = "worker profile"
+    queues: tuple[str, ...] = field(metadata=_doc("Queues to consume."))
+    concurrency: int | None = field(default=None, metadata=_doc("Tasks run at once per process."))
+    prefetch: int | None = field(default=None, metadata=_doc("Messages prefetched per consumer."))
+    pool: Literal["asyncio", "threads", "processes"] | None = field(
+        default=None, metadata=_doc("Where sync tasks run; async tasks always run on the event loop.")
+    )
+    processes: int | None = field(default=None, metadata=_doc("Consuming processes (one per core)."))
+    max_tasks_per_child: int | None = field(default=None, metadata=_doc("Recycle pool children after N tasks."))
+    grace: float | None = field(default=None, metadata=_doc("Warm shutdown: seconds to let running tasks finish."))

@@ -19,14 +19,13 @@ import aiormq.exceptions
 from aiormq import spec
 
 from amqptasks import errors
-from amqptasks.broker.connection import TLSOptions
+from amqptasks.broker.aio import open_robust
 from amqptasks.broker.url import BrokerURL
 from amqptasks.config.model import Broker
 from amqptasks.message.envelope import Envelope
 from amqptasks.publish.outcome import BLOCKED_HINT
 from amqptasks.publish.retry import RetryPolicy, gave_up
 from amqptasks.publish.sync import DEFAULT_CONNECTION_NAME
-from amqptasks.topology.live import tls_options
 
 __all__ = ["AsyncPublisher"]
 
@@ -68,8 +67,7 @@ class AsyncPublisher:
         reconnect_timeout: float = 5.0,
     ) -> None:
         self._url = BrokerURL.parse(broker.url)
-        self._tls = tls_options(broker)
-        self._heartbeat = broker.heartbeat
+        self._broker = broker
         self.connection_name = connection_name or broker.connection_name or DEFAULT_CONNECTION_NAME
         self._retry_policy = retry_policy or RetryPolicy()
         self._confirm_timeout = confirm_timeout
@@ -107,29 +105,12 @@ class AsyncPublisher:
 
     async def _open(self) -> tuple[aio_pika.abc.AbstractRobustConnection, aio_pika.abc.AbstractRobustChannel]:
         url = self._url
-        ssl_context = None
-        if url.scheme == "amqps":
-            ssl_context = (self._tls or TLSOptions.from_query(url.query)).ssl_context()
-        try:
-            connection = await aio_pika.connect_robust(
-                host=url.host,
-                port=url.port,
-                login=url.username,
-                password=url.password,
-                virtualhost=url.vhost,
-                ssl=url.scheme == "amqps",
-                ssl_context=ssl_context,
-                timeout=self._connect_timeout,
-                # Shown as the connection's name in the management UI and `rabbitmqctl list_connections`.
-                client_properties={"connection_name": self.connection_name},
-                heartbeat=self._heartbeat,
-                reconnect_interval=self._reconnect_interval,
-            )
-        except Exception as exc:
-            raise errors.ConnectionError(
-                f"cannot connect to {url.masked()}: {self._describe(exc)} "
-                "(is RabbitMQ running? are the user, password and vhost right?)"
-            ) from None
+        connection = await open_robust(
+            self._broker,
+            self.connection_name,
+            timeout=self._connect_timeout,
+            reconnect_interval=self._reconnect_interval,
+        )
         try:
             # on_return_raises: an unroutable mandatory message fails its publish (aio-pika's default is to
             # return it as the publish's result, which is far too easy to ignore).

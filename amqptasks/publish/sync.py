@@ -19,14 +19,13 @@ import pika
 import pika.exceptions
 
 from amqptasks import errors
-from amqptasks.broker.connection import open_blocking
+from amqptasks.broker.connection import open_blocking, tls_options
 from amqptasks.broker.url import BrokerURL
 from amqptasks.config.model import Broker
 from amqptasks.message.envelope import Envelope
 from amqptasks.publish.outcome import BLOCKED_HINT, Outcome
 from amqptasks.publish.pipeline import ConfirmChannel, ConfirmTimeout, Item
 from amqptasks.publish.retry import RetryPolicy, gave_up
-from amqptasks.topology.live import tls_options
 
 __all__ = ["DEFAULT_CONNECTION_NAME", "SyncPublisher"]
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, ParamSpec, TypeVar
 
+from amqptasks.errors import MaxRetriesExceeded, Retry
 from amqptasks.tasks.options import TaskOptions
 from amqptasks.tasks.signature import Signature
+from amqptasks.worker import request as request_context
+from amqptasks.worker.request import Request
 
 if TYPE_CHECKING:
     from amqptasks.app import App
@@ -51,6 +55,48 @@ class Task(Generic[P, R]):
         if self.declared.bind:
             return self.fn(self, *args, **kwargs)
         return self.fn(*args, **kwargs)
+
+    def run_callable(self) -> Callable[..., Any]:
+        """What the worker calls with the message's arguments (``self`` already bound for bind=True)."""
+        if self.declared.bind:
+            return functools.partial(self.fn, self) if not inspect.iscoroutinefunction(self.fn) else self._bound_async
+        return self.fn
+
+    async def _bound_async(self, *args: Any, **kwargs: Any) -> Any:
+        coroutine: Any = self.fn(self, *args, **kwargs)
+        return await coroutine
+
+    @property
+    def request(self) -> Request:
+        """The message that started the current run (inside a worker), like Celery's ``self.request``."""
+        current = request_context.current.get()
+        if current is None:
+            raise RuntimeError(f"{self.name}: self.request exists only while the task runs in a worker")
+        return current
+
+    def retry(
+        self, exc: BaseException | None = None, countdown: float | None = None, max_retries: int | None = None
+    ) -> NoReturn:
+        """Run this task again later (a new message through the broker-side delays, same task id).
+
+        With no retries left, raises *exc* (or ``MaxRetriesExceeded``) so the message is dead-lettered.
+        """
+        limit = self.options.max_retries if max_retries is None else max_retries
+        if limit is not None and self.request.retries >= limit:
+            if exc is not None:
+                raise exc
+            raise MaxRetriesExceeded(f"{self.name}[{self.request.id}]: {limit} retries used up")
+        raise Retry(exc, countdown)
+
+    # Hooks a custom base class may override (as in Celery).
+    def on_success(self, retval: Any, task_id: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None: ...
+    def on_failure(
+        self, exc: BaseException, task_id: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+    ) -> None: ...
+    def on_retry(
+        self, exc: BaseException | None, task_id: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+    ) -> None: ...
+    def after_return(self, status: str, retval: Any, request: Request) -> None: ...
 
     def check_arguments(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
         """Raise TypeError as the function would, before anything is sent."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pika
 
-from amqptasks.broker.connection import TLSOptions, open_blocking
+from amqptasks.broker.connection import open_blocking, tls_options
 from amqptasks.broker.management import ManagementClient
 from amqptasks.broker.url import BrokerURL
 from amqptasks.config.model import Broker, Config
@@ -13,14 +13,6 @@ from amqptasks.topology.apply import ApplyResult, apply_plan
 from amqptasks.topology.desired import desired
 from amqptasks.topology.observe import observe_http, probe_plan
 from amqptasks.topology.plan import Plan, make_plan
-
-
-def tls_options(broker: Broker) -> TLSOptions | None:
-    """The YAML's TLS options; only for amqps:// URLs (validate warns that amqp:// ignores them)."""
-    tls = broker.tls
-    if tls is None or BrokerURL.parse(broker.url).scheme != "amqps":
-        return None
-    return TLSOptions(tls.ca_file, tls.cert_file, tls.key_file, tls.verify, tls.server_hostname)
 
 
 def connect(broker: Broker, purpose: str) -> pika.BlockingConnection:

@@ -1,0 +1,54 @@
+"""``amqptasks worker -A pkg.module:app -Q billing,emails`` — parse options, then run the worker."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from typing import Any
+
+import click
+
+from amqptasks.app import App
+
+
+def load_app(spec: str) -> App:
+    module_name, _, attribute = spec.partition(":")
+    sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise click.BadParameter(f"cannot import {module_name!r}: {exc}", param_hint="-A") from None
+    app = getattr(module, attribute or "app", None)
+    if not isinstance(app, App):
+        raise click.BadParameter(f"{module_name}:{attribute or 'app'} is not an amqptasks App", param_hint="-A")
+    return app
+
+
+@click.command("worker")
+@click.option("-A", "--app", "app_spec", required=True, help="The app: pkg.module:app")
+@click.option("-Q", "--queues", help="Comma-separated queues to consume.")
+@click.option("--profile", help="A named setup from the YAML's workers: section.")
+@click.option("-c", "--concurrency", type=click.IntRange(min=1), help="Tasks run at once per process [8].")
+@click.option("--prefetch", type=click.IntRange(min=1), help="Messages prefetched [concurrency x 4].")
+@click.option("--pool", type=click.Choice(["asyncio", "threads", "processes"]), help="Where sync tasks run [threads].")
+@click.option("--processes", type=click.IntRange(min=1), help="Consuming processes [1].")
+@click.option("--max-tasks-per-child", type=click.IntRange(min=1), help="Recycle pool children after N tasks.")
+@click.option("--grace", type=click.FloatRange(min=0), help="Warm shutdown: seconds for running tasks [30].")
+@click.option("--burst", is_flag=True, help="Drain the queues, then exit 0.")
+@click.option("-n", "--hostname", help="Worker name [amqptasks@HOST].")
+@click.option("-l", "--loglevel", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))  # fmt: skip
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def worker_command(app_spec: str, queues: str | None, profile: str | None, **options: Any) -> None:
+    """Consume queues and run their tasks: ack after success, retry, or dead-letter."""
+    from amqptasks.worker.runner import banner, serve, serve_many, setup_logging
+    from amqptasks.worker.setup import plan_worker
+
+    app = load_app(app_spec)
+    setup_logging(options.pop("loglevel"), options.pop("log_format"))
+    plan = plan_worker(app.config, [q for q in (queues or "").split(",") if q], profile, options)
+    click.echo(banner(app, plan.settings, plan.pool, plan.processes), err=True)
+    if plan.processes > 1:
+        sys.exit(serve_many(app, plan.settings, plan.processes))
+    serve(app, plan.settings)

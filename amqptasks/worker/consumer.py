@@ -1,0 +1,327 @@
+"""The worker: consume queues, run tasks, then acknowledge, retry or dead-letter each message.
+
+One asyncio loop per process. Deliveries are handled concurrently up to ``concurrency``; what the broker
+prefetched beyond that waits here, unstarted, and is handed back at once on a warm shutdown. Every
+message is settled exactly once (ack, reject to the dead-letter exchange, or requeue), and nothing a
+message contains can crash the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import aio_pika
+import aio_pika.abc
+
+from amqptasks.broker.aio import open_robust
+from amqptasks.errors import AmqpTasksError, Ignore, Reject, Retry
+from amqptasks.message.errors import MessageError
+from amqptasks.tasks.dispatch import decode, find_task
+from amqptasks.tasks.sending import prepare
+from amqptasks.worker import events
+from amqptasks.worker.delivery import Delivery
+from amqptasks.worker.execution import Executor
+from amqptasks.worker.middleware import Middleware, call
+from amqptasks.worker.request import Request
+from amqptasks.worker.retrying import countdown_for, should_retry
+
+if TYPE_CHECKING:
+    from amqptasks.app import App
+
+log = logging.getLogger("amqptasks.worker")
+
+#: A redelivered message on a classic queue counts its redeliveries in this header (quorum queues count
+#: with x-delivery-count and enforce x-delivery-limit themselves).
+REDELIVERIES_HEADER = "x-amqptasks-redeliveries"
+#: Early by less than this, a message runs now rather than making another trip through the delay tiers.
+ETA_TOLERANCE = 0.05
+
+
+@dataclass
+class WorkerSettings:
+    queues: Sequence[str]
+    concurrency: int = 8
+    prefetch: int | None = None  # default: concurrency * 4
+    hostname: str = field(default_factory=lambda: f"amqptasks@{socket.gethostname()}")
+    burst: bool = False
+    #: Seconds a warm shutdown waits for running tasks before going cold.
+    grace: float = 30.0
+    #: Classic queues: a message redelivered more often than this (it killed its worker) is dead-lettered.
+    max_redeliveries: int = 5
+    #: Expired tasks are dropped (acked) by default; True dead-letters them instead.
+    dead_letter_expired: bool = False
+    middleware: Sequence[Middleware] = ()
+
+
+class Worker:
+    def __init__(self, app: App, settings: WorkerSettings) -> None:
+        self.app = app
+        self.settings = settings
+        self.middleware: list[Middleware] = [*events.builtin_middleware(app), *settings.middleware]
+        self.executor = Executor(settings.concurrency)
+        self._slots = asyncio.Semaphore(settings.concurrency)
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._running = 0
+        self._stop = asyncio.Event()
+        self._cold = False
+        self._stopping = False
+        self._connection: aio_pika.abc.AbstractRobustConnection | None = None
+        self._consumers: list[tuple[aio_pika.abc.AbstractQueue, str]] = []
+        self.processed = 0
+
+    # --- lifecycle -------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect, check every queue exists, and start consuming."""
+        name = f"amqptasks worker {self.settings.hostname}"
+        self._connection = await open_robust(self.app.config.broker, name)
+        channel = await self._connection.channel()
+        prefetch = self.settings.prefetch or self.settings.concurrency * 4
+        await channel.set_qos(prefetch_count=prefetch)
+        for queue_name in self.settings.queues:
+            try:
+                queue = await channel.declare_queue(queue_name, passive=True)
+            except aio_pika.exceptions.ChannelClosed:
+                raise AmqpTasksError(
+                    f"queue {queue_name!r} does not exist on the broker; declare it in the YAML and run "
+                    "'amqptasks topology apply', or check the -Q names"
+                ) from None
+            tag = await queue.consume(functools.partial(self._on_message, queue_name), no_ack=False)
+            self._consumers.append((queue, tag))
+
+    async def run(self) -> None:
+        """Consume until :meth:`stop` (or, in burst mode, until the queues are drained)."""
+        await self.start()
+        watcher = asyncio.ensure_future(self._burst_watch()) if self.settings.burst else None
+        try:
+            await self._stop.wait()
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            await self._shutdown()
+
+    def stop(self, *, cold: bool = False) -> None:
+        """Warm: stop consuming, hand back unstarted messages, let running tasks finish. Cold: stop now."""
+        self._cold = self._cold or cold or self._stopping  # a second request goes cold
+        self._stopping = True
+        self._stop.set()
+
+    async def _shutdown(self) -> None:
+        for queue, tag in self._consumers:
+            try:
+                await queue.cancel(tag)
+            except Exception:  # the channel may be gone already: the broker requeues its deliveries
+                log.debug("cancelling consumer %s failed", tag, exc_info=True)
+        if not self._cold and self._inflight:
+            log.info("warm shutdown: waiting up to %g s for %d running task(s)", self.settings.grace, self._running)
+            _, pending = await asyncio.wait(self._inflight, timeout=self.settings.grace)
+            if pending:
+                log.warning("grace period over: %d task(s) still running; their messages go back to the queue",
+                            len(pending))  # fmt: skip
+        self.executor.shutdown(wait=False)
+        if self._connection is not None:
+            # Closing returns every unacknowledged message to its queue (redelivered=True).
+            await self._connection.close()
+
+    async def _burst_watch(self) -> None:
+        channel = await self._connection.channel() if self._connection else None
+        idle_since: float | None = None
+        while channel is not None:
+            await asyncio.sleep(0.2)
+            counts = [(await channel.declare_queue(q, passive=True)).declaration_result.message_count
+                      for q in self.settings.queues]  # fmt: skip
+            if self._inflight or any(counts):
+                idle_since = None
+            elif idle_since is None:
+                idle_since = time.monotonic()
+            elif time.monotonic() - idle_since > 0.5:
+                log.info("burst: queues drained after %d task(s)", self.processed)
+                self.stop()
+                return
+
+    # --- one message ----------------------------------------------------------------------------------
+
+    async def _on_message(self, queue: str, raw: aio_pika.abc.AbstractIncomingMessage) -> None:
+        task = asyncio.ensure_future(self._process(Delivery(raw, queue)))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+
+    async def _process(self, d: Delivery) -> None:
+        try:
+            await self._handle(d)
+        except Exception as exc:  # a bug of ours must not crash the loop, nor lose the message
+            log.exception("%s: internal error; dead-lettering it", d.label)
+            await self._settle(d, "reject", f"internal error: {exc!r}")
+        finally:
+            self.processed += 1
+            await call(self.middleware, "after_process", d, reverse=True)
+
+    async def _handle(self, d: Delivery) -> None:
+        raw = d.raw
+        try:
+            d.message = decode(raw.body, raw.headers, raw.content_type, raw.content_encoding, raw.correlation_id,
+                               raw.reply_to)  # fmt: skip
+        except MessageError as exc:
+            await self._reject(d, exc.reason, str(exc))
+            return
+        log.info("%s received", d.label, extra={"task_event": "received"})
+        if await self._redelivered_too_often(d) or await self._expired(d) or await self._early(d):
+            return
+        try:
+            d.task = find_task(self.app, d.message)
+        except MessageError as exc:
+            await self._reject(d, exc.reason, str(exc))
+            return
+        async with self._slots:
+            if self._stopping and not self._cold:
+                await self._settle(d, "requeue", "warm shutdown before it started")
+                return
+            await self._execute(d)
+
+    async def _execute(self, d: Delivery) -> None:
+        assert d.message is not None and d.task is not None
+        message, options = d.message, d.task.options
+        d.request = self._request(d)
+        if not options.acks_late:
+            await self._settle(d, "ack", "acks_late=False: acknowledged before running")
+        await call(self.middleware, "before_execute", d)
+        d.started = time.monotonic()
+        self._running += 1
+        try:
+            result = await self.executor.run(d.task.run_callable(), message.args, dict(message.kwargs), d.request,
+                                             options.soft_time_limit, options.time_limit)  # fmt: skip
+        except Ignore:
+            await self._settle(d, "ack", "ignored")
+        except Reject as exc:
+            await call(self.middleware, "after_reject", d, exc.reason or "rejected by the task", reverse=True)
+            await self._settle(d, "requeue" if exc.requeue else "reject", exc.reason or "rejected by the task")
+        except Exception as exc:
+            await self._failed(d, exc)
+        else:
+            await call(self.middleware, "after_success", d, result, reverse=True)
+            await self._settle(d, "ack", "succeeded")
+        finally:
+            self._running -= 1
+
+    async def _failed(self, d: Delivery, exc: BaseException) -> None:
+        assert d.message is not None and d.task is not None
+        options, retries = d.task.options, d.message.retries
+        if should_retry(options, exc, retries):
+            explicit = exc.countdown if isinstance(exc, Retry) else None
+            countdown = countdown_for(options, retries, explicit)
+            try:
+                await self._publish_retry(d, countdown)
+            except Exception as publish_error:  # could not publish the retry: requeue, never lose it
+                log.error("%s: retry could not be published (%s); requeued", d.label, publish_error)
+                await self._settle(d, "requeue", "retry publish failed")
+                return
+            await call(self.middleware, "after_retry", d, exc, countdown, reverse=True)
+            await self._settle(d, "ack", "retried")
+            return
+        cause = exc.exc if isinstance(exc, Retry) and exc.exc is not None else exc
+        await call(self.middleware, "after_failure", d, cause, reverse=True)
+        await self._settle(d, "reject", f"failed: {type(cause).__name__}: {cause}")
+
+    async def _publish_retry(self, d: Delivery, countdown: float, *, retries_delta: int = 1) -> None:
+        """The same task again as a fresh message (no x-death), confirmed before the original is acked."""
+        assert d.message is not None
+        m = d.message
+        options = d.task.options if d.task else self.app.task_options(m.task)
+        delays = self.app.config.delays.enabled
+        if countdown > 0 and not delays:
+            log.warning("%s: retrying at once: countdown %.1f s needs 'delays: {enabled: true}'", d.label, countdown)
+            countdown = 0
+        call_options: dict[str, Any] = {
+            "task_id": m.id, "retries": m.retries + retries_delta, "root_id": m.root_id, "parent_id": m.parent_id,
+            "headers": {k: v for k, v in m.extra_headers.items() if k != REDELIVERIES_HEADER},
+            "expires": m.expires, "link": list(m.callbacks) or None, "link_error": list(m.errbacks) or None,
+            "priority": d.raw.priority, "group_id": m.group, "group_index": m.group_index, "reply_to": m.reply_to,
+            "countdown": countdown if countdown > 0 else None, **d.destination(),
+        }  # fmt: skip
+        prepared = prepare(options, m.args, m.kwargs, call_options, self.app.send_settings)
+        publisher = await self.app.aio_publisher()
+        await publisher.publish(prepared.envelope)
+
+    async def _redelivered_too_often(self, d: Delivery) -> bool:
+        raw, headers = d.raw, d.raw.headers or {}
+        if not raw.redelivered or "x-delivery-count" in headers:
+            return False
+        previous = headers.get(REDELIVERIES_HEADER, 0)
+        count = (previous if isinstance(previous, int) else 0) + 1
+        if count > self.settings.max_redeliveries:
+            await self._reject(d, "poison", f"redelivered {count} times (it may kill its worker)")
+            return True
+        assert d.message is not None
+        d.message = _with_header(d.message, REDELIVERIES_HEADER, count)
+        await self._publish_retry(d, 0, retries_delta=0)  # counted copy to the back of the queue
+        await self._settle(d, "ack", f"redelivered: counted ({count}/{self.settings.max_redeliveries})")
+        return True
+
+    async def _expired(self, d: Delivery) -> bool:
+        expires = d.message.expires if d.message else None
+        if expires is None or expires > datetime.now(UTC):
+            return False
+        if self.settings.dead_letter_expired:
+            await self._reject(d, "expired", f"expired at {expires.isoformat()}")
+        else:
+            log.info("%s expired at %s: dropped", d.label, expires.isoformat())
+            await self._settle(d, "ack", "expired")
+        return True
+
+    async def _early(self, d: Delivery) -> bool:
+        """A message before its eta (e.g. from a Celery client) goes back through the delay tiers."""
+        eta = d.message.eta if d.message else None
+        if eta is None or not self.app.config.delays.enabled:
+            return False
+        wait = (eta - datetime.now(UTC)).total_seconds()
+        if wait <= ETA_TOLERANCE:
+            return False
+        await self._publish_retry(d, wait, retries_delta=0)
+        log.info("%s: %.1f s before its eta: sent back through the delay tiers", d.label, wait)
+        await self._settle(d, "ack", "delayed until its eta")
+        return True
+
+    async def _reject(self, d: Delivery, reason: str, detail: str) -> None:
+        await call(self.middleware, "after_reject", d, detail, reverse=True)
+        await self._settle(d, "reject", detail)
+
+    async def _settle(self, d: Delivery, how: str, why: str) -> None:
+        if d.settled is not None:
+            return
+        d.settled = how
+        try:
+            if how == "ack":
+                await d.raw.ack()
+            elif how == "reject":
+                await d.raw.reject(requeue=False)
+            else:
+                await d.raw.nack(requeue=True)
+        except Exception as exc:  # channel gone: the broker requeues it, it will run again (at least once)
+            log.warning("%s: could not %s (%s): the broker will redeliver it", d.label, how, exc)
+        log.debug("%s: %s (%s)", d.label, how, why)
+
+    def _request(self, d: Delivery) -> Request:
+        m, raw = d.message, d.raw
+        assert m is not None
+        return Request(
+            id=m.id, task=m.task, args=m.args, kwargs=m.kwargs, retries=m.retries,
+            delivery_info={"exchange": raw.exchange, "routing_key": raw.routing_key, "queue": d.queue,
+                           "priority": raw.priority, "redelivered": raw.redelivered},
+            headers=dict(raw.headers or {}), reply_to=m.reply_to, eta=m.eta, expires=m.expires,
+            hostname=self.settings.hostname, redelivered=bool(raw.redelivered), root_id=m.root_id,
+            parent_id=m.parent_id, message=m,
+        )  # fmt: skip
+
+
+def _with_header(message: Any, key: str, value: Any) -> Any:
+    from dataclasses import replace
+
+    return replace(message, extra_headers={**message.extra_headers, key: value})

@@ -1,0 +1,107 @@
+"""The worker's built-in middleware: one log line per task event, user signals, rate limits."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from amqptasks.tasks.options import parse_rate
+from amqptasks.worker.middleware import Middleware
+
+if TYPE_CHECKING:
+    from amqptasks.app import App
+    from amqptasks.worker.delivery import Delivery
+
+log = logging.getLogger("amqptasks.worker")
+
+
+def _ms(delivery: Delivery) -> float:
+    return (time.monotonic() - (delivery.started or delivery.received)) * 1000
+
+
+class TaskLog(Middleware):
+    """received / started / succeeded in X ms / retried in Y s / failed / rejected to DLQ."""
+
+    def before_execute(self, delivery: Delivery) -> None:
+        log.info("%s started", delivery.label, extra={"task_event": "started"})
+
+    def after_success(self, delivery: Delivery, result: Any) -> None:
+        log.info("%s succeeded in %.1f ms", delivery.label, _ms(delivery), extra={"task_event": "succeeded"})
+
+    def after_retry(self, delivery: Delivery, exc: BaseException | None, countdown: float) -> None:
+        log.warning("%s retried in %.1f s: %r", delivery.label, countdown, exc, extra={"task_event": "retried"})
+
+    def after_failure(self, delivery: Delivery, exc: BaseException) -> None:
+        log.error("%s failed in %.1f ms: %s: %s; dead-lettered", delivery.label, _ms(delivery),
+                  type(exc).__name__, exc, extra={"task_event": "failed"})  # fmt: skip
+
+    def after_reject(self, delivery: Delivery, reason: str) -> None:
+        log.warning("%s rejected to the DLQ: %s", delivery.label, reason, extra={"task_event": "rejected"})
+
+
+class SignalHooks(Middleware):
+    """Fires ``app.signals`` at the same points."""
+
+    def __init__(self, app: App) -> None:
+        self.signals = app.signals
+
+    def before_execute(self, delivery: Delivery) -> None:
+        self.signals.task_prerun.send(task=delivery.task, request=delivery.request)
+
+    def after_success(self, delivery: Delivery, result: Any) -> None:
+        self.signals.task_success.send(task=delivery.task, request=delivery.request, result=result)
+        self.signals.task_postrun.send(task=delivery.task, request=delivery.request, state="SUCCESS")
+
+    def after_failure(self, delivery: Delivery, exc: BaseException) -> None:
+        self.signals.task_failure.send(task=delivery.task, request=delivery.request, exception=exc)
+        self.signals.task_postrun.send(task=delivery.task, request=delivery.request, state="FAILURE")
+
+    def after_retry(self, delivery: Delivery, exc: BaseException | None, countdown: float) -> None:
+        self.signals.task_retry.send(task=delivery.task, request=delivery.request, reason=exc, countdown=countdown)
+
+    def after_reject(self, delivery: Delivery, reason: str) -> None:
+        self.signals.task_rejected.send(message=delivery.message, reason=reason, queue=delivery.queue)
+
+
+class TaskHooks(Middleware):
+    """A custom ``base=`` class's on_success / on_failure / on_retry / after_return."""
+
+    def after_success(self, delivery: Delivery, result: Any) -> None:
+        if delivery.task is not None and delivery.request is not None:
+            delivery.task.on_success(result, delivery.request.id, delivery.request.args, delivery.request.kwargs)
+            delivery.task.after_return("SUCCESS", result, delivery.request)
+
+    def after_failure(self, delivery: Delivery, exc: BaseException) -> None:
+        if delivery.task is not None and delivery.request is not None:
+            delivery.task.on_failure(exc, delivery.request.id, delivery.request.args, delivery.request.kwargs)
+            delivery.task.after_return("FAILURE", exc, delivery.request)
+
+    def after_retry(self, delivery: Delivery, exc: BaseException | None, countdown: float) -> None:
+        if delivery.task is not None and delivery.request is not None:
+            delivery.task.on_retry(exc, delivery.request.id, delivery.request.args, delivery.request.kwargs)
+
+
+class RateLimits(Middleware):
+    """Per-task rate limits ("10/s", "100/m", "1000/h"), per worker process: a task waits for its turn."""
+
+    def __init__(self) -> None:
+        self._next: dict[str, float] = {}
+        self._lock = asyncio.Lock()
+
+    async def before_execute(self, delivery: Delivery) -> None:
+        task = delivery.task
+        if task is None or task.options.rate_limit is None:
+            return
+        interval = 1.0 / parse_rate(task.options.rate_limit)
+        async with self._lock:  # hand out start times one after another
+            now = time.monotonic()
+            start = max(now, self._next.get(task.name, now))
+            self._next[task.name] = start + interval
+        if start > now:
+            await asyncio.sleep(start - now)
+
+
+def builtin_middleware(app: App) -> list[Middleware]:
+    return [RateLimits(), TaskLog(), SignalHooks(app), TaskHooks()]

@@ -1,0 +1,42 @@
+"""Cross-cutting worker behaviour as middleware: hooks around every message, no branches in the loop.
+
+Hooks run in order; ``after_*`` hooks run in reverse (as in dramatiq). Every hook is a no-op here, may
+be ``async``, and receives the :class:`Delivery` being processed. Users add their own with
+``Worker(middleware=[...])`` or hook the same points through ``app.signals``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from amqptasks.worker.delivery import Delivery
+
+
+class Middleware:
+    def before_execute(self, delivery: Delivery) -> Any:
+        """The task is about to run (after decoding and checks). May await (rate limits)."""
+
+    def after_success(self, delivery: Delivery, result: Any) -> Any:
+        """The task returned; its message is acknowledged after this."""
+
+    def after_failure(self, delivery: Delivery, exc: BaseException) -> Any:
+        """The task raised and will not be retried; its message is dead-lettered after this."""
+
+    def after_retry(self, delivery: Delivery, exc: BaseException | None, countdown: float) -> Any:
+        """A retry message was published (confirmed); the original is acknowledged after this."""
+
+    def after_reject(self, delivery: Delivery, reason: str) -> Any:
+        """The message was rejected without running (bad input) or by ``Reject``."""
+
+    def after_process(self, delivery: Delivery) -> Any:
+        """Always last, whatever happened."""
+
+
+async def call(middleware: Sequence[Middleware], hook: str, *args: Any, reverse: bool = False) -> None:
+    for m in reversed(middleware) if reverse else middleware:
+        result = getattr(m, hook)(*args)
+        if inspect.isawaitable(result):
+            await result

@@ -1,0 +1,126 @@
+"""Run workers in this process or in N forked ones: logging, signals, the startup banner."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+from typing import TYPE_CHECKING, Any
+
+from amqptasks.broker.url import BrokerURL
+from amqptasks.constants import dlq_name, is_delay_name
+from amqptasks.topology.desired import desired
+from amqptasks.worker.consumer import Worker, WorkerSettings
+
+if TYPE_CHECKING:
+    from amqptasks.app import App
+
+log = logging.getLogger("amqptasks.worker")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "time": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if hasattr(record, "task_event"):
+            data["event"] = record.task_event
+        if record.exc_info:
+            data["exception"] = self.formatException(record.exc_info)
+        return json.dumps(data)
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("[%(asctime)s %(levelname)s/%(processName)s] %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("pika", "aio_pika", "aiormq"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def banner(app: App, settings: WorkerSettings, pool: str, processes: int) -> str:
+    want = desired(app.config.topology, app.config.delays)
+    lines = [
+        f"amqptasks worker {settings.hostname}",
+        f"  broker:  {BrokerURL.parse(app.config.broker.url).masked()}",
+        f"  pool:    {pool}, concurrency {settings.concurrency} x {processes} process(es), "
+        f"prefetch {settings.prefetch or settings.concurrency * 4}",
+        "  queues:",
+    ]
+    for name in settings.queues:
+        bindings = [
+            f"{b.source}[{b.routing_key or '*'}]"
+            for b in want.bindings
+            if b.destination == name and not is_delay_name(b.source)
+        ]
+        queue = want.queue(name)
+        dlx = queue.dead_letter_exchange if queue else None
+        dead = f"; dead letters -> {dlx}" + (f" -> {dlq_name(name)}" if want.queue(dlq_name(name)) else "")
+        lines.append(f"    {name} <- {', '.join(bindings) or '(default exchange only)'}{dead if dlx else ''}")
+    lines.append(f"  tasks:   {', '.join(sorted(app.tasks)) or '(none registered!)'}")
+    return "\n".join(lines)
+
+
+async def _serve(app: App, settings: WorkerSettings) -> None:
+    worker = Worker(app, settings)
+    loop = asyncio.get_running_loop()
+    terms = 0
+
+    def on_term() -> None:
+        nonlocal terms
+        terms += 1
+        log.info("SIGTERM: %s shutdown", "warm" if terms == 1 else "cold")
+        worker.stop(cold=terms > 1)
+
+    loop.add_signal_handler(signal.SIGTERM, on_term)
+
+    def on_quit(signum: int) -> None:
+        log.info("%s: cold shutdown", signal.Signals(signum).name)
+        worker.stop(cold=True)
+
+    for sig in (signal.SIGINT, signal.SIGQUIT):
+        loop.add_signal_handler(sig, on_quit, sig)
+    try:
+        await worker.run()
+    finally:
+        await app.aclose()
+
+
+def serve(app: App, settings: WorkerSettings) -> None:
+    """One consuming process (blocks until shutdown)."""
+    if app.config.topology.provision:
+        app.provision()
+    asyncio.run(_serve(app, settings))
+
+
+def serve_many(app: App, settings: WorkerSettings, processes: int) -> int:
+    """N forked consuming processes; signals go to all of them; returns the worst exit status."""
+    if app.config.topology.provision:
+        app.provision()
+    context = multiprocessing.get_context("fork")
+    children = [context.Process(target=serve, args=(app, settings), name=f"worker-{i + 1}") for i in range(processes)]
+    for child in children:
+        child.start()
+
+    def forward(signum: int, _frame: Any) -> None:
+        for child in children:
+            if child.pid and child.is_alive():
+                os.kill(child.pid, signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        signal.signal(sig, forward)
+    for child in children:
+        child.join()
+    return max((child.exitcode or 0) for child in children)

@@ -1,0 +1,55 @@
+"""Command-line options + a YAML worker profile → the worker's settings (pure)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from amqptasks.config.model import Config
+from amqptasks.errors import AmqpTasksError
+from amqptasks.worker.consumer import WorkerSettings
+
+DEFAULTS: dict[str, Any] = {"concurrency": 8, "pool": "threads", "processes": 1, "grace": 30.0}
+
+
+@dataclass(frozen=True)
+class Plan:
+    settings: WorkerSettings
+    pool: str
+    processes: int
+
+
+def plan_worker(config: Config, queues: list[str], profile: str | None, options: dict[str, Any]) -> Plan:
+    """Options given on the command line win over the profile's, which win over the defaults."""
+    chosen: dict[str, Any] = {}
+    if profile is not None:
+        if profile not in config.workers:
+            known = ", ".join(sorted(config.workers)) or "none"
+            raise AmqpTasksError(f"no worker profile {profile!r} in the YAML (profiles: {known})")
+        p = config.workers[profile]
+        chosen = {
+            "concurrency": p.concurrency, "prefetch": p.prefetch, "pool": p.pool, "processes": p.processes,
+            "max_tasks_per_child": p.max_tasks_per_child, "grace": p.grace,
+        }  # fmt: skip
+        queues = queues or list(p.queues)
+    if not queues:
+        raise AmqpTasksError("no queues to consume: give -Q billing,emails or --profile NAME")
+
+    def pick(name: str) -> Any:
+        for source in (options, chosen, DEFAULTS):
+            if source.get(name) is not None:
+                return source[name]
+        return None
+
+    if pick("pool") == "processes":
+        raise AmqpTasksError("--pool processes is not available yet; use threads, and --processes N for more cores")
+    settings = WorkerSettings(
+        queues=queues,
+        concurrency=pick("concurrency"),
+        prefetch=pick("prefetch"),
+        burst=bool(options.get("burst")),
+        grace=pick("grace"),
+    )
+    if options.get("hostname"):
+        settings.hostname = options["hostname"]
+    return Plan(settings, pick("pool"), pick("processes"))
