@@ -30,7 +30,7 @@ from amqptasks.config import (
     schema,
 )
 from amqptasks.config.model import Delays, ExchangeType, HeadersMatch, Overflow, QueueType
-from amqptasks.config.tasks_model import Route, TaskSettings
+from amqptasks.config.tasks_model import Route, TaskSettings, WorkerProfile
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = {
