@@ -48,6 +48,7 @@ MODEL = {
         Delays,
         Route,
         TaskSettings,
+        WorkerProfile,
     )
 }
 EXAMPLES = sorted((REPO / "config").rglob("*.yaml"))
