@@ -117,7 +117,9 @@ class App:
     ) -> AsyncResult:
         self._ensure_provisioned()  # first, so that a countdown starts when the message can leave
         prepared = self._prepare(options, args, kwargs, call)
+        self.signals.before_publish.send(message=prepared.message, envelope=prepared.envelope)
         self.publisher.publish(prepared.envelope, retry_policy=_retry_policy(call))
+        self.signals.after_publish.send(message=prepared.message, envelope=prepared.envelope)
         return AsyncResult(prepared.message.id, options.name)
 
     async def apublish_task(
@@ -127,7 +129,9 @@ class App:
             await asyncio.to_thread(self._ensure_provisioned)
         publisher = await self.aio_publisher()
         prepared = self._prepare(options, args, kwargs, call)
+        self.signals.before_publish.send(message=prepared.message, envelope=prepared.envelope)
         await publisher.publish(prepared.envelope, retry_policy=_retry_policy(call))
+        self.signals.after_publish.send(message=prepared.message, envelope=prepared.envelope)
         return AsyncResult(prepared.message.id, options.name)
 
     def send_task(

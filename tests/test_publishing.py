@@ -258,3 +258,17 @@ def test_publish_many_splits_large_bodies_across_frames_intact(app: App, channel
     app.publish_many([app.tasks["emails.send"].s(big), app.tasks["emails.send"].s("small")])
     [(_, _, first), (_, _, second)] = drain(channel, "emails")
     assert json.loads(first)[0] == [big] and json.loads(second)[0] == ["small"]
+
+
+def test_publish_signals_fire_around_the_confirmed_publish(app: App, channel: Any) -> None:
+    seen: list[tuple[str, str]] = []
+    app.signals.before_publish.connect(lambda signal, message, envelope: seen.append((signal, message.task)))
+    app.signals.after_publish.connect(lambda signal, message, envelope: seen.append((signal, message.task)))
+
+    def broken(**_: Any) -> None:
+        raise RuntimeError("a receiver's bug")
+
+    app.signals.after_publish.connect(broken)  # logged, never breaks publishing
+    app.tasks["emails.send"].delay("a")
+    assert seen == [("before_publish", "emails.send"), ("after_publish", "emails.send")]
+    assert len(drain(channel, "emails")) == 1
