@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
 from typing import Any
@@ -46,9 +47,14 @@ def worker_command(app_spec: str, queues: str | None, profile: str | None, **opt
     from amqptasks.worker.setup import plan_worker
 
     app = load_app(app_spec)
-    setup_logging(options.pop("loglevel"), options.pop("log_format"))
+    log_format = options.pop("log_format")
+    setup_logging(options.pop("loglevel"), log_format)
     plan = plan_worker(app.config, [q for q in (queues or "").split(",") if q], profile, options)
-    click.echo(banner(app, plan.settings, plan.pool, plan.processes), err=True)
+    text = banner(app, plan.settings, plan.pool, plan.processes)
+    if log_format == "json":  # every line a JSON object, the banner too
+        logging.getLogger("amqptasks.worker").info(text, extra={"task_event": "banner"})
+    else:
+        click.echo(text, err=True)
     if plan.processes > 1:
         sys.exit(serve_many(app, plan.settings, plan.processes))
     serve(app, plan.settings)

@@ -21,6 +21,14 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+class LimitedRetry(Retry):
+    """Raised by :meth:`Task.retry`: carries the limit it checked, which its ``max_retries`` argument may set."""
+
+    def __init__(self, exc: BaseException | None, countdown: float | None, max_retries: int | None) -> None:
+        super().__init__(exc, countdown)
+        self.max_retries = max_retries
+
+
 class Task(Generic[P, R]):
     """A registered task. Subclass it and pass ``base=`` to add on_success/on_failure/on_retry/after_return."""
 
@@ -86,7 +94,7 @@ class Task(Generic[P, R]):
             if exc is not None:
                 raise exc
             raise MaxRetriesExceeded(f"{self.name}[{self.request.id}]: {limit} retries used up")
-        raise Retry(exc, countdown)
+        raise LimitedRetry(exc, countdown, limit)
 
     # Hooks a custom base class may override (as in Celery).
     def on_success(self, retval: Any, task_id: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None: ...

@@ -9,6 +9,7 @@ message contains can crash the loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import socket
@@ -59,6 +60,10 @@ class WorkerSettings:
     #: Expired tasks are dropped (acked) by default; True dead-letters them instead.
     dead_letter_expired: bool = False
     middleware: Sequence[Middleware] = ()
+    #: Where sync tasks run: "threads", "asyncio" (also threads) or "processes" (see worker/execution.py).
+    pool: str = "threads"
+    #: processes pool: a child is replaced after this many tasks (None: never).
+    max_tasks_per_child: int | None = None
 
 
 class Worker:
@@ -66,16 +71,24 @@ class Worker:
         self.app = app
         self.settings = settings
         self.middleware: list[Middleware] = [*events.builtin_middleware(app), *settings.middleware]
-        self.executor = Executor(settings.concurrency)
+        self.executor = Executor(
+            settings.concurrency, pool=settings.pool, app=app, max_tasks_per_child=settings.max_tasks_per_child
+        )
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._inflight: set[asyncio.Task[None]] = set()
         self._running = 0
         self._stop = asyncio.Event()
+        self._gone_cold = asyncio.Event()
         self._cold = False
         self._stopping = False
         self._connection: aio_pika.abc.AbstractRobustConnection | None = None
         self._consumers: list[tuple[aio_pika.abc.AbstractQueue, str]] = []
         self.processed = 0
+
+    @property
+    def running(self) -> int:
+        """Tasks running now; after :meth:`run`, those a cold shutdown (or the grace period's end) left behind."""
+        return self._running
 
     # --- lifecycle -------------------------------------------------------------------------------------
 
@@ -96,12 +109,14 @@ class Worker:
                 ) from None
             tag = await queue.consume(functools.partial(self._on_message, queue_name), no_ack=False)
             self._consumers.append((queue, tag))
+        log.info("ready: consuming %s", ", ".join(self.settings.queues))
 
     async def run(self) -> None:
         """Consume until :meth:`stop` (or, in burst mode, until the queues are drained)."""
-        await self.start()
-        watcher = asyncio.ensure_future(self._burst_watch()) if self.settings.burst else None
+        watcher: asyncio.Future[None] | None = None
         try:
+            await self.start()  # inside the try: a failed start (unknown queue) still closes the connection
+            watcher = asyncio.ensure_future(self._burst_watch()) if self.settings.burst else None
             await self._stop.wait()
         finally:
             if watcher is not None:
@@ -113,6 +128,8 @@ class Worker:
         self._cold = self._cold or cold or self._stopping  # a second request goes cold
         self._stopping = True
         self._stop.set()
+        if self._cold:
+            self._gone_cold.set()
 
     async def _shutdown(self) -> None:
         for queue, tag in self._consumers:
@@ -122,14 +139,42 @@ class Worker:
                 log.debug("cancelling consumer %s failed", tag, exc_info=True)
         if not self._cold and self._inflight:
             log.info("warm shutdown: waiting up to %g s for %d running task(s)", self.settings.grace, self._running)
-            _, pending = await asyncio.wait(self._inflight, timeout=self.settings.grace)
-            if pending:
-                log.warning("grace period over: %d task(s) still running; their messages go back to the queue",
-                            len(pending))  # fmt: skip
+            await self._wait_inflight(self.settings.grace)
+            if self._inflight:
+                log.warning("%s: %d task(s) still running; their messages go back to the queue",
+                            "cold shutdown" if self._cold else "grace period over", self._running)  # fmt: skip
         self.executor.shutdown(wait=False)
         if self._connection is not None:
             # Closing returns every unacknowledged message to its queue (redelivered=True).
             await self._connection.close()
+
+    async def _wait_inflight(self, timeout: float) -> None:
+        """Until every message in hand is settled, *timeout* passes, or a second stop request goes cold."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        cold = asyncio.ensure_future(self._gone_cold.wait())
+        try:
+            while self._inflight and not cold.done() and (remaining := deadline - loop.time()) > 0:
+                await asyncio.wait({*self._inflight, cold}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            cold.cancel()
+
+    async def _slot(self) -> bool:
+        """A free execution slot; False once a shutdown starts: a message still waiting then goes back at once."""
+        acquire = asyncio.ensure_future(self._slots.acquire())
+        stop = asyncio.ensure_future(self._stop.wait())
+        await asyncio.wait({acquire, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if not acquire.done():
+            acquire.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await acquire  # a slot granted just before the cancel is given back by the semaphore itself
+        if acquire.cancelled():
+            return False
+        if self._stopping:
+            self._slots.release()
+            return False
+        return True
 
     async def _burst_watch(self) -> None:
         channel = await self._connection.channel() if self._connection else None
@@ -172,7 +217,7 @@ class Worker:
         except MessageError as exc:
             await self._reject(d, exc.reason, str(exc))
             return
-        log.info("%s received", d.label, extra={"task_event": "received"})
+        await call(self.middleware, "after_receive", d, reverse=True)
         if await self._redelivered_too_often(d) or await self._expired(d) or await self._early(d):
             return
         try:
@@ -180,11 +225,13 @@ class Worker:
         except MessageError as exc:
             await self._reject(d, exc.reason, str(exc))
             return
-        async with self._slots:
-            if self._stopping and not self._cold:
-                await self._settle(d, "requeue", "warm shutdown before it started")
-                return
+        if not await self._slot():
+            await self._settle(d, "requeue", "shutdown before it started")
+            return
+        try:
             await self._execute(d)
+        finally:
+            self._slots.release()
 
     async def _execute(self, d: Delivery) -> None:
         assert d.message is not None and d.task is not None
@@ -196,13 +243,14 @@ class Worker:
         d.started = time.monotonic()
         self._running += 1
         try:
+            soft, hard = _time_limits(message.timelimit, options.soft_time_limit, options.time_limit)
             result = await self.executor.run(d.task.run_callable(), message.args, dict(message.kwargs), d.request,
-                                             options.soft_time_limit, options.time_limit)  # fmt: skip
+                                             soft, hard)  # fmt: skip
         except Ignore:
             await self._settle(d, "ack", "ignored")
         except Reject as exc:
-            await call(self.middleware, "after_reject", d, exc.reason or "rejected by the task", reverse=True)
             await self._settle(d, "requeue" if exc.requeue else "reject", exc.reason or "rejected by the task")
+            await call(self.middleware, "after_reject", d, exc.reason or "rejected by the task", reverse=True)
         except Exception as exc:
             await self._failed(d, exc)
         else:
@@ -230,10 +278,18 @@ class Worker:
         await call(self.middleware, "after_failure", d, cause, reverse=True)
         await self._settle(d, "reject", f"failed: {type(cause).__name__}: {cause}")
 
-    async def _publish_retry(self, d: Delivery, countdown: float, *, retries_delta: int = 1) -> None:
-        """The same task again as a fresh message (no x-death), confirmed before the original is acked."""
+    async def _publish_retry(
+        self, d: Delivery, countdown: float, *, retries_delta: int = 1, redeliveries: int | None = None
+    ) -> None:
+        """The same task again as a fresh message (no x-death), confirmed before the original is acked.
+
+        A retry starts with no redelivery count (the task ran to its end); a counted copy carries *redeliveries*.
+        """
         assert d.message is not None
         m = d.message
+        headers = {k: v for k, v in m.extra_headers.items() if k != REDELIVERIES_HEADER}
+        if redeliveries is not None:
+            headers[REDELIVERIES_HEADER] = redeliveries
         options = d.task.options if d.task else self.app.task_options(m.task)
         delays = self.app.config.delays.enabled
         if countdown > 0 and not delays:
@@ -241,9 +297,10 @@ class Worker:
             countdown = 0
         call_options: dict[str, Any] = {
             "task_id": m.id, "retries": m.retries + retries_delta, "root_id": m.root_id, "parent_id": m.parent_id,
-            "headers": {k: v for k, v in m.extra_headers.items() if k != REDELIVERIES_HEADER},
+            "headers": headers,
             "expires": m.expires, "link": list(m.callbacks) or None, "link_error": list(m.errbacks) or None,
             "priority": d.raw.priority, "group_id": m.group, "group_index": m.group_index, "reply_to": m.reply_to,
+            "soft_time_limit": m.timelimit[0], "time_limit": m.timelimit[1],
             "countdown": countdown if countdown > 0 else None, **d.destination(),
         }  # fmt: skip
         prepared = prepare(options, m.args, m.kwargs, call_options, self.app.send_settings)
@@ -259,9 +316,7 @@ class Worker:
         if count > self.settings.max_redeliveries:
             await self._reject(d, "poison", f"redelivered {count} times (it may kill its worker)")
             return True
-        assert d.message is not None
-        d.message = _with_header(d.message, REDELIVERIES_HEADER, count)
-        await self._publish_retry(d, 0, retries_delta=0)  # counted copy to the back of the queue
+        await self._publish_retry(d, 0, retries_delta=0, redeliveries=count)  # counted copy to the back of the queue
         await self._settle(d, "ack", f"redelivered: counted ({count}/{self.settings.max_redeliveries})")
         return True
 
@@ -279,10 +334,14 @@ class Worker:
     async def _early(self, d: Delivery) -> bool:
         """A message before its eta (e.g. from a Celery client) goes back through the delay tiers."""
         eta = d.message.eta if d.message else None
-        if eta is None or not self.app.config.delays.enabled:
+        if eta is None:
             return False
         wait = (eta - datetime.now(UTC)).total_seconds()
         if wait <= ETA_TOLERANCE:
+            return False
+        if not self.app.config.delays.enabled:
+            log.warning("%s: its eta is %.1f s ahead, but without 'delays: {enabled: true}' it cannot wait: runs now",
+                        d.label, wait)  # fmt: skip
             return False
         await self._publish_retry(d, wait, retries_delta=0)
         log.info("%s: %.1f s before its eta: sent back through the delay tiers", d.label, wait)
@@ -290,8 +349,9 @@ class Worker:
         return True
 
     async def _reject(self, d: Delivery, reason: str, detail: str) -> None:
-        await call(self.middleware, "after_reject", d, detail, reverse=True)
+        # RabbitMQ records only "rejected" in x-death: the log line is where the why is kept.
         await self._settle(d, "reject", detail)
+        await call(self.middleware, "after_reject", d, f"{reason}: {detail}", reverse=True)
 
     async def _settle(self, d: Delivery, how: str, why: str) -> None:
         if d.settled is not None:
@@ -313,7 +373,7 @@ class Worker:
         assert m is not None
         return Request(
             id=m.id, task=m.task, args=m.args, kwargs=m.kwargs, retries=m.retries,
-            delivery_info={"exchange": raw.exchange, "routing_key": raw.routing_key, "queue": d.queue,
+            delivery_info={"exchange": d.exchange, "routing_key": raw.routing_key, "queue": d.queue,
                            "priority": raw.priority, "redelivered": raw.redelivered},
             headers=dict(raw.headers or {}), reply_to=m.reply_to, eta=m.eta, expires=m.expires,
             hostname=self.settings.hostname, redelivered=bool(raw.redelivered), root_id=m.root_id,
@@ -321,7 +381,10 @@ class Worker:
         )  # fmt: skip
 
 
-def _with_header(message: Any, key: str, value: Any) -> Any:
-    from dataclasses import replace
+def _time_limits(header: Sequence[Any], soft: float | None, hard: float | None) -> tuple[float | None, float | None]:
+    """The message's ``timelimit`` [soft, hard] (``apply_async(time_limit=...)``, Celery clients) over the task's."""
 
-    return replace(message, extra_headers={**message.extra_headers, key: value})
+    def given(value: Any) -> float | None:
+        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) and value > 0 else None
+
+    return given(header[0]) or soft, given(header[1]) or hard

@@ -34,6 +34,11 @@ class Delivery:
             return f"message {self.raw.correlation_id or self.raw.delivery_tag} from {self.queue!r}"
         return f"{self.message.task}[{self.message.id}]"
 
+    @property
+    def exchange(self) -> str:
+        """The exchange the message was sent to ("" for a queue), not the delay tier it may have come from."""
+        return self.destination().get("exchange", "")
+
     def destination(self) -> dict[str, str]:
         """Where this message was originally sent: a retry goes back there, through the delay tiers if needed.
 

@@ -24,6 +24,9 @@ def _ms(delivery: Delivery) -> float:
 class TaskLog(Middleware):
     """received / started / succeeded in X ms / retried in Y s / failed / rejected to DLQ."""
 
+    def after_receive(self, delivery: Delivery) -> None:
+        log.info("%s received", delivery.label, extra={"task_event": "received"})
+
     def before_execute(self, delivery: Delivery) -> None:
         log.info("%s started", delivery.label, extra={"task_event": "started"})
 
@@ -38,7 +41,10 @@ class TaskLog(Middleware):
                   type(exc).__name__, exc, extra={"task_event": "failed"})  # fmt: skip
 
     def after_reject(self, delivery: Delivery, reason: str) -> None:
-        log.warning("%s rejected to the DLQ: %s", delivery.label, reason, extra={"task_event": "rejected"})
+        if delivery.settled == "requeue":
+            log.info("%s requeued: %s", delivery.label, reason, extra={"task_event": "requeued"})
+        else:
+            log.warning("%s rejected to the DLQ: %s", delivery.label, reason, extra={"task_event": "rejected"})
 
 
 class SignalHooks(Middleware):
@@ -46,6 +52,9 @@ class SignalHooks(Middleware):
 
     def __init__(self, app: App) -> None:
         self.signals = app.signals
+
+    def after_receive(self, delivery: Delivery) -> None:
+        self.signals.task_received.send(message=delivery.message, queue=delivery.queue)
 
     def before_execute(self, delivery: Delivery) -> None:
         self.signals.task_prerun.send(task=delivery.task, request=delivery.request)

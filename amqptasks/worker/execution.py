@@ -1,15 +1,29 @@
-"""Running a task's function: coroutines on the worker's loop, plain functions in a thread pool.
+"""Running a task's function: coroutines on the worker's loop, plain functions in the worker's pool.
 
-Time limits, and exactly what each pool can guarantee:
+``--pool`` chooses where sync (plain ``def``) tasks run; ``async def`` tasks run on the event loop in every pool.
+
+- ``threads`` (the default): a thread pool of ``concurrency`` threads in the worker process.
+- ``asyncio``: the same thread pool, so a sync task never blocks the loop; the name says the app is meant to be
+  mostly ``async def``. Its guarantees are those of ``threads``.
+- ``processes``: ``concurrency`` forked child processes (:mod:`amqptasks.worker.processes`), for CPU-bound tasks,
+  tasks that must be killable, and leaky ones (``max_tasks_per_child``).
+
+Time limits, and exactly what each can guarantee:
 
 - ``async def`` tasks: the soft limit cancels the task (``asyncio.CancelledError`` inside it, reported as
   ``SoftTimeLimitExceeded`` if it does not return); the hard limit stops waiting for good. Reliable wherever
-  the coroutine awaits.
-- threads: the soft limit raises ``SoftTimeLimitExceeded`` in the task's thread (``PyThreadState_SetAsyncExc``)
-  the next time it runs Python bytecode, so not while it is blocked in C (a socket read, ``time.sleep``).
-  A thread cannot be killed: at the hard limit the message goes down the failure path and the thread is
-  abandoned, still running, until it returns.
-- processes (``--pool processes``): see :mod:`amqptasks.worker.processes`.
+  the coroutine awaits; a coroutine that blocks the loop without awaiting cannot be interrupted by anything.
+- threads and asyncio: the soft limit raises ``SoftTimeLimitExceeded`` in the task's thread
+  (``PyThreadState_SetAsyncExc``) the next time it runs Python bytecode, so not while it is blocked in C (a
+  socket read, ``time.sleep``). A thread cannot be killed: at the hard limit the message goes down the failure
+  path and the thread is abandoned, still running (and occupying one of the pool's threads), until it returns.
+- processes: the soft limit raises ``SoftTimeLimitExceeded`` in the child by ``SIGALRM``, which also interrupts
+  ``time.sleep`` and socket reads (not C code that never checks for signals). At the hard limit the child is
+  killed (``SIGKILL``) and replaced, and the task fails with ``TimeLimitExceeded``: nothing keeps running. A
+  child that dies by itself fails its task with ``WorkerLostError`` and is replaced.
+
+In every pool, a task past its hard limit goes down the failure path (retried if its options say so, else
+dead-lettered): it is never redelivered endlessly.
 """
 
 from __future__ import annotations
@@ -20,11 +34,18 @@ import inspect
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from amqptasks.errors import SoftTimeLimitExceeded, TimeLimitExceeded
 from amqptasks.worker import request as request_context
+from amqptasks.worker.processes import ProcessPool
 from amqptasks.worker.request import Request
+
+if TYPE_CHECKING:
+    from amqptasks.app import App
+
+#: The values of ``--pool``.
+POOLS = ("threads", "asyncio", "processes")
 
 
 def _raise_in_thread(thread_id: int, exc_type: type[BaseException]) -> None:
@@ -34,15 +55,35 @@ def _raise_in_thread(thread_id: int, exc_type: type[BaseException]) -> None:
 class Executor:
     """Runs one task call under its soft and hard time limits; returns its result or raises its exception."""
 
-    def __init__(self, threads: int) -> None:
+    def __init__(
+        self, threads: int, *, pool: str = "threads", app: App | None = None, max_tasks_per_child: int | None = None
+    ) -> None:
+        if pool not in POOLS:
+            raise ValueError(f"unknown pool {pool!r}: use one of {', '.join(POOLS)}")
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="amqptasks-task")
+        self.processes: ProcessPool | None = None
+        self._closed = False
+        if pool == "processes":
+            if app is None:
+                raise ValueError("pool='processes' needs the app: its children look tasks up by name")
+            self.processes = ProcessPool(app, threads, max_tasks_per_child)
 
     async def run(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], request: Request,
-        soft: float | None, hard: float | None,
+        soft: float | None, hard: float | None, *, name: str | None = None,
     ) -> Any:  # fmt: skip
+        """*fn* with its arguments. A process pool runs the app's task *name* (default: ``request.task``) instead,
+        which is the same function: a child looks it up in the app rather than receive it.
+
+        After :meth:`shutdown` this raises ``asyncio.CancelledError``: a task that did not run must leave its
+        message unsettled (the broker requeues it), never send it down the failure path to the dead letters.
+        """
+        if self._closed:
+            raise asyncio.CancelledError("the executor is shut down")
         if inspect.iscoroutinefunction(fn):
             return await self._run_async(fn, args, kwargs, request, soft, hard)
+        if self.processes is not None:
+            return await self.processes.run(name or request.task, args, kwargs, request, soft, hard)
         return await self._run_thread(fn, args, kwargs, request, soft, hard)
 
     async def _run_async(
@@ -75,9 +116,16 @@ class Executor:
     ) -> Any:  # fmt: skip
         thread_id: list[int] = []
         finished = threading.Event()
+        loop = asyncio.get_running_loop()
+        started: asyncio.Future[None] = loop.create_future()
+
+        def mark_started() -> None:
+            if not started.done():
+                started.set_result(None)
 
         def call() -> Any:
             thread_id.append(threading.get_ident())
+            loop.call_soon_threadsafe(mark_started)
             token = request_context.current.set(request)
             try:
                 return fn(*args, **kwargs)
@@ -85,9 +133,12 @@ class Executor:
                 request_context.current.reset(token)
                 finished.set()
 
-        future = asyncio.get_running_loop().run_in_executor(self.pool, call)
+        future = loop.run_in_executor(self.pool, call)
         if soft is None and hard is None:
             return await future
+        # The limits count from when a thread picks the call up, not from submission: threads abandoned
+        # at their hard limit can keep the pool busy, and a call must not be failed before it starts.
+        await asyncio.wait({started, future}, return_when=asyncio.FIRST_COMPLETED)
         first = soft if soft is not None else hard
         try:
             return await asyncio.wait_for(asyncio.shield(future), first)
@@ -103,4 +154,8 @@ class Executor:
             raise TimeLimitExceeded(f"hard time limit ({hard:g} s) exceeded; the thread is abandoned") from None
 
     def shutdown(self, wait: bool) -> None:
+        """Stop the pools. Children running a task finish it (*wait*) or are killed; threads cannot be."""
+        self._closed = True
+        if self.processes is not None:
+            self.processes.shutdown(wait)
         self.pool.shutdown(wait=wait, cancel_futures=True)

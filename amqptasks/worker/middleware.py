@@ -8,14 +8,20 @@ be ``async``, and receives the :class:`Delivery` being processed. Users add thei
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from amqptasks.worker.delivery import Delivery
 
+log = logging.getLogger("amqptasks.worker")
+
 
 class Middleware:
+    def after_receive(self, delivery: Delivery) -> Any:
+        """The message decoded into a task message (before the expiry, eta and redelivery checks)."""
+
     def before_execute(self, delivery: Delivery) -> Any:
         """The task is about to run (after decoding and checks). May await (rate limits)."""
 
@@ -29,14 +35,22 @@ class Middleware:
         """A retry message was published (confirmed); the original is acknowledged after this."""
 
     def after_reject(self, delivery: Delivery, reason: str) -> Any:
-        """The message was rejected without running (bad input) or by ``Reject``."""
+        """The message was rejected without running (bad input) or by ``Reject``: ``delivery.settled`` is
+        "reject" (dead-lettered) or "requeue" (``Reject(requeue=True)``)."""
 
     def after_process(self, delivery: Delivery) -> Any:
         """Always last, whatever happened."""
 
 
 async def call(middleware: Sequence[Middleware], hook: str, *args: Any, reverse: bool = False) -> None:
+    """Run *hook* of every middleware. ``after_*`` hooks (``reverse=True``) report what already happened:
+    one that raises is logged and the others still run, so a broken hook cannot change a message's fate."""
     for m in reversed(middleware) if reverse else middleware:
-        result = getattr(m, hook)(*args)
-        if inspect.isawaitable(result):
-            await result
+        try:
+            result = getattr(m, hook)(*args)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            if not reverse:
+                raise
+            log.exception("%s.%s failed (ignored)", type(m).__name__, hook)

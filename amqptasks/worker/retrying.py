@@ -6,6 +6,7 @@ import random
 
 from amqptasks.errors import Retry
 from amqptasks.tasks.options import TaskOptions
+from amqptasks.tasks.task import LimitedRetry
 
 
 def countdown_for(options: TaskOptions, retries: int, explicit: float | None = None) -> float:
@@ -24,6 +25,10 @@ def countdown_for(options: TaskOptions, retries: int, explicit: float | None = N
 
 
 def should_retry(options: TaskOptions, exc: BaseException, retries: int) -> bool:
-    """A ``Retry`` or an exception listed in ``autoretry_for``, with retries left."""
+    """A ``Retry`` or an exception listed in ``autoretry_for``, with retries left.
+
+    ``self.retry(max_retries=N)`` overrides the task's limit, as in Celery.
+    """
     wants = isinstance(exc, Retry) or (bool(options.autoretry_for) and isinstance(exc, options.autoretry_for))
-    return wants and (options.max_retries is None or retries < options.max_retries)
+    limit = exc.max_retries if isinstance(exc, LimitedRetry) else options.max_retries
+    return wants and (limit is None or retries < limit)

@@ -29,9 +29,9 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
+            # Task lines name their event (received, started, succeeded...); any other line is a plain "log".
+            "event": getattr(record, "task_event", "log"),
         }
-        if hasattr(record, "task_event"):
-            data["event"] = record.task_event
         if record.exc_info:
             data["exception"] = self.formatException(record.exc_info)
         return json.dumps(data)
@@ -73,7 +73,7 @@ def banner(app: App, settings: WorkerSettings, pool: str, processes: int) -> str
     return "\n".join(lines)
 
 
-async def _serve(app: App, settings: WorkerSettings) -> None:
+async def _serve(app: App, settings: WorkerSettings) -> int:
     worker = Worker(app, settings)
     loop = asyncio.get_running_loop()
     terms = 0
@@ -96,13 +96,19 @@ async def _serve(app: App, settings: WorkerSettings) -> None:
         await worker.run()
     finally:
         await app.aclose()
+    return worker.running
 
 
 def serve(app: App, settings: WorkerSettings) -> None:
     """One consuming process (blocks until shutdown)."""
     if app.config.topology.provision:
         app.provision()
-    asyncio.run(_serve(app, settings))
+    if asyncio.run(_serve(app, settings)):
+        # Cold shutdown (or grace period over): a thread cannot be stopped, and the interpreter would wait for
+        # it at exit; its message is already back in the queue, so leave now.
+        log.warning("exiting with task(s) still running")
+        logging.shutdown()
+        os._exit(0)
 
 
 def serve_many(app: App, settings: WorkerSettings, processes: int) -> int:

@@ -41,15 +41,22 @@ def plan_worker(config: Config, queues: list[str], profile: str | None, options:
                 return source[name]
         return None
 
-    if pick("pool") == "processes":
-        raise AmqpTasksError("--pool processes is not available yet; use threads, and --processes N for more cores")
+    pool, max_tasks_per_child = pick("pool"), pick("max_tasks_per_child")
+    if max_tasks_per_child is not None and pool != "processes":
+        raise AmqpTasksError(
+            f"max tasks per child {max_tasks_per_child} needs --pool processes (the pool is {pool!r}, where "
+            "nothing is recycled): add --pool processes, or drop --max-tasks-per-child / the profile's "
+            "max_tasks_per_child"
+        )
     settings = WorkerSettings(
         queues=queues,
         concurrency=pick("concurrency"),
         prefetch=pick("prefetch"),
         burst=bool(options.get("burst")),
         grace=pick("grace"),
+        pool=pool,
+        max_tasks_per_child=max_tasks_per_child,
     )
     if options.get("hostname"):
         settings.hostname = options["hostname"]
-    return Plan(settings, pick("pool"), pick("processes"))
+    return Plan(settings, pool, pick("processes"))

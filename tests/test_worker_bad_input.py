@@ -1,0 +1,229 @@
+"""Messages the worker cannot or must not run: bad input, expired tasks, poison messages.
+
+Whatever a message holds, the worker settles it (dead-letters it with a log line saying why, or drops an
+expired one) and goes on with the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from amqptasks import App
+from amqptasks.broker import BrokerURL
+from amqptasks.worker.consumer import REDELIVERIES_HEADER, Worker
+from tests.worker_helpers import celery_headers, death, get_all, make_app, publish_raw, ready, run_worker
+
+pytestmark = pytest.mark.broker
+
+GOOD_BODY = '[[2, 3], {}, {"callbacks": null, "errbacks": null, "chain": null, "chord": null}]'
+
+
+@dataclass(frozen=True)
+class BadInput:
+    name: str
+    why: str  # what the log line says
+    body: str | bytes = GOOD_BODY
+    task: str | None = "math.add"
+    content_type: str = "application/json"
+    headers: dict[str, Any] = field(default_factory=dict)
+
+
+BAD_INPUTS = [
+    BadInput("undecodable-json", "undecodable: body is not valid json", body='[[2, 3], {"oops"'),
+    BadInput("not-args-kwargs-embed", "bad-body: body must be [args, kwargs, embed]", body='{"args": [2, 3]}'),
+    BadInput(
+        "kwargs-not-a-mapping",
+        "bad-body: body must be [args, kwargs, embed] with kwargs a mapping",
+        body="[[2, 3], [], {}]",
+    ),
+    BadInput("unknown-task", "unknown-task: no task named 'math.nope' is registered", task="math.nope"),
+    BadInput("text-plain", "content-type: unsupported content type 'text/plain'", content_type="text/plain"),
+    BadInput("missing-task-header", "missing-header: no 'task' header", task=None),
+    BadInput("wrong-arguments", "bad-arguments: math.add(): missing a required argument: 'y'", body="[[2], {}, {}]"),
+    BadInput(
+        "unexpected-kwarg",
+        "bad-arguments: math.add(): got an unexpected keyword argument 'z'",
+        body='[[2, 3], {"z": 1}, {}]',
+    ),
+    BadInput(
+        "eta-not-a-date", "bad-header: eta header 'tomorrow' is not an ISO 8601 date-time", headers={"eta": "tomorrow"}
+    ),
+    BadInput("unknown-compression", "compression: unsupported compression 'rar'", headers={"compression": "rar"}),
+]
+
+
+def test_bad_inputs_are_dead_lettered_with_a_reason_and_the_worker_goes_on(
+    vhost: BrokerURL, channel: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a queue holding one message of each bad kind, then a good task
+    caplog.set_level(logging.INFO, logger="amqptasks")
+    app = make_app(vhost)
+    results: list[int] = []
+
+    @app.task(name="math.add")
+    def add(x: int, y: int) -> None:
+        results.append(x + y)
+
+    for case in BAD_INPUTS:
+        headers = celery_headers(case.task, case.name) if case.task else {"id": case.name, "lang": "py"}
+        publish_raw(channel, "work", case.body, headers={**headers, **case.headers},
+                    content_type=case.content_type, correlation_id=case.name)  # fmt: skip
+    add.delay(20, 22)
+
+    # When a burst worker drains the queue
+    worker = run_worker(app)
+    app.close()
+
+    # Then the good task ran after all of them
+    assert results == [42] and worker.processed == len(BAD_INPUTS) + 1
+    # And every bad message is in the DLQ, rejected, with a log line saying why
+    dead = {props.correlation_id: props for _, props, _ in get_all(channel, "work.dlq")}
+    assert sorted(dead) == sorted(case.name for case in BAD_INPUTS)
+    assert {death(props)["reason"] for props in dead.values()} == {"rejected"}
+    rejected = [r.getMessage() for r in caplog.records if "rejected to the DLQ" in r.getMessage()]
+    for case in BAD_INPUTS:
+        [line] = [line for line in rejected if case.name in line]
+        assert case.why in line, f"{case.name}: {line}"
+    assert ready(channel, "work") == 0
+
+
+def test_expired_task_is_dropped_and_logged_not_run_nor_dead_lettered(
+    vhost: BrokerURL, channel: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a task whose expiry passed while it waited in the queue, and one that is still valid
+    caplog.set_level(logging.INFO, logger="amqptasks")
+    app = make_app(vhost)
+    ran: list[str] = []
+
+    @app.task(name="news.push")
+    def push(item: str) -> None:
+        ran.append(item)
+
+    stale = push.apply_async(("stale",), expires=datetime.now(UTC) - timedelta(seconds=5))
+    push.apply_async(("fresh",), expires=60)
+
+    # When a burst worker drains the queue
+    run_worker(app)
+    app.close()
+
+    # Then only the valid one ran; the expired one was dropped with a log line, not dead-lettered
+    assert ran == ["fresh"]
+    assert any(f"news.push[{stale.id}] expired at" in r.getMessage() and "dropped" in r.getMessage()
+               for r in caplog.records)  # fmt: skip
+    assert get_all(channel, "work.dlq") == [] and ready(channel, "work") == 0
+
+
+def test_expired_task_is_dead_lettered_when_the_worker_is_told_to(vhost: BrokerURL, channel: Any) -> None:
+    # Given an expired task
+    app = make_app(vhost)
+
+    @app.task(name="news.push")
+    def push() -> None:
+        raise AssertionError("an expired task must not run")
+
+    stale = push.apply_async(expires=datetime.now(UTC) - timedelta(seconds=1))
+
+    # When a burst worker with dead_letter_expired=True drains the queue
+    run_worker(app, dead_letter_expired=True)
+    app.close()
+
+    # Then it is in the DLQ
+    [(_, props, _)] = get_all(channel, "work.dlq")
+    assert props.correlation_id == stale.id
+
+
+# --- poison messages: a task that kills its worker ------------------------------------------------------------
+
+
+def crashing_runs(app: App, queue: str, runs: int, **settings: Any) -> list[dict[str, Any]]:
+    """*runs* workers one after another, each killed (cold shutdown) by the task it runs; what each run saw."""
+    seen: list[dict[str, Any]] = []
+    current: list[Worker] = []
+
+    @app.task(name=f"crash.{queue}", queue=queue, bind=True)
+    async def crash(self: Any) -> None:
+        seen.append({"headers": dict(self.request.headers), "redelivered": self.request.redelivered})
+        current[-1].stop(cold=True)  # like a segfault: the connection goes, the message is not settled
+        await asyncio.sleep(30)
+
+    crash.delay()
+    for _ in range(runs):
+        run_worker(app, [queue], created=current.append, until=lambda: False, timeout=5, **settings)
+    return seen
+
+
+def test_message_that_keeps_killing_its_worker_on_a_classic_queue_is_dead_lettered_as_poison(
+    vhost: BrokerURL, channel: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a task that kills its worker, on a classic queue, and workers that allow 2 redeliveries
+    caplog.set_level(logging.INFO, logger="amqptasks")
+    app = make_app(vhost)
+
+    # When workers run it again and again (each run kills its worker)
+    seen = crashing_runs(app, "work", 3, max_redeliveries=2)
+    run_worker(app, ["work"], max_redeliveries=2)
+    app.close()
+
+    # Then it ran 3 times, each redelivery counted in a fresh copy of the message
+    assert [s["headers"].get(REDELIVERIES_HEADER) for s in seen] == [None, 1, 2]
+    # And at its third redelivery it went to the DLQ as poison, with a log line saying so
+    [(_, props, _)] = get_all(channel, "work.dlq")
+    assert death(props)["reason"] == "rejected" and props.headers[REDELIVERIES_HEADER] == 2
+    assert any("rejected to the DLQ: poison: redelivered 3 times" in r.getMessage() for r in caplog.records)
+    assert ready(channel, "work") == 0
+
+
+def test_message_redelivered_once_runs_again(vhost: BrokerURL, channel: Any) -> None:
+    # Given a task message that a consumer took and then lost without acknowledging (redelivered=True)
+    app = make_app(vhost)
+    seen: list[Any] = []
+
+    @app.task(name="sync.once", bind=True)
+    def once(self: Any) -> None:
+        seen.append(self.request.headers.get(REDELIVERIES_HEADER))
+
+    once.delay()
+    taker = channel.connection.channel()
+    method, _, _ = taker.basic_get("work", auto_ack=False)
+    assert method is not None
+    taker.close()
+
+    # When a worker drains the queue
+    run_worker(app)
+    app.close()
+
+    # Then the task ran once, its redelivery counted
+    assert seen == [1]
+    assert get_all(channel, "work.dlq") == []
+
+
+QUORUM_YAML = """
+topology:
+  queues:
+    - {name: critical, type: quorum, delivery_limit: 1, dead_letter: auto}
+"""
+
+
+def test_quorum_queue_dead_letters_over_its_delivery_limit_by_itself(vhost: BrokerURL, channel: Any) -> None:
+    # Given a task that kills its worker, on a quorum queue with delivery_limit 1
+    app = make_app(vhost, QUORUM_YAML)
+
+    # When workers run it until the broker stops delivering it
+    seen = crashing_runs(app, "critical", 2)
+    run_worker(app, ["critical"])
+    app.close()
+
+    # Then the worker ran the redelivered message in place (no counted copy): RabbitMQ counts
+    assert [s["redelivered"] for s in seen] == [False, True]
+    assert [s["headers"].get("x-delivery-count") for s in seen] == [None, 1]
+    assert all(REDELIVERIES_HEADER not in s["headers"] for s in seen)
+    # And RabbitMQ dead-lettered it when it came back over the limit
+    [(_, props, _)] = get_all(channel, "critical.dlq")
+    assert death(props)["reason"] == "delivery_limit"
+    assert ready(channel, "critical") == 0
