@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import aio_pika
 import aio_pika.abc
+import aiormq.exceptions
 
 from amqptasks.broker.aio import open_robust
 from amqptasks.errors import AmqpTasksError, Ignore, Reject, Retry
@@ -181,8 +182,11 @@ class Worker:
         idle_since: float | None = None
         while channel is not None:
             await asyncio.sleep(0.2)
-            counts = [(await channel.declare_queue(q, passive=True)).declaration_result.message_count
-                      for q in self.settings.queues]  # fmt: skip
+            try:
+                counts = await self._ready_counts(channel)
+            except Exception:  # reconnecting: ask again on the next tick
+                idle_since = None
+                continue
             if self._inflight or any(counts):
                 idle_since = None
             elif idle_since is None:
@@ -191,6 +195,15 @@ class Worker:
                 log.info("burst: queues drained after %d task(s)", self.processed)
                 self.stop()
                 return
+
+    async def _ready_counts(self, channel: aio_pika.abc.AbstractRobustChannel) -> list[int]:
+        # robust=False: a robust channel answers repeated passive declares from a cache (aio-pika 10), so the
+        # count would never change; this asks the broker every time.
+        counts = []
+        for name in self.settings.queues:
+            queue = await channel.declare_queue(name, passive=True, robust=False)
+            counts.append(queue.declaration_result.message_count or 0)
+        return counts
 
     # --- one message ----------------------------------------------------------------------------------
 
@@ -227,6 +240,13 @@ class Worker:
             return
         if not await self._slot():
             await self._settle(d, "requeue", "shutdown before it started")
+            return
+        if _channel_closed(d.raw):
+            # Its channel closed while it waited (connection lost, channel closed by the broker): the broker
+            # has already requeued it and will deliver it again; running it here would run it twice.
+            self._slots.release()
+            d.settled = "requeue"
+            log.info("%s: its channel closed before it started; the broker redelivers it", d.label)
             return
         try:
             await self._execute(d)
@@ -365,7 +385,7 @@ class Worker:
             else:
                 await d.raw.nack(requeue=True)
         except Exception as exc:  # channel gone: the broker requeues it, it will run again (at least once)
-            log.warning("%s: could not %s (%s): the broker will redeliver it", d.label, how, exc)
+            log.warning("%s: could not %s (%r): the broker will redeliver it", d.label, how, exc)
         log.debug("%s: %s (%s)", d.label, how, why)
 
     def _request(self, d: Delivery) -> Request:
@@ -388,3 +408,10 @@ def _time_limits(header: Sequence[Any], soft: float | None, hard: float | None) 
         return float(value) if isinstance(value, int | float) and not isinstance(value, bool) and value > 0 else None
 
     return given(header[0]) or soft, given(header[1]) or hard
+
+
+def _channel_closed(raw: aio_pika.abc.AbstractIncomingMessage) -> bool:
+    try:
+        return bool(raw.channel.is_closed)
+    except aiormq.exceptions.ChannelInvalidStateError:  # aio-pika raises once the channel is gone
+        return True

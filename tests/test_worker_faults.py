@@ -1,0 +1,459 @@
+"""Worker faults on a real broker: nothing published is lost; duplicates are possible, counted and printed.
+
+On the shared broker (each test in its own vhost): a worker killed with SIGKILL mid-task, a warm shutdown, the
+worker's connection closed from the broker side. On a private node (tests/broker_node.py), because they restart or
+reconfigure the broker: a broker restart in the middle of a batch, a channel closed for a consumer timeout.
+
+Workers run as ``amqptasks worker`` subprocesses, as a user runs them. Every run of the task appends
+``start <id>`` and ``done <id>`` to a record file (one ``O_APPEND`` write per line), so lost and duplicated tasks
+are counted from outside the worker, whatever the worker believes it did.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pika
+import pytest
+
+from amqptasks import App
+from amqptasks.broker import BrokerURL, ManagementClient
+from amqptasks.config import load_config_text
+from amqptasks.constants import ENV_BROKER_URL, ENV_CONFIG
+from tests.broker_node import BrokerNode, private_node
+from tests.cli_helpers import console_script
+
+REPO = Path(__file__).resolve().parents[1]
+QUEUE = "faults"
+TASK = "faults.work"
+#: The worker subprocesses find their record file and the management URL to use in these variables.
+ENV_RECORD = "AMQPTASKS_TEST_FAULTS_RECORD"
+ENV_MANAGEMENT = "AMQPTASKS_TEST_FAULTS_MANAGEMENT_URL"
+#: The private node has no management plugin. Without an explicit management URL, provisioning would derive
+#: http://127.0.0.1:15672 from the AMQP URL and read the *shared* broker's vhost instead; nothing listens on port 1,
+#: so provisioning probes the private node over AMQP.
+NO_MANAGEMENT = "http://127.0.0.1:1"
+
+TOPOLOGY = f"""
+topology:
+  provision: true
+  queues:
+    - name: {QUEUE}
+"""
+
+
+# --- the app the worker subprocesses run ----------------------------------------------------------------------
+
+
+def make_app(broker_url: str, management_url: str | None = None) -> App:
+    """One task, ``faults.work``: records its start, sleeps, records its end (durable queue, persistent messages)."""
+    broker = f"broker:\n  management_url: '{management_url}'\n" if management_url else ""
+    config = load_config_text(broker + TOPOLOGY, "faults.yaml", broker_url=broker_url)
+    app = App(config=config, broker_url=broker_url)
+
+    @app.task(name=TASK, queue=QUEUE, bind=True)
+    def work(self: Any, seconds: float = 0.0, slow_first_run_only: bool = False) -> None:
+        record = Record(Path(os.environ[ENV_RECORD]))
+        task_id = self.request.id
+        if slow_first_run_only and record.starts()[task_id]:
+            seconds = 0.0
+        record.write("start", task_id)
+        time.sleep(seconds)
+        record.write("done", task_id)
+
+    return app
+
+
+def __getattr__(name: str) -> App:
+    # `amqptasks worker -A tests.test_worker_faults:worker_app` needs a module attribute; build it from the worker's
+    # environment on first access, so that importing this module (pytest does) builds no App.
+    if name == "worker_app":
+        return make_app(os.environ[ENV_BROKER_URL], os.environ.get(ENV_MANAGEMENT))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class Record:
+    """The side channel: ``start <id>`` / ``done <id>`` lines appended by every run of the task."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def write(self, event: str, task_id: str) -> None:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, f"{event} {task_id}\n".encode())  # one write: lines never interleave
+        finally:
+            os.close(fd)
+
+    def _count(self, event: str) -> Counter[str]:
+        if not self.path.exists():
+            return Counter()
+        words = (line.split() for line in self.path.read_text().splitlines())
+        return Counter(w[1] for w in words if len(w) == 2 and w[0] == event)
+
+    def starts(self) -> Counter[str]:
+        return self._count("start")
+
+    def dones(self) -> Counter[str]:
+        return self._count("done")
+
+
+def report(what: str, published: list[str], record: Record) -> tuple[set[str], dict[str, int]]:
+    """Lost ids and duplicated ids (id -> completed runs), printed for the test log."""
+    dones = record.dones()
+    lost = set(published) - set(dones)
+    duplicated = {task_id: n for task_id, n in dones.items() if n > 1}
+    print(
+        f"\n{what}: published {len(published)}, completed {len(set(dones) & set(published))}, lost {len(lost)}, "
+        f"duplicated {len(duplicated)} (extra runs {sum(duplicated.values()) - len(duplicated)}), "
+        f"starts {sum(record.starts().values())}"
+    )
+    return lost, duplicated
+
+
+# --- worker subprocesses --------------------------------------------------------------------------------------
+
+
+class WorkerProcess:
+    """``amqptasks worker -A tests.test_worker_faults:worker_app -Q faults`` in a session of its own."""
+
+    def __init__(self, broker_url: str, record: Record, log: Path, *options: str, management: str | None) -> None:
+        self.hostname = f"faults-{uuid.uuid4().hex[:8]}"
+        self.connection_name = f"amqptasks worker {self.hostname}"
+        self.log = log
+        env = {k: v for k, v in os.environ.items() if k not in (ENV_BROKER_URL, ENV_CONFIG, ENV_MANAGEMENT)}
+        env.update({ENV_BROKER_URL: broker_url, ENV_RECORD: str(record.path)})
+        if management is not None:
+            env[ENV_MANAGEMENT] = management
+        command = [console_script(), "worker", "-A", "tests.test_worker_faults:worker_app", "-Q", QUEUE,
+                   "-n", self.hostname, *options]  # fmt: skip
+        with log.open("ab") as out:
+            self.process = subprocess.Popen(
+                command, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+
+    def signal(self, signum: int) -> None:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signum)
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"worker {self.hostname} still running after {timeout:g} s\n{self.tail()}", pytrace=False)
+
+    def exited(self, timeout: float) -> int | None:
+        """The exit code within *timeout* seconds, or None while it still runs."""
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def finish(self) -> int:
+        """Its exit code once its work is done: it exits by itself in burst mode, else (see
+        test_burst_worker_exits_after_draining_a_queue_longer_than_its_prefetch) a SIGTERM stops it."""
+        code = self.exited(2.0)
+        if code is None:
+            self.signal(signal.SIGTERM)
+            code = self.wait(15)
+        return code
+
+    def tail(self, lines: int = 60) -> str:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return f"--- {self.log.name}\n" + "\n".join(text.splitlines()[-lines:])
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()  # only our own child, by its pid
+            self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def record(tmp_path: Path) -> Record:
+    return Record(tmp_path / "record.txt")
+
+
+@pytest.fixture
+def spawn(tmp_path: Path, record: Record) -> Iterator[Callable[..., WorkerProcess]]:
+    """``spawn(broker_url, *cli_options, management=None)`` starts a worker; every one is killed at teardown."""
+    started: list[WorkerProcess] = []
+
+    def start(broker_url: str, *options: str, management: str | None = None) -> WorkerProcess:
+        log = tmp_path / f"worker-{len(started) + 1}.log"
+        worker = WorkerProcess(broker_url, record, log, *options, management=management)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.close()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str, *workers: WorkerProcess) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            logs = "\n".join(w.tail() for w in workers)
+            pytest.fail(f"timed out after {timeout:g} s waiting for {what}\n{logs}", pytrace=False)
+        time.sleep(0.05)
+
+
+def publish(app: App, calls: list[dict[str, Any]]) -> list[str]:
+    """Publish ``faults.work(**kwargs)`` for each call (confirmed, persistent); returns the task ids in order."""
+    task = app.tasks[TASK]
+    return [result.id for result in app.publish_many([task.s(**kwargs) for kwargs in calls])]
+
+
+def ready_count(url: str) -> int:
+    """Messages ready in the queue, as the broker counts them right now (the management API lags by seconds)."""
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        return int(connection.channel().queue_declare(QUEUE, passive=True).method.message_count)
+    finally:
+        connection.close()
+
+
+# --- shared broker, own vhost ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def app(vhost: BrokerURL) -> Iterator[App]:
+    application = make_app(vhost.to_url())
+    application.provision()
+    yield application
+    application.close()
+
+
+def all_completed(published: list[str], record: Record) -> Callable[[], bool]:
+    return lambda: set(published) <= set(record.dones())
+
+
+def worker_connections(mgmt: ManagementClient, vhost: BrokerURL, worker: WorkerProcess) -> Callable[[], list[Any]]:
+    """Waits until the management API shows the worker's connection (its statistics lag by up to ~5 s); returns
+    a function listing the worker's connections in the API."""
+
+    def connections() -> list[dict[str, Any]]:
+        return [c for c in mgmt.list_connections()
+                if c.get("vhost") == vhost.vhost and c.get("user_provided_name") == worker.connection_name]  # fmt: skip
+
+    wait_until(lambda: len(connections()) == 1, 15, f"connection {worker.connection_name!r} in the API", worker)
+    return connections
+
+
+def test_task_of_a_sigkilled_worker_runs_again_on_the_next_worker_and_nothing_is_lost(
+    app: App, vhost: BrokerURL, record: Record, spawn: Callable[..., WorkerProcess]
+) -> None:
+    # Given a slow task (acks_late, the default) and quick ones behind it, and a worker running the slow one
+    slow = publish(app, [{"seconds": 2.0}])[0]
+    published = [slow, *publish(app, [{"seconds": 0.01}] * 9)]
+    first = spawn(vhost.to_url(), "-c", "2")
+    wait_until(lambda: record.starts()[slow] == 1, 20, "the slow task to start", first)
+
+    # When the worker is killed with SIGKILL in the middle of it, and a new worker drains the queue
+    first.signal(signal.SIGKILL)
+    assert first.wait(10) == -signal.SIGKILL
+    assert record.dones()[slow] == 0, "the slow task finished before the kill: the test proves nothing"
+    second = spawn(vhost.to_url(), "-c", "2", "--burst")
+    wait_until(all_completed(published, record), 30, "every task to complete", second)
+    code = second.finish()
+
+    # Then the slow task ran again and completed, and every task completed
+    lost, _ = report("SIGKILL mid-task", published, record)
+    assert not lost
+    assert (record.starts()[slow], record.dones()[slow]) == (2, 1)
+    assert code == 0, second.tail()
+    assert ready_count(vhost.to_url()) == 0
+
+
+def test_burst_worker_exits_after_draining_a_queue_longer_than_its_prefetch(
+    app: App, vhost: BrokerURL, record: Record, spawn: Callable[..., WorkerProcess]
+) -> None:
+    # Given 100 quick tasks, more than a worker with concurrency 2 prefetches (8)
+    published = publish(app, [{"seconds": 0.01}] * 100)
+
+    # When a burst worker has completed them all
+    worker = spawn(vhost.to_url(), "-c", "2", "--burst")
+    wait_until(all_completed(published, record), 30, "every task to complete", worker)
+
+    # Then it exits 0 by itself
+    assert worker.exited(5.0) == 0, f"the burst worker still runs 5 s after the last task\n{worker.tail(10)}"
+
+
+def _warm_shutdown(app: App, vhost: BrokerURL, record: Record, spawn: Callable[..., WorkerProcess]) -> Any:
+    """12 tasks of 1.5 s, a worker with concurrency 4 (prefetch 16) running 4 of them, then SIGTERM."""
+    published = publish(app, [{"seconds": 1.5}] * 12)
+    worker = spawn(vhost.to_url(), "-c", "4")
+    wait_until(lambda: sum(record.starts().values()) == 4, 20, "4 tasks to start", worker)
+    running = set(record.starts())
+    worker.signal(signal.SIGTERM)
+    return published, running, worker, time.monotonic()
+
+
+def test_warm_shutdown_finishes_running_tasks_once_and_the_rest_run_once_on_the_next_worker(
+    app: App, vhost: BrokerURL, record: Record, spawn: Callable[..., WorkerProcess]
+) -> None:
+    # Given a worker running 4 slow tasks, with 8 more prefetched, sent SIGTERM
+    published, running, worker, _ = _warm_shutdown(app, vhost, record, spawn)
+
+    # When it has shut down, and a second worker drains the queue
+    code = worker.wait(15)
+    after_first = record.dones()
+    second = spawn(vhost.to_url(), "-c", "4", "--burst")
+    wait_until(all_completed(published, record), 30, "every task to complete", second)
+    second_code = second.finish()
+
+    # Then the running tasks completed once on the first worker, the others once on the second, none twice
+    lost, duplicated = report("warm shutdown", published, record)
+    assert code == 0, worker.tail()
+    assert set(after_first) == running and all(n == 1 for n in after_first.values()), worker.tail()
+    assert not lost and not duplicated, f"lost {lost}, duplicated {duplicated}\n{worker.tail()}\n{second.tail()}"
+    assert all(n == 1 for n in record.starts().values()), record.starts()
+    assert second_code == 0, second.tail()
+
+
+def test_warm_shutdown_hands_unstarted_prefetched_tasks_back_to_the_queue_at_once(
+    app: App, vhost: BrokerURL, record: Record, spawn: Callable[..., WorkerProcess]
+) -> None:
+    # Given a worker running 4 tasks of 1.5 s with 8 more prefetched, sent SIGTERM
+    _, _, worker, signalled = _warm_shutdown(app, vhost, record, spawn)
+
+    # When a moment has passed, well before any running task can end
+    time.sleep(0.6)
+    ready = ready_count(vhost.to_url())
+    elapsed = time.monotonic() - signalled
+
+    # Then the 8 unstarted tasks are back in the queue, ready for another worker
+    assert record.dones().total() == 0 and elapsed < 1.2, "a running task ended already: the test proves nothing"
+    assert ready == 8, f"{ready} of 8 unstarted tasks back in the queue {elapsed:.2f} s after SIGTERM"
+    assert worker.wait(15) == 0
+
+
+def test_worker_reconnects_after_the_broker_closes_its_connection_and_every_task_completes(
+    app: App, vhost: BrokerURL, mgmt: ManagementClient, record: Record, spawn: Callable[..., WorkerProcess]
+) -> None:
+    # Given a worker whose connection the management API shows, and 600 tasks flowing through it (~5 s of work)
+    worker = spawn(vhost.to_url(), "-c", "4")
+    connections = worker_connections(mgmt, vhost, worker)
+    published = publish(app, [{"seconds": 0.03}] * 600)
+    wait_until(lambda: len(record.dones()) >= 20, 20, "20 tasks to complete", worker)
+
+    # When the broker closes the worker's connection (found by the name the worker gives it)
+    [closed] = connections()
+    mgmt.close_connection(closed["name"], reason="test: connection closed by the broker")
+    completed_at_close = len(record.dones())
+
+    # Then the worker connects again under the same name, consumes again and completes every task
+    wait_until(lambda: [c["name"] for c in connections()] not in ([], [closed["name"]]), 15,
+               "the worker's new connection in the API", worker)  # fmt: skip
+    wait_until(all_completed(published, record), 40, "every task to complete", worker)
+    code = worker.finish()
+    lost, _ = report(f"connection closed after {completed_at_close} completed tasks", published, record)
+    assert completed_at_close < len(published), "the batch ended before the close: the test proves nothing"
+    assert not lost
+    assert code == 0, worker.tail()
+    assert ready_count(vhost.to_url()) == 0
+
+
+def test_unstarted_prefetched_tasks_of_a_lost_connection_run_only_once(
+    app: App, vhost: BrokerURL, mgmt: ManagementClient, record: Record, spawn: Callable[..., WorkerProcess]
+) -> None:
+    # Given a worker with concurrency 2 running tasks of 0.3 s, with 6 more prefetched (prefetch 8)
+    worker = spawn(vhost.to_url(), "-c", "2")
+    connections = worker_connections(mgmt, vhost, worker)
+    published = publish(app, [{"seconds": 0.3}] * 24)
+    wait_until(lambda: len(record.dones()) >= 2, 15, "2 tasks to complete", worker)
+
+    # When the broker closes the worker's connection
+    mgmt.close_connection(connections()[0]["name"], reason="test: connection closed by the broker")
+    wait_until(all_completed(published, record), 30, "every task to complete", worker)
+    worker.finish()
+
+    # Then only the 2 tasks running at that moment ran twice (their acks were lost); the 6 unstarted ones once
+    _, duplicated = report("connection closed, concurrency 2, prefetch 8", published, record)
+    assert len(duplicated) <= 2, f"{len(duplicated)} tasks ran twice"
+
+
+# --- private node: broker restart, consumer timeout -----------------------------------------------------------
+
+#: consumer_timeout is global on RabbitMQ 3.10 and can only be set on a broker of our own. A channel checks it on
+#: its tick, every 60 s by default: tick every second so that the timeout fires at ~5-6 s.
+NODE_CONFIG = {"consumer_timeout": 5000}
+NODE_ADVANCED = "[{rabbit, [{channel_tick_interval, 1000}]}].\n"
+
+
+@pytest.fixture(scope="module")
+def node() -> Iterator[BrokerNode]:
+    yield from private_node(NODE_CONFIG, NODE_ADVANCED)
+
+
+@pytest.fixture
+def node_app(node: BrokerNode) -> Iterator[App]:
+    """The app on the private node (default vhost), its queue new and empty."""
+    connection = pika.BlockingConnection(pika.URLParameters(node.url))
+    try:
+        connection.channel().queue_delete(QUEUE)
+    except pika.exceptions.ChannelClosedByBroker:  # 404: no such queue yet
+        pass
+    finally:
+        connection.close()
+    application = make_app(node.url, NO_MANAGEMENT)
+    application.provision()
+    yield application
+    application.close()
+
+
+@pytest.mark.timeout(120)
+def test_batch_survives_a_broker_restart_in_the_middle_and_every_task_completes(
+    node: BrokerNode, node_app: App, record: Record, spawn: Callable[..., WorkerProcess]
+) -> None:
+    # Given 1,000 tasks (durable queue, persistent messages) and a worker working through them
+    published = publish(node_app, [{"seconds": 0.02}] * 1000)
+    node_app.close()
+    worker = spawn(node.url, "-c", "4", "--burst", management=NO_MANAGEMENT)
+    wait_until(lambda: len(record.dones()) >= 200, 30, "200 tasks to complete", worker)
+
+    # When the broker node is stopped and started again on the same data directory
+    node.stop()
+    completed_while_up = len(record.dones())
+    node.start()
+
+    # Then the worker reconnects and completes every task
+    wait_until(all_completed(published, record), 60, "every task to complete", worker)
+    code = worker.finish()
+    lost, _ = report(f"broker restarted after {completed_while_up} completed tasks", published, record)
+    assert completed_while_up < len(published), "the batch ended before the restart: the test proves nothing"
+    assert not lost
+    assert code == 0, worker.tail()
+    assert ready_count(node.url) == 0
+
+
+@pytest.mark.timeout(90)
+def test_task_longer_than_the_consumer_timeout_runs_again_after_the_broker_closes_the_channel(
+    node: BrokerNode, node_app: App, record: Record, spawn: Callable[..., WorkerProcess]
+) -> None:
+    # Given a task that runs 8 s on its first attempt (then at once), and quick ones, under consumer_timeout 5 s
+    slow = publish(node_app, [{"seconds": 8.0, "slow_first_run_only": True}])[0]
+    published = [slow, *publish(node_app, [{"seconds": 0.01}] * 5)]
+    worker = spawn(node.url, "-c", "2", "--burst", management=NO_MANAGEMENT)
+    wait_until(lambda: record.starts()[slow] == 1, 20, "the slow task to start", worker)
+
+    # When the broker closes the worker's channel with PRECONDITION_FAILED (requeueing the message) as it runs
+    wait_until(lambda: record.starts()[slow] == 2, 20, "the slow task to run again", worker)
+
+    # Then the worker consumed again on a new channel: the task ran twice and completed twice (at least once)
+    wait_until(lambda: record.dones()[slow] == 2, 20, "the first run to end too", worker)
+    code = worker.finish()
+    lost, _ = report("consumer timeout", published, record)
+    assert "timed out waiting for delivery acknowledgement" in node.log(), node.log_tail()
+    assert not lost
+    assert code == 0, worker.tail()
+    assert ready_count(node.url) == 0
