@@ -52,3 +52,9 @@ def delay_bit_header(level: int) -> str:
 def is_delay_name(name: str) -> bool:
     """Names the delays own (exchanges and queues alike) when they are enabled."""
     return name.startswith(DELAY_TIER_PREFIX) or name == UNROUTABLE_EXCHANGE
+
+
+#: Stream of failure records (one JSON document per failed or dead-lettered task), kept for a week: what
+#: ``amqptasks dlq list`` joins to the dead letters by task id. Declared lazily by workers with these arguments.
+FAILURES_STREAM = "amqptasks.failures"
+FAILURES_STREAM_ARGUMENTS = {"x-queue-type": "stream", "x-max-age": "7D"}

@@ -159,3 +159,12 @@ def test_unroutable_publish_to_provisioned_exchange_is_returned(vhost: BrokerURL
     channel.confirm_delivery()
     with pytest.raises(pika.exceptions.UnroutableError):
         channel.basic_publish("tasks", "nobody.listens", b"x", mandatory=True)
+
+
+def test_prune_keeps_the_failure_records_stream(vhost: BrokerURL, channel: Any) -> None:
+    from amqptasks.constants import FAILURES_STREAM, FAILURES_STREAM_ARGUMENTS
+
+    provisioned(vhost, _base())
+    channel.queue_declare(FAILURES_STREAM, durable=True, arguments=dict(FAILURES_STREAM_ARGUMENTS))
+    deletions = {c.name for c in plan(_config(vhost, _base()), prune=True).by_action("delete")}
+    assert FAILURES_STREAM not in deletions

@@ -10,7 +10,9 @@ import click
 from amqptasks import __version__
 from amqptasks.cli import output
 from amqptasks.cli.config import config_group
+from amqptasks.cli.dlq import dlq_group
 from amqptasks.cli.send import send_command
+from amqptasks.cli.status import status_command
 from amqptasks.cli.topology import topology_group
 from amqptasks.cli.worker import worker_command
 from amqptasks.errors import AmqpTasksError
@@ -30,6 +32,8 @@ cli.add_command(topology_group)
 cli.add_command(config_group)
 cli.add_command(send_command)
 cli.add_command(worker_command)
+cli.add_command(dlq_group)
+cli.add_command(status_command)
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from amqptasks.dlq.records import FailureRecords
 from amqptasks.tasks.options import parse_rate
 from amqptasks.worker.middleware import Middleware
 
@@ -113,4 +114,4 @@ class RateLimits(Middleware):
 
 
 def builtin_middleware(app: App) -> list[Middleware]:
-    return [RateLimits(), TaskLog(), SignalHooks(app), TaskHooks()]
+    return [RateLimits(), TaskLog(), SignalHooks(app), TaskHooks(), FailureRecords(app)]
