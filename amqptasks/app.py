@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar,
 from amqptasks.config.load import load_config, load_config_text, override_broker_url
 from amqptasks.config.model import Config
 from amqptasks.result import AsyncResult
+from amqptasks.results.states import DIRECT_REPLY_TO
 from amqptasks.signals import Signals
 from amqptasks.tasks.options import TaskOptions, check_declaration, matching_overrides
 from amqptasks.tasks.sending import Prepared, SendSettings, prepare
@@ -25,6 +26,7 @@ from amqptasks.tasks.task import Task
 if TYPE_CHECKING:
     from amqptasks.publish.aio import AsyncPublisher
     from amqptasks.publish.sync import SyncPublisher
+    from amqptasks.results.backend import ResultBackend
     from amqptasks.topology.apply import ApplyResult
     from amqptasks.topology.plan import Plan
 
@@ -51,6 +53,10 @@ class App:
         self._priority_warned: set[str] = set()
         self._options_cache: dict[tuple[str, TaskOptions | None], TaskOptions] = {}
         self.signals = Signals()
+        self._backend: ResultBackend | Literal[False] | None = False  # False: not created yet
+        from amqptasks.canvas import register_builtin_tasks
+
+        register_builtin_tasks(self)
 
     @classmethod
     def from_config(cls, path: str | Path, *, broker_url: str | None = None) -> App:
@@ -112,27 +118,56 @@ class App:
         self._warn_priority(prepared)
         return prepared
 
+    @property
+    def result_backend(self) -> ResultBackend | None:
+        """The backend the YAML ``results:`` section selects (None: no results), created on first use."""
+        with self._lock:
+            if self._backend is False:
+                from amqptasks.results import backend_for
+
+                self._backend = backend_for(self)
+            return self._backend
+
+    def _via_reply_to(self, options: TaskOptions, call: Mapping[str, Any]) -> tuple[bool, ResultBackend | None]:
+        """Whether to publish on the rpc:// reply channel, and the backend the result reads."""
+        backend = self.result_backend
+        if backend is None or call.get("ignore_result", options.ignore_result):
+            return False, None
+        return backend.uses_reply_to and not call.get("reply_to"), backend
+
     def publish_task(
         self, options: TaskOptions, args: tuple[Any, ...], kwargs: Mapping[str, Any], call: Mapping[str, Any]
     ) -> AsyncResult:
         self._ensure_provisioned()  # first, so that a countdown starts when the message can leave
+        rpc, backend = self._via_reply_to(options, call)
+        if rpc:
+            call = {**call, "reply_to": DIRECT_REPLY_TO}
         prepared = self._prepare(options, args, kwargs, call)
         self.signals.before_publish.send(message=prepared.message, envelope=prepared.envelope)
-        self.publisher.publish(prepared.envelope, retry_policy=_retry_policy(call))
+        if rpc and backend is not None:
+            backend.publish(prepared.envelope)  # on the channel that consumes the replies
+        else:
+            self.publisher.publish(prepared.envelope, retry_policy=_retry_policy(call))
         self.signals.after_publish.send(message=prepared.message, envelope=prepared.envelope)
-        return AsyncResult(prepared.message.id, options.name)
+        return AsyncResult(prepared.message.id, options.name, app=self, backend=backend)
 
     async def apublish_task(
         self, options: TaskOptions, args: tuple[Any, ...], kwargs: Mapping[str, Any], call: Mapping[str, Any]
     ) -> AsyncResult:
         if self.config.topology.provision and not self._provisioned:
             await asyncio.to_thread(self._ensure_provisioned)
+        rpc, backend = self._via_reply_to(options, call)
+        if rpc:
+            call = {**call, "reply_to": DIRECT_REPLY_TO}
         publisher = await self.aio_publisher()
         prepared = self._prepare(options, args, kwargs, call)
         self.signals.before_publish.send(message=prepared.message, envelope=prepared.envelope)
-        await publisher.publish(prepared.envelope, retry_policy=_retry_policy(call))
+        if rpc and backend is not None:
+            await asyncio.to_thread(backend.publish, prepared.envelope)  # the reply channel is a pika thread's
+        else:
+            await publisher.publish(prepared.envelope, retry_policy=_retry_policy(call))
         self.signals.after_publish.send(message=prepared.message, envelope=prepared.envelope)
-        return AsyncResult(prepared.message.id, options.name)
+        return AsyncResult(prepared.message.id, options.name, app=self, backend=backend)
 
     def send_task(
         self, name: str, args: Iterable[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Any
@@ -211,6 +246,9 @@ class App:
                     self.provision()
 
     def close(self) -> None:
+        backend, self._backend = self._backend, False
+        if backend:
+            backend.close()
         if self._publisher is not None:
             self._publisher.close()
             self._publisher = None

@@ -56,5 +56,19 @@ def is_delay_name(name: str) -> bool:
 
 #: Stream of failure records (one JSON document per failed or dead-lettered task), kept for a week: what
 #: ``amqptasks dlq list`` joins to the dead letters by task id. Declared lazily by workers with these arguments.
-FAILURES_STREAM = "amqptasks.failures"
-FAILURES_STREAM_ARGUMENTS = {"x-queue-type": "stream", "x-max-age": "7D"}
+FAILURES_QUEUE = "amqptasks.failures"
+# A bounded classic queue, read without consuming (get, then close the channel). Not a stream: on RabbitMQ 3.10 a
+# publish right after a stream is declared can crash the channel (osiris_writer:write(none, ...)) and the broker
+# then closes the whole connection with 541 INTERNAL_ERROR -- the worker's publishing connection.
+FAILURES_QUEUE_ARGUMENTS = {"x-max-length": 100_000, "x-overflow": "drop-head"}
+
+#: Task events (``amqptasks worker --events``): a topic exchange, routing key ``task.<event>``. Durable so that it
+#: (and the bindings of long-lived consumers) survives a broker restart; the events themselves are transient.
+EVENTS_EXCHANGE = "amqptasks.events"
+EVENTS_ROUTING_PREFIX = "task."
+#: Broadcast control (``amqptasks inspect`` / ``amqptasks control``): a fanout exchange; each worker binds its own
+#: exclusive, auto-delete queue (named with this prefix), so a command reaches every worker running now.
+CONTROL_EXCHANGE = "amqptasks.control"
+CONTROL_QUEUE_PREFIX = "amqptasks.control."
+#: RabbitMQ's direct reply-to pseudo-queue: replies need no queue of their own.
+DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"

@@ -1,16 +1,200 @@
-"""The handle a publish returns. Result backends (state, get()) arrive with the results issue."""
+"""The handle a publish returns: the task's id and, with a result backend, its state and result."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from amqptasks.errors import AmqpTasksError
+from amqptasks.results.exceptions import rebuild
+from amqptasks.results.states import EXCEPTION_STATES, FAILURE, PENDING, READY_STATES, SUCCESS
+from amqptasks.worker import request as request_context
+
+if TYPE_CHECKING:
+    from amqptasks.app import App
+    from amqptasks.results.backend import ResultBackend
+
+_DEADLOCK = (
+    "get() inside a task: waiting for another task's result in a worker can deadlock (every slot waiting). "
+    "Chain the tasks (a.s() | b.s()) or use a callback (link=) instead."
+)
 
 
-@dataclass(frozen=True)
 class AsyncResult:
-    """A published task: ``id`` is its task id (AMQP correlation_id and ``id`` header)."""
+    """A published task: ``id`` is its task id (AMQP correlation_id and ``id`` header).
 
-    id: str
-    task_name: str = ""
+    Without a result backend (or with ``ignore_result``), only ``id`` is meaningful: ``get()`` raises.
+    ``parent`` is the previous task of a chain.
+    """
+
+    def __init__(
+        self,
+        id: str,
+        task_name: str = "",
+        *,
+        app: App | None = None,
+        backend: ResultBackend | None = None,
+        parent: AsyncResult | GroupResult | None = None,
+    ) -> None:
+        self.id = id
+        self.task_name = task_name
+        self.app = app
+        self.backend = backend
+        self.parent = parent
 
     def __str__(self) -> str:
         return self.id
+
+    def __repr__(self) -> str:
+        return f"<AsyncResult {self.task_name}[{self.id}]>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AsyncResult) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    # --- state -------------------------------------------------------------------------------------------
+
+    def _meta(self) -> dict[str, Any] | None:
+        return self.backend.peek(self.id) if self.backend is not None else None
+
+    @property
+    def state(self) -> str:
+        meta = self._meta()
+        return str(meta["status"]) if meta else PENDING
+
+    status = state
+
+    def ready(self) -> bool:
+        return self.state in READY_STATES
+
+    def successful(self) -> bool:
+        return self.state == SUCCESS
+
+    def failed(self) -> bool:
+        return self.state == FAILURE
+
+    @property
+    def info(self) -> Any:
+        """The result, the exception, or the ``meta`` of a custom state (``update_state``)."""
+        meta = self._meta()
+        if meta is None:
+            return None
+        return self._value(meta)
+
+    result = info
+
+    @property
+    def traceback(self) -> str | None:
+        meta = self._meta()
+        return meta.get("traceback") if meta else None
+
+    @property
+    def date_done(self) -> str | None:
+        meta = self._meta()
+        return meta.get("date_done") if meta else None
+
+    def forget(self) -> None:
+        if self.backend is not None:
+            self.backend.forget(self.id)
+
+    # --- waiting -----------------------------------------------------------------------------------------
+
+    def get(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        interval: float = 0.05,
+        on_message: Callable[[dict[str, Any]], Any] | None = None,
+    ) -> Any:
+        """Wait for the result; raise the task's exception (``propagate``) or ``TimeoutError`` after *timeout*."""
+        if request_context.current.get() is not None:
+            warnings.warn(_DEADLOCK, RuntimeWarning, stacklevel=2)
+        if self.backend is None:
+            raise AmqpTasksError(
+                f"task {self.task_name}[{self.id}] has no result to wait for: configure a result backend "
+                "(YAML 'results: {backend: rpc://}') and do not publish it with ignore_result"
+            )
+        try:
+            meta = self.backend.wait(self.id, timeout, interval, on_message)
+        except TimeoutError:
+            raise TimeoutError(
+                f"task {self.task_name}[{self.id}]: no result within {timeout:g} s (is a worker consuming its "
+                "queue? did it publish to the same broker and vhost?)"
+            ) from None
+        value = self._value(meta)
+        if propagate and meta.get("status") in EXCEPTION_STATES and isinstance(value, BaseException):
+            raise value
+        return value
+
+    async def aget(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        interval: float = 0.05,
+        on_message: Callable[[dict[str, Any]], Any] | None = None,
+    ) -> Any:
+        """asyncio twin of :meth:`get` (waits in a thread, so the event loop keeps running)."""
+        return await asyncio.to_thread(self.get, timeout, propagate, interval, on_message)
+
+    def _value(self, meta: dict[str, Any]) -> Any:
+        if meta.get("status") in EXCEPTION_STATES:
+            return rebuild(meta.get("result"), self._task_module())
+        return meta.get("result")
+
+    def _task_module(self) -> str | None:
+        task = self.app.tasks.get(self.task_name) if self.app is not None else None
+        if task is not None:
+            return str(task.fn.__module__)
+        module, _, _ = self.task_name.rpartition(".")
+        return module or None
+
+
+class GroupResult:
+    """The results of a group, in the group's order."""
+
+    def __init__(self, id: str, results: Sequence[AsyncResult]) -> None:
+        self.id = id
+        self.results = list(results)
+
+    def __iter__(self) -> Iterator[AsyncResult]:
+        return iter(self.results)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __getitem__(self, index: int) -> AsyncResult:
+        return self.results[index]
+
+    def __repr__(self) -> str:
+        return f"<GroupResult {self.id} of {len(self.results)}>"
+
+    def ready(self) -> bool:
+        return all(r.ready() for r in self.results)
+
+    def successful(self) -> bool:
+        return all(r.successful() for r in self.results)
+
+    def failed(self) -> bool:
+        return any(r.failed() for r in self.results)
+
+    def completed_count(self) -> int:
+        return sum(r.successful() for r in self.results)
+
+    def get(self, timeout: float | None = None, propagate: bool = True, interval: float = 0.05) -> list[Any]:
+        """Every member's result, in order; *timeout* bounds the whole wait."""
+        import time
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        values = []
+        for r in self.results:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            values.append(r.get(timeout=remaining, propagate=propagate, interval=interval))
+        return values
+
+    def forget(self) -> None:
+        for r in self.results:
+            r.forget()

@@ -162,9 +162,9 @@ def test_unroutable_publish_to_provisioned_exchange_is_returned(vhost: BrokerURL
 
 
 def test_prune_keeps_the_failure_records_stream(vhost: BrokerURL, channel: Any) -> None:
-    from amqptasks.constants import FAILURES_STREAM, FAILURES_STREAM_ARGUMENTS
+    from amqptasks.constants import FAILURES_QUEUE, FAILURES_QUEUE_ARGUMENTS
 
     provisioned(vhost, _base())
-    channel.queue_declare(FAILURES_STREAM, durable=True, arguments=dict(FAILURES_STREAM_ARGUMENTS))
+    channel.queue_declare(FAILURES_QUEUE, durable=True, arguments=dict(FAILURES_QUEUE_ARGUMENTS))
     deletions = {c.name for c in plan(_config(vhost, _base()), prune=True).by_action("delete")}
-    assert FAILURES_STREAM not in deletions
+    assert FAILURES_QUEUE not in deletions

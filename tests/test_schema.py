@@ -30,7 +30,7 @@ from amqptasks.config import (
     schema,
 )
 from amqptasks.config.model import Delays, ExchangeType, HeadersMatch, Overflow, QueueType
-from amqptasks.config.tasks_model import Route, TaskSettings, WorkerProfile
+from amqptasks.config.tasks_model import Beat, BeatEntry, BeatOptions, Results, Route, TaskSettings, WorkerProfile
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = {
@@ -49,6 +49,10 @@ MODEL = {
         Route,
         TaskSettings,
         WorkerProfile,
+        Results,
+        Beat,
+        BeatEntry,
+        BeatOptions,
     )
 }
 EXAMPLES = sorted((REPO / "config").rglob("*.yaml"))

@@ -9,8 +9,11 @@ import click
 
 from amqptasks import __version__
 from amqptasks.cli import output
+from amqptasks.cli.beat import beat_command
 from amqptasks.cli.config import config_group
 from amqptasks.cli.dlq import dlq_group
+from amqptasks.cli.events import events_command
+from amqptasks.cli.inspect import control_group, inspect_group
 from amqptasks.cli.send import send_command
 from amqptasks.cli.status import status_command
 from amqptasks.cli.topology import topology_group
@@ -32,8 +35,12 @@ cli.add_command(topology_group)
 cli.add_command(config_group)
 cli.add_command(send_command)
 cli.add_command(worker_command)
+cli.add_command(beat_command)
 cli.add_command(dlq_group)
 cli.add_command(status_command)
+cli.add_command(events_command)
+cli.add_command(inspect_group)
+cli.add_command(control_group)
 
 
 def main() -> None:

@@ -38,10 +38,13 @@ def load_app(spec: str) -> App:
 @click.option("--grace", type=click.FloatRange(min=0), help="Warm shutdown: seconds for running tasks [30].")
 @click.option("--burst", is_flag=True, help="Drain the queues, then exit 0.")
 @click.option("-n", "--hostname", help="Worker name [amqptasks@HOST].")
+@click.option("--beat", "embed_beat", is_flag=True, help="Also run the periodic-task scheduler (beat) here.")
+@click.option("--metrics-port", type=click.IntRange(min=0), help="Serve Prometheus metrics on this port.")
+@click.option("--events", is_flag=True, help="Publish task events to the amqptasks.events exchange.")
 @click.option("-l", "--loglevel", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))  # fmt: skip
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
-def worker_command(app_spec: str, queues: str | None, profile: str | None, **options: Any) -> None:
+def worker_command(app_spec: str, queues: str | None, profile: str | None, embed_beat: bool, **options: Any) -> None:
     """Consume queues and run their tasks: ack after success, retry, or dead-letter."""
     from amqptasks.worker.runner import banner, serve, serve_many, setup_logging
     from amqptasks.worker.setup import plan_worker
@@ -56,5 +59,5 @@ def worker_command(app_spec: str, queues: str | None, profile: str | None, **opt
     else:
         click.echo(text, err=True)
     if plan.processes > 1:
-        sys.exit(serve_many(app, plan.settings, plan.processes))
-    serve(app, plan.settings)
+        sys.exit(serve_many(app, plan.settings, plan.processes, beat=embed_beat))
+    serve(app, plan.settings, beat=embed_beat)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal
 
 from amqptasks.config.located import Located
-from amqptasks.config.tasks_model import Route, TaskSettings, WorkerProfile
+from amqptasks.config.tasks_model import Beat, Results, Route, TaskSettings, WorkerProfile
 from amqptasks.constants import DEFAULT_BROKER_URL
 
 
@@ -209,3 +209,5 @@ class Config(Located):
     workers: Mapping[str, WorkerProfile] = field(
         default_factory=dict, metadata=_doc("Named worker setups for 'amqptasks worker --profile NAME'.")
     )
+    beat: Beat = field(default_factory=Beat, metadata=_doc("Periodic tasks sent by 'amqptasks beat'."))
+    results: Results = field(default_factory=Results, metadata=_doc("Result backend: rpc://, redis://... or none."))

@@ -18,6 +18,9 @@ def check(config: Config, diags: Diagnostics) -> None:
         _route(route, exchanges, queues, diags)
     for pattern, settings in config.tasks.items():
         _settings(pattern, settings, diags)
+    from amqptasks.beat import schedule  # imported here: the beat package imports the config model
+
+    schedule.check(config.beat, diags)
 
 
 def _route(route: Route, exchanges: set[str], queues: set[str], diags: Diagnostics) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -68,3 +69,62 @@ class WorkerProfile(Located):
     processes: int | None = field(default=None, metadata=_doc("Consuming processes (one per core)."))
     max_tasks_per_child: int | None = field(default=None, metadata=_doc("Recycle pool children after N tasks."))
     grace: float | None = field(default=None, metadata=_doc("Warm shutdown: seconds to let running tasks finish."))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Results(Located):
+    """Where task results go, so that ``AsyncResult.get()`` can wait for them."""
+
+    LABEL: ClassVar[str] = "results"
+    backend: str | None = field(
+        default=None,
+        metadata=_doc(
+            "'rpc://' (RabbitMQ direct reply-to: results go back to the publishing process, nothing is stored), "
+            "'redis://host:6379/0' (needs the redis extra), or null: no results."
+        ),
+    )
+    result_expires: int = field(
+        default=86_400,
+        metadata=_doc("Seconds a stored result (redis) and a chord's result queue are kept (default one day)."),
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class BeatOptions(Located):
+    """How a periodic task is published: the ``send_task`` options it gets."""
+
+    LABEL: ClassVar[str] = "options"
+    queue: str | None = field(default=None, metadata=_doc("Publish straight to this queue (default exchange)."))
+    exchange: str | None = field(default=None, metadata=_doc("Exchange to publish to."))
+    routing_key: str | None = field(default=None, metadata=_doc("Routing key."))
+    priority: int | None = field(default=None, metadata=_doc("Message priority (the queue needs max_priority)."))
+    expires: float | None = field(default=None, metadata=_doc("Seconds after publishing when the task expires."))
+
+    def given(self) -> dict[str, Any]:
+        from amqptasks.config.convert import public_fields
+
+        return {f.name: getattr(self, f.name) for f in public_fields(type(self)) if getattr(self, f.name) is not None}
+
+
+@dataclass(frozen=True, kw_only=True)
+class BeatEntry(Located):
+    """A periodic task, published by ``amqptasks beat``: give exactly one of ``every`` and ``cron``."""
+
+    LABEL: ClassVar[str] = "beat entry"
+    task: str = field(metadata=_doc("Name of the task to send."))
+    every: float | str | None = field(
+        default=None, metadata=_doc("Interval: seconds, or '250ms', '30s', '5m', '1h', '1d'.")
+    )
+    cron: str | None = field(default=None, metadata=_doc("Cron expression ('0 3 * * mon'), in beat's timezone."))
+    args: tuple[str | int | float | bool, ...] = field(default=(), metadata=_doc("Positional arguments."))
+    kwargs: Mapping[str, Any] = field(default_factory=dict, metadata=_doc("Keyword arguments."))
+    options: BeatOptions = field(default_factory=BeatOptions, metadata=_doc("Publishing options."))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Beat(Located):
+    """Periodic tasks, sent by one active ``amqptasks beat`` per vhost (the others stand by)."""
+
+    LABEL: ClassVar[str] = "beat"
+    timezone: str = field(default="UTC", metadata=_doc("IANA time zone of cron expressions ('Europe/Paris')."))
+    entries: Mapping[str, BeatEntry] = field(default_factory=dict, metadata=_doc("Periodic tasks by name."))

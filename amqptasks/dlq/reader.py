@@ -1,4 +1,4 @@
-"""Reading a dead-letter queue without consuming it, and the failure records of the stream.
+"""Reading a dead-letter queue without consuming it, and the failure records (``amqptasks.failures``).
 
 Dead letters are read with ``basic.get`` without acknowledging, on a channel of their own that is then
 closed: the broker returns every one of them to the queue, in order. While the read lasts they are unacked,
@@ -20,15 +20,11 @@ import pika.exceptions
 from amqptasks.broker import BrokerURL
 from amqptasks.broker.connection import open_blocking, tls_options
 from amqptasks.config.model import Config
-from amqptasks.constants import DELAY_TARGET_HEADER, DLQ_SUFFIX, FAILURES_STREAM, dlq_name, is_delay_name
+from amqptasks.constants import DELAY_TARGET_HEADER, DLQ_SUFFIX, FAILURES_QUEUE, dlq_name, is_delay_name
 from amqptasks.errors import BrokerError
 from amqptasks.message.errors import MessageError
 from amqptasks.message.protocol import DEATH_HEADERS
 from amqptasks.tasks.dispatch import decode
-
-#: How long reading the failures stream waits for more before taking its end as reached.
-STREAM_IDLE = 0.3
-STREAM_PREFETCH = 500
 
 
 @dataclass(frozen=True)
@@ -183,36 +179,28 @@ def peek(connection: pika.BlockingConnection, queue: str, limit: int | None = No
 
 
 def failure_records(connection: pika.BlockingConnection, task_ids: set[str] | None = None) -> dict[str, dict[str, Any]]:
-    """The newest failure record of each task id (all of them, or only *task_ids*), read from the stream."""
+    """The newest failure record of each task id (all of them, or only *task_ids*), left in their queue."""
     try:
-        depth(connection, FAILURES_STREAM)
+        available = depth(connection, FAILURES_QUEUE)
     except BrokerError:
         return {}  # no worker wrote a record yet
     channel = connection.channel()
     records: dict[str, dict[str, Any]] = {}
-    seen = True
-
-    def on_message(ch: Any, method: Any, props: pika.BasicProperties, body: bytes) -> None:
-        nonlocal seen
-        seen = True
-        ch.basic_ack(method.delivery_tag)
-        try:
-            record = json.loads(body)
-        except ValueError:
-            return
-        task_id = str(record.get("task_id")) if isinstance(record, dict) else None
-        if task_id and (task_ids is None or task_id in task_ids):
-            records[task_id] = record
-
     try:
-        channel.basic_qos(prefetch_count=STREAM_PREFETCH)  # streams require a prefetch
-        channel.basic_consume(FAILURES_STREAM, on_message, arguments={"x-stream-offset": "first"})
-        while seen:  # the end is reached when nothing arrives for a moment
-            seen = False
-            connection.process_data_events(time_limit=STREAM_IDLE)
+        for _ in range(available):
+            method, _, body = channel.basic_get(FAILURES_QUEUE, auto_ack=False)
+            if method is None:
+                break
+            try:
+                record = json.loads(body)
+            except ValueError:
+                continue
+            task_id = str(record.get("task_id")) if isinstance(record, dict) else None
+            if task_id and (task_ids is None or task_id in task_ids):
+                records[task_id] = record  # oldest first: a later record of the same task replaces it
     finally:
         if channel.is_open:
-            channel.close()
+            channel.close()  # every record goes back, unacked, in order
     return records
 
 

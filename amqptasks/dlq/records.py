@@ -1,5 +1,5 @@
 """Failure records: a worker middleware that writes one small JSON document per failed or dead-lettered task
-to the ``amqptasks.failures`` stream, so the reason survives without a result backend."""
+to the ``amqptasks.failures`` queue (bounded, oldest dropped first), so the reason survives without a result backend."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from amqptasks.broker.aio import open_robust
-from amqptasks.constants import FAILURES_STREAM, FAILURES_STREAM_ARGUMENTS
+from amqptasks.constants import FAILURES_QUEUE, FAILURES_QUEUE_ARGUMENTS
 from amqptasks.message.envelope import Envelope
 from amqptasks.worker.middleware import Middleware
 
@@ -75,7 +75,7 @@ class FailureRecords(Middleware):
                     await self._declare()
                 publisher = await self.app.aio_publisher()
                 body = json.dumps(record, default=str).encode()
-                await publisher.publish(Envelope("", FAILURES_STREAM, body, correlation_id=record["task_id"]))
+                await publisher.publish(Envelope("", FAILURES_QUEUE, body, correlation_id=record["task_id"]))
         except Exception as exc:
             log.warning("could not write the failure record of task %s (%s); continuing", record["task_id"], exc)
 
@@ -85,7 +85,7 @@ class FailureRecords(Middleware):
         connection = await open_robust(self.app.config.broker, f"amqptasks failure records {self.hostname}")
         try:
             channel = await connection.channel()
-            await channel.declare_queue(FAILURES_STREAM, durable=True, arguments=dict(FAILURES_STREAM_ARGUMENTS))
+            await channel.declare_queue(FAILURES_QUEUE, durable=True, arguments=dict(FAILURES_QUEUE_ARGUMENTS))
             self._declared = True
         finally:
             await connection.close()

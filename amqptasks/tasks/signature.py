@@ -108,6 +108,12 @@ class Signature(dict[str, Any]):
         full = self.clone(tuple(args or ()), kwargs, **options)
         return self._bound().send_task(full.task, full.args, full.kwargs, **full.options)
 
+    def __or__(self, other: Any) -> Any:
+        """``a.s(2, 2) | b.s(4)``: a chain (dict's ``|`` merge makes no sense for a signature)."""
+        from amqptasks.canvas import chain
+
+        return chain(self) | other
+
     def __repr__(self) -> str:
         parts = [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs.items()]
         marker = "si" if self.immutable else "s"

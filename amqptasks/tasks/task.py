@@ -96,6 +96,12 @@ class Task(Generic[P, R]):
             raise MaxRetriesExceeded(f"{self.name}[{self.request.id}]: {limit} retries used up")
         raise LimitedRetry(exc, countdown, limit)
 
+    def update_state(self, task_id: str | None = None, state: str = "PROGRESS", meta: Any = None) -> None:
+        """Report a custom state (e.g. PROGRESS with ``meta``) that ``get(on_message=...)`` receives."""
+        from amqptasks.results.middleware import update_state
+
+        update_state(self.app, task_id, state, meta)
+
     # Hooks a custom base class may override (as in Celery).
     def on_success(self, retval: Any, task_id: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None: ...
     def on_failure(

@@ -24,6 +24,7 @@ import aio_pika.abc
 import aiormq.exceptions
 
 from amqptasks.broker.aio import open_robust
+from amqptasks.control.worker import WorkerControl
 from amqptasks.errors import AmqpTasksError, Ignore, Reject, Retry
 from amqptasks.message.errors import MessageError
 from amqptasks.tasks.dispatch import decode, find_task
@@ -65,13 +66,24 @@ class WorkerSettings:
     pool: str = "threads"
     #: processes pool: a child is replaced after this many tasks (None: never).
     max_tasks_per_child: int | None = None
+    #: Serve Prometheus metrics on this port (0: any free port); publish task events to amqptasks.events.
+    metrics_port: int | None = None
+    events: bool = False
 
 
 class Worker:
     def __init__(self, app: App, settings: WorkerSettings) -> None:
         self.app = app
         self.settings = settings
-        self.middleware: list[Middleware] = [*events.builtin_middleware(app), *settings.middleware]
+        #: Broadcast control (inspect, rate_limit, revoke), and the events and metrics it switches on.
+        self.control = WorkerControl(self)
+        self.middleware: list[Middleware] = [
+            *events.builtin_middleware(app),
+            *self.control.middleware(),
+            *settings.middleware,
+        ]
+        #: Tasks running now, by task id: their delivery, and the asyncio task handling it (for control).
+        self.active: dict[str, tuple[Delivery, asyncio.Task[Any] | None]] = {}
         self.executor = Executor(
             settings.concurrency, pool=settings.pool, app=app, max_tasks_per_child=settings.max_tasks_per_child
         )
@@ -110,6 +122,7 @@ class Worker:
                 ) from None
             tag = await queue.consume(functools.partial(self._on_message, queue_name), no_ack=False)
             self._consumers.append((queue, tag))
+        await self.control.start(self._connection)
         log.info("ready: consuming %s", ", ".join(self.settings.queues))
 
     async def run(self) -> None:
@@ -145,6 +158,7 @@ class Worker:
                 log.warning("%s: %d task(s) still running; their messages go back to the queue",
                             "cold shutdown" if self._cold else "grace period over", self._running)  # fmt: skip
         self.executor.shutdown(wait=False)
+        await self.control.stop()
         if self._connection is not None:
             # Closing returns every unacknowledged message to its queue (redelivered=True).
             await self._connection.close()
@@ -230,6 +244,10 @@ class Worker:
         except MessageError as exc:
             await self._reject(d, exc.reason, str(exc))
             return
+        if self.control.is_revoked(d.message.id):
+            log.info("%s revoked: acknowledged, not run", d.label)
+            await self._settle(d, "ack", "revoked")
+            return
         await call(self.middleware, "after_receive", d, reverse=True)
         if await self._redelivered_too_often(d) or await self._expired(d) or await self._early(d):
             return
@@ -262,6 +280,7 @@ class Worker:
         await call(self.middleware, "before_execute", d)
         d.started = time.monotonic()
         self._running += 1
+        self.active[message.id] = (d, asyncio.current_task())
         try:
             soft, hard = _time_limits(message.timelimit, options.soft_time_limit, options.time_limit)
             result = await self.executor.run(d.task.run_callable(), message.args, dict(message.kwargs), d.request,
@@ -278,6 +297,7 @@ class Worker:
             await self._settle(d, "ack", "succeeded")
         finally:
             self._running -= 1
+            self.active.pop(message.id, None)
 
     async def _failed(self, d: Delivery, exc: BaseException) -> None:
         assert d.message is not None and d.task is not None

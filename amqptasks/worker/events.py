@@ -98,13 +98,15 @@ class RateLimits(Middleware):
 
     def __init__(self) -> None:
         self._next: dict[str, float] = {}
+        self.overrides: dict[str, str | None] = {}  # set at run time by 'amqptasks control rate_limit'
         self._lock = asyncio.Lock()
 
     async def before_execute(self, delivery: Delivery) -> None:
         task = delivery.task
-        if task is None or task.options.rate_limit is None:
+        rate = self.overrides.get(task.name, task.options.rate_limit) if task is not None else None
+        if task is None or rate is None:
             return
-        interval = 1.0 / parse_rate(task.options.rate_limit)
+        interval = 1.0 / parse_rate(rate)
         async with self._lock:  # hand out start times one after another
             now = time.monotonic()
             start = max(now, self._next.get(task.name, now))
@@ -114,4 +116,6 @@ class RateLimits(Middleware):
 
 
 def builtin_middleware(app: App) -> list[Middleware]:
-    return [RateLimits(), TaskLog(), SignalHooks(app), TaskHooks(), FailureRecords(app)]
+    from amqptasks.results.middleware import Results
+
+    return [RateLimits(), TaskLog(), SignalHooks(app), TaskHooks(), FailureRecords(app), Results(app)]

@@ -95,7 +95,11 @@ class Executor:
             task = asyncio.ensure_future(fn(*args, **kwargs))
         finally:
             request_context.current.reset(token)
-        done, _ = await asyncio.wait({task}, timeout=soft if soft is not None else hard)
+        try:
+            done, _ = await asyncio.wait({task}, timeout=soft if soft is not None else hard)
+        except asyncio.CancelledError:  # the worker cancelled this call (revoke --terminate): the task goes with it
+            task.cancel()
+            raise
         if task in done:
             return task.result()
         task.cancel()

@@ -9,6 +9,8 @@ import multiprocessing
 import os
 import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from amqptasks.broker.url import BrokerURL
@@ -69,7 +71,8 @@ def banner(app: App, settings: WorkerSettings, pool: str, processes: int) -> str
         dlx = queue.dead_letter_exchange if queue else None
         dead = f"; dead letters -> {dlx}" + (f" -> {dlq_name(name)}" if want.queue(dlq_name(name)) else "")
         lines.append(f"    {name} <- {', '.join(bindings) or '(default exchange only)'}{dead if dlx else ''}")
-    lines.append(f"  tasks:   {', '.join(sorted(app.tasks)) or '(none registered!)'}")
+    user_tasks = sorted(n for n in app.tasks if not n.startswith("amqptasks."))  # not the builtin canvas tasks
+    lines.append(f"  tasks:   {', '.join(user_tasks) or '(none registered!)'}")
     return "\n".join(lines)
 
 
@@ -99,11 +102,13 @@ async def _serve(app: App, settings: WorkerSettings) -> int:
     return worker.running
 
 
-def serve(app: App, settings: WorkerSettings) -> None:
-    """One consuming process (blocks until shutdown)."""
+def serve(app: App, settings: WorkerSettings, *, beat: bool = False) -> None:
+    """One consuming process (blocks until shutdown); with *beat*, the periodic-task scheduler in a thread."""
     if app.config.topology.provision:
         app.provision()
-    if asyncio.run(_serve(app, settings)):
+    with _beat_thread(app, beat):
+        still_running = asyncio.run(_serve(app, settings))
+    if still_running:
         # Cold shutdown (or grace period over): a thread cannot be stopped, and the interpreter would wait for
         # it at exit; its message is already back in the queue, so leave now.
         log.warning("exiting with task(s) still running")
@@ -111,8 +116,11 @@ def serve(app: App, settings: WorkerSettings) -> None:
         os._exit(0)
 
 
-def serve_many(app: App, settings: WorkerSettings, processes: int) -> int:
-    """N forked consuming processes; signals go to all of them; returns the worst exit status."""
+def serve_many(app: App, settings: WorkerSettings, processes: int, *, beat: bool = False) -> int:
+    """N forked consuming processes; signals go to all of them; returns the worst exit status.
+
+    With *beat*, the scheduler runs in a thread of this (parent) process, started after the fork.
+    """
     if app.config.topology.provision:
         app.provision()
     context = multiprocessing.get_context("fork")
@@ -127,6 +135,24 @@ def serve_many(app: App, settings: WorkerSettings, processes: int) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
         signal.signal(sig, forward)
-    for child in children:
-        child.join()
+    with _beat_thread(app, beat):
+        for child in children:
+            child.join()
     return max((child.exitcode or 0) for child in children)
+
+
+@contextmanager
+def _beat_thread(app: App, enabled: bool) -> Iterator[None]:
+    """``worker --beat``: the scheduler beside the worker, stopped (lock released) when the worker ends."""
+    if not enabled:
+        yield
+        return
+    from amqptasks.beat.scheduler import banner, start_thread
+
+    scheduler, thread = start_thread(app)
+    log.info("%s", banner(scheduler))
+    try:
+        yield
+    finally:
+        scheduler.stop()
+        thread.join(5)

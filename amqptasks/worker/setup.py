@@ -56,7 +56,11 @@ def plan_worker(config: Config, queues: list[str], profile: str | None, options:
         grace=pick("grace"),
         pool=pool,
         max_tasks_per_child=max_tasks_per_child,
+        metrics_port=options.get("metrics_port"),
+        events=bool(options.get("events")),
     )
     if options.get("hostname"):
         settings.hostname = options["hostname"]
+    if settings.metrics_port and pick("processes") > 1:
+        raise AmqpTasksError("--metrics-port serves one process: run one worker per port instead of --processes")
     return Plan(settings, pool, pick("processes"))

@@ -1,0 +1,112 @@
+"""What every result backend does: store a state (worker side) and wait for one (caller side).
+
+States seen by this process are kept per task id (:class:`StateBook`), so that ``get(on_message=...)`` sees
+every intermediate state in order and ``state``/``result`` can be read again after ``get()``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from amqptasks.results.states import READY_STATES
+
+if TYPE_CHECKING:
+    from amqptasks.message.envelope import Envelope
+
+OnMessage = Callable[[dict[str, Any]], Any]
+
+
+class StateBook:
+    """The states received for each task id, with a condition to wait on (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._states: dict[str, list[dict[str, Any]]] = {}
+        self.changed = threading.Condition()
+
+    def add(self, meta: dict[str, Any]) -> None:
+        with self.changed:
+            states = self._states.setdefault(str(meta.get("task_id")), [])
+            if states and states[-1].get("status") in READY_STATES and meta.get("status") not in READY_STATES:
+                # A RETRY is reported after the retry message was published, so the retried run's final state
+                # can overtake it: a state arriving after the final one is stale.
+                return
+            states.append(meta)
+            self.changed.notify_all()
+
+    def history(self, task_id: str) -> list[dict[str, Any]]:
+        with self.changed:
+            return list(self._states.get(task_id, ()))
+
+    def latest(self, task_id: str) -> dict[str, Any] | None:
+        with self.changed:
+            states = self._states.get(task_id)
+            return states[-1] if states else None
+
+    def settle(self, task_id: str) -> None:
+        """Keep only the final state (the intermediate ones were delivered)."""
+        with self.changed:
+            states = self._states.get(task_id)
+            if states and states[-1].get("status") in READY_STATES:
+                del states[:-1]
+
+    def forget(self, task_id: str) -> None:
+        with self.changed:
+            self._states.pop(task_id, None)
+
+    def wait(self, task_id: str, timeout: float | None, on_message: OnMessage | None) -> dict[str, Any]:
+        """The final state of *task_id*; ``TimeoutError`` after *timeout* seconds. Calls *on_message* with
+        every state, intermediate ones included, in the order they arrived."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        seen = 0
+        with self.changed:
+            while True:
+                states = self._states.get(task_id, [])
+                for meta in states[seen:]:
+                    if on_message is not None:
+                        on_message(meta)
+                seen = len(states)
+                if states and states[-1].get("status") in READY_STATES:
+                    final = states[-1]
+                    del states[:-1]
+                    return final
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(f"task {task_id}: no result within {timeout:g} s")
+                self.changed.wait(remaining)
+
+
+class ResultBackend:
+    """Base: ``uses_reply_to`` backends receive states on the publishing channel (rpc://)."""
+
+    uses_reply_to = False
+    url = ""
+
+    def publish(self, envelope: Envelope) -> None:
+        """rpc:// only: publish a task on the channel its results come back to."""
+        raise NotImplementedError
+
+    def store(self, task_id: str, meta: dict[str, Any], reply_to: str | None) -> None:
+        """Worker side, blocking: record a state of *task_id* (from a task's thread: ``update_state``)."""
+        raise NotImplementedError
+
+    async def astore(self, task_id: str, meta: dict[str, Any], reply_to: str | None) -> None:
+        """Worker side, on the worker's event loop."""
+        raise NotImplementedError
+
+    def peek(self, task_id: str) -> dict[str, Any] | None:
+        """The latest state known for *task_id*, without waiting."""
+        raise NotImplementedError
+
+    def wait(
+        self, task_id: str, timeout: float | None, interval: float, on_message: OnMessage | None
+    ) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def forget(self, task_id: str) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release connections (the app closes its backend)."""

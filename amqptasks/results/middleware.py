@@ -1,0 +1,178 @@
+"""The worker side of results and workflows: one middleware that, after each task,
+
+- reports its state to the app's result backend (STARTED with ``track_started``, SUCCESS, FAILURE, RETRY,
+  REJECTED), unless the message says ``ignore_result``; rpc:// replies go to the message's ``reply_to``;
+- hands a chord member's state to its chord's result queue (:mod:`amqptasks.results.chord`);
+- publishes the next task of a chain, the ``link`` callbacks (with the result prepended unless immutable) and,
+  after a failure, the ``link_error`` errbacks.
+
+Its errors are logged and never change a message's fate (the worker settles the message after the hooks).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from amqptasks.errors import Reject
+from amqptasks.message.envelope import Envelope
+from amqptasks.results.exceptions import exception_payload
+from amqptasks.results.states import (
+    FAILURE,
+    REJECTED,
+    RETRY,
+    STARTED,
+    SUCCESS,
+    encode,
+    state_message,
+)
+from amqptasks.tasks.signature import Signature
+from amqptasks.worker import request as request_context
+from amqptasks.worker.middleware import Middleware
+
+if TYPE_CHECKING:
+    from amqptasks.app import App
+    from amqptasks.message.protocol import TaskMessage
+    from amqptasks.worker.delivery import Delivery
+
+log = logging.getLogger("amqptasks.results")
+
+#: The task that waits for a chord's members; its own states are of no interest to anyone.
+CHORD_UNLOCK = "amqptasks.chord_unlock"
+
+
+def chord_queue(group_id: str) -> str:
+    return f"amqptasks.chord.{group_id}"
+
+
+class Results(Middleware):
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    # --- hooks -------------------------------------------------------------------------------------------
+
+    async def before_execute(self, delivery: Delivery) -> None:
+        if delivery.task is not None and delivery.task.options.track_started:
+            await self._store(delivery, state_message(_id(delivery), STARTED))
+
+    async def after_success(self, delivery: Delivery, result: Any) -> None:
+        m = delivery.message
+        if m is None:
+            return
+        meta = state_message(m.id, SUCCESS, result)
+        await self._store(delivery, meta)
+        await self._to_chord(m, meta)
+        for callback in m.callbacks:
+            await self.publish_next(callback, (result,), m)
+        if m.chain:
+            rest = list(m.chain[:-1])
+            await self.publish_next(m.chain[-1], (result,), m, chain=rest or None)
+
+    async def after_failure(self, delivery: Delivery, exc: BaseException) -> None:
+        m = delivery.message
+        if m is None:
+            return
+        payload = exception_payload(exc)
+        meta = state_message(m.id, FAILURE, payload, payload["traceback"])
+        await self._store(delivery, meta)
+        await self._to_chord(m, meta)
+        for errback in m.errbacks:
+            await self._errback(errback, m, payload)
+
+    async def after_retry(self, delivery: Delivery, exc: BaseException | None, countdown: float) -> None:
+        payload = exception_payload(exc) if exc is not None else None
+        await self._store(delivery, state_message(_id(delivery), RETRY, payload))
+
+    async def after_reject(self, delivery: Delivery, reason: str) -> None:
+        if delivery.settled == "reject" and delivery.message is not None:
+            payload = exception_payload(Reject(reason))
+            await self._store(delivery, state_message(delivery.message.id, REJECTED, payload))
+
+    # --- states ------------------------------------------------------------------------------------------
+
+    async def _store(self, delivery: Delivery, meta: dict[str, Any]) -> None:
+        m, backend = delivery.message, self.app.result_backend
+        if m is None or backend is None or m.ignore_result or m.task == CHORD_UNLOCK:
+            return
+        try:
+            await backend.astore(m.id, meta, m.reply_to)
+        except Exception as exc:
+            log.warning("%s: could not store its %s state (%r)", delivery.label, meta["status"], exc)
+
+    async def _to_chord(self, m: TaskMessage, meta: dict[str, Any]) -> None:
+        if not m.chord or not m.group:
+            return
+        body = encode(meta)
+        envelope = Envelope("", chord_queue(m.group), body, headers={"group_index": m.group_index or 0},
+                            correlation_id=m.id)  # fmt: skip
+        try:
+            publisher = await self.app.aio_publisher()
+            await publisher.publish(envelope)
+        except Exception as exc:
+            log.error("%s[%s]: could not hand its result to chord %s (%r)", m.task, m.id, m.group, exc)
+
+    # --- workflows ---------------------------------------------------------------------------------------
+
+    async def publish_next(
+        self, data: Mapping[str, Any], prefix: tuple[Any, ...], parent: TaskMessage, **extra: Any
+    ) -> None:
+        """Publish the signature *data* with *prefix* prepended (unless immutable), as a child of *parent*."""
+        try:
+            sig = Signature.from_dict(data, self.app).clone(prefix)
+            options = {**sig.options, "parent_id": parent.id, "root_id": parent.root_id or parent.id, **extra}
+            options = {k: v for k, v in options.items() if v is not None or k == "chain"}
+            backend = self.app.result_backend
+            if parent.reply_to and not options.get("ignore_result"):
+                options.setdefault("reply_to", parent.reply_to)  # the results go where the workflow's go
+            elif backend is not None and backend.uses_reply_to:
+                options["ignore_result"] = True  # nobody waits on a reply-to for it
+            declared = self.app.tasks[sig.task].declared if sig.task in self.app.tasks else None
+            await self.app.apublish_task(self.app.task_options(sig.task, declared), sig.args, sig.kwargs, options)
+        except Exception as exc:
+            log.error("%s[%s]: could not publish %s (%r)", parent.task, parent.id, data.get("task"), exc)
+
+    async def _errback(self, data: Mapping[str, Any], m: TaskMessage, payload: dict[str, Any]) -> None:
+        """Celery 5: ``errback(request, exc, traceback)`` when the errback takes three arguments, else
+        ``errback(task_id)``. The request and the exception travel as JSON data (never pickled)."""
+        sig = Signature.from_dict(data, self.app)
+        request = {
+            "id": m.id, "task": m.task, "args": list(m.args), "kwargs": dict(m.kwargs), "retries": m.retries,
+            "root_id": m.root_id, "parent_id": m.parent_id, "group": m.group,
+        }  # fmt: skip
+        exc = {k: payload[k] for k in ("type", "message", "args")}
+        full: tuple[Any, ...] = (request, exc, payload["traceback"])
+        if not _accepts(self.app, sig, full):
+            full = (m.id,)
+        await self.publish_next(data, full, m)
+
+
+def _accepts(app: App, sig: Signature, prefix: tuple[Any, ...]) -> bool:
+    task = app.tasks.get(sig.task)
+    if task is None or sig.immutable:
+        return False
+    try:
+        inspect.signature(task.run_callable()).bind(*prefix, *sig.args, **sig.kwargs)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _id(delivery: Delivery) -> str:
+    return delivery.message.id if delivery.message is not None else str(delivery.raw.correlation_id)
+
+
+def update_state(app: App, task_id: str | None, state: str, meta: Any) -> None:
+    """``Task.update_state``: a custom state (e.g. PROGRESS with its meta) of the running task, or of *task_id*."""
+    request = request_context.current.get()
+    backend = app.result_backend
+    if backend is None:
+        return
+    if request is None and task_id is None:
+        raise RuntimeError("update_state() outside a running task needs task_id=")
+    if request is not None and request.message.ignore_result and task_id in (None, request.id):
+        return
+    target = task_id or (request.id if request is not None else "")
+    reply_to = request.reply_to if request is not None else None
+    backend.store(target, state_message(target, state, meta), reply_to)

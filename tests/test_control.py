@@ -1,0 +1,194 @@
+"""Broadcast control against a real broker: inspect ping/registered/active/stats, rate_limit, revoke."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from amqptasks import App, control
+from amqptasks.broker import BrokerURL
+from amqptasks.control.client import broadcast
+from amqptasks.control.revoked import RevokedIds
+from amqptasks.worker.consumer import Worker, WorkerSettings
+from tests.cli_helpers import run
+from tests.worker_helpers import YAML, make_app, ready, wait_until
+
+
+@contextmanager
+def running_worker(app: App, queues: tuple[str, ...] = ("work",), **settings: Any) -> Iterator[Worker]:
+    """A worker consuming in a background thread (its own event loop), until the block ends."""
+    worker = Worker(app, WorkerSettings(queues=list(queues), **settings))
+    loops: list[asyncio.AbstractEventLoop] = []
+    failures: list[BaseException] = []
+    up = threading.Event()
+
+    async def main() -> None:
+        loops.append(asyncio.get_running_loop())
+        running = asyncio.ensure_future(worker.run())
+        while not running.done() and worker.control._channel is None:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)  # the control consumer is registered right after its channel opens
+        up.set()
+        try:
+            await running
+        finally:
+            await app.aclose()
+
+    def thread_main() -> None:
+        try:
+            asyncio.run(main())
+        except BaseException as exc:
+            failures.append(exc)
+        finally:
+            up.set()
+
+    thread = threading.Thread(target=thread_main, daemon=True)
+    thread.start()
+    assert up.wait(15), "the worker did not start"
+    try:
+        yield worker
+    finally:
+        if loops:
+            loops[0].call_soon_threadsafe(worker.stop)
+        thread.join(15)
+        assert not thread.is_alive(), "the worker did not stop"
+        app.close()
+    if failures:
+        raise failures[0]
+
+
+def project_yaml(tmp_path: Path) -> str:
+    (tmp_path / "app.yaml").write_text(YAML)
+    return str(tmp_path / "app.yaml")
+
+
+# --- pure ---------------------------------------------------------------------------------------------------
+
+
+def test_revoked_ids_are_bounded_and_expire() -> None:
+    ids = RevokedIds(maximum=3, ttl=0.2)
+    for n in range(5):
+        ids.add(str(n))
+    assert [str(n) in ids for n in range(5)] == [False, False, True, True, True]
+    time.sleep(0.25)
+    assert "4" not in ids and len(ids) == 0
+
+
+# --- against the broker -------------------------------------------------------------------------------------
+
+
+def test_inspect_ping_and_registered_answer_while_the_worker_runs_and_not_after(
+    vhost: BrokerURL, tmp_path: Path
+) -> None:
+    # Given a running worker with two tasks
+    app = make_app(vhost)
+
+    @app.task(name="m.add")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task(name="m.mul")
+    async def mul(x: int, y: int) -> int:
+        return x * y
+
+    config, env = project_yaml(tmp_path), {"AMQPTASKS_BROKER_URL": vhost.to_url()}
+    with running_worker(app, hostname="w1@test"):
+        # When the CLI pings and asks what is registered
+        ping = run(["inspect", "ping", config, "--timeout", "0.5"], cwd=tmp_path, env=env)
+        registered = run(["inspect", "registered", config, "--timeout", "0.5", "--json"], cwd=tmp_path, env=env)
+        stats = broadcast(app.config, "stats", timeout=0.5)
+    # Then the worker answered each within the timeout
+    assert ping.code == 0 and ping.stdout.strip() == "w1@test: pong", ping
+    assert registered.code == 0, registered
+    [reply] = registered.json()
+    assert reply["hostname"] == "w1@test" and {"m.add", "m.mul"} <= set(reply["ok"])
+    assert stats[0]["ok"]["concurrency"] == 8 and stats[0]["ok"]["queues"] == ["work"]
+    # And once it stopped, nobody answers
+    after = run(["inspect", "ping", config, "--timeout", "0.3"], cwd=tmp_path, env=env)
+    assert after.code == 1 and "no worker replied" in after.stderr, after
+
+
+def test_active_lists_a_running_async_task_and_terminate_cancels_it(vhost: BrokerURL, channel: Any) -> None:
+    # Given a slow async task running in a worker
+    app = make_app(vhost)
+    events: list[str] = []
+
+    @app.task(name="m.slow")
+    async def slow(seconds: float) -> None:
+        events.append("started")
+        try:
+            await asyncio.sleep(seconds)
+        except asyncio.CancelledError:
+            events.append("cancelled")
+            raise
+        events.append("finished")
+
+    with running_worker(app) as worker:
+        result = slow.delay(30)
+        wait_until(lambda: events == ["started"], what="the task to start")
+        # When asked what runs, then told to revoke it with terminate
+        [active] = broadcast(app.config, "active", timeout=0.5)
+        replies = control.revoke(app, result.id, terminate=True, timeout=0.5)
+        wait_until(lambda: "cancelled" in events, what="the task to be cancelled")
+        wait_until(lambda: not worker.active, what="the worker to let go of it")
+    # Then active showed it, and it was cancelled, never finished, and its message acknowledged (not dead-lettered)
+    assert [(a["id"], a["task"], a["args"]) for a in active["ok"]] == [(result.id, "m.slow", [30])]
+    assert replies[0]["ok"] == "terminated"
+    assert events == ["started", "cancelled"]
+    assert ready(channel, "work") == 0 and ready(channel, "work.dlq") == 0
+
+
+def test_revoked_countdown_task_never_runs_and_is_logged_as_revoked(
+    vhost: BrokerURL, channel: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a task sent with a 2 s countdown and a running worker
+    app = make_app(vhost)
+    ran: list[int] = []
+
+    @app.task(name="m.later")
+    def later(n: int) -> None:
+        ran.append(n)
+
+    caplog.set_level(logging.INFO, logger="amqptasks.worker")
+    with running_worker(app):
+        result = later.apply_async((1,), countdown=2)
+        # When it is revoked while it waits in the delay tiers
+        replies = control.revoke(app, result.id, timeout=0.5)
+        # Then it arrives, is acknowledged without running, and the log says so
+        wait_until(lambda: "revoked: acknowledged" in caplog.text, timeout=10, what="the revoked task to arrive")
+        later.delay(2)  # another task still runs
+        wait_until(lambda: ran == [2], what="the other task")
+    assert replies[0]["ok"] == "revoked"
+    assert f"m.later[{result.id}] revoked" in caplog.text
+    assert ready(channel, "work") == 0 and ready(channel, "work.dlq") == 0
+
+
+def test_control_rate_limit_changes_a_task_rate_in_the_running_worker(vhost: BrokerURL, tmp_path: Path) -> None:
+    # Given a task without a rate limit in a running worker
+    app = make_app(vhost)
+    starts: list[float] = []
+
+    @app.task(name="m.api")
+    def api() -> None:
+        starts.append(time.monotonic())
+
+    config, env = project_yaml(tmp_path), {"AMQPTASKS_BROKER_URL": vhost.to_url()}
+    with running_worker(app, concurrency=4):
+        # When the CLI sets it to 5 per second, then 4 are sent at once
+        changed = run(["control", "rate_limit", "m.api", "5/s", config, "--timeout", "0.5"], cwd=tmp_path, env=env)
+        bad = broadcast(app.config, "rate_limit", {"task": "m.api", "rate": "fast"}, timeout=0.5)
+        for _ in range(4):
+            api.delay()
+        wait_until(lambda: len(starts) == 4, what="4 tasks")
+    # Then their starts are spaced 0.2 s apart, and a bad rate is refused with a reason
+    assert changed.code == 0 and "rate limit of m.api set to 5/s" in changed.stdout, changed
+    assert starts[-1] - starts[0] >= 0.55
+    assert "must look like" in bad[0]["error"]
