@@ -101,6 +101,18 @@ class AsyncResult:
         if self.backend is not None:
             self.backend.forget(self.id)
 
+    def revoke(self, terminate: bool = False, *, timeout: float = 1.0) -> list[dict[str, Any]]:
+        """Tell running workers never to run this task (and to stop it if it runs, with *terminate*).
+
+        A revoked task still queued or waiting in the delay tiers is acknowledged without running when it
+        arrives. Workers started later do not learn of it. Returns the workers' replies.
+        """
+        if self.app is None:
+            raise RuntimeError(f"AsyncResult {self.id} has no app; use amqptasks.control.revoke(app, id)")
+        from amqptasks import control
+
+        return control.revoke(self.app, self.id, terminate, timeout=timeout)
+
     # --- waiting -----------------------------------------------------------------------------------------
 
     def get(

@@ -161,7 +161,7 @@ def test_revoked_countdown_task_never_runs_and_is_logged_as_revoked(
     with running_worker(app):
         result = later.apply_async((1,), countdown=2)
         # When it is revoked while it waits in the delay tiers
-        replies = control.revoke(app, result.id, timeout=0.5)
+        replies = result.revoke(timeout=0.5)
         # Then it arrives, is acknowledged without running, and the log says so
         wait_until(lambda: "revoked: acknowledged" in caplog.text, timeout=10, what="the revoked task to arrive")
         later.delay(2)  # another task still runs
