@@ -139,5 +139,13 @@ class TimeLimitExceeded(TaskControl):
     """The task ran past its hard time limit and was stopped; its message goes down the failure path."""
 
 
+class TaskRevoked(AmqpTasksError):
+    """``AsyncResult.get()`` of a task that was revoked before it ran."""
+
+
+class TaskExpired(AmqpTasksError):
+    """``AsyncResult.get()`` of a task whose ``expires`` passed before it ran."""
+
+
 class MaxRetriesExceeded(TaskControl):
     """``self.retry()`` was called with no retries left."""

@@ -243,3 +243,24 @@ def test_get_inside_a_running_task_warns_of_deadlocks() -> None:
             assert AsyncResult("id", "t", backend=_Done()).get() == 1
     finally:
         request_context.current.reset(token)
+
+
+def test_an_expired_task_is_reported_expired_and_a_revoked_one_revoked(rpc_app: App) -> None:
+    from amqptasks import control
+    from amqptasks.errors import TaskExpired, TaskRevoked
+
+    tasks = define(rpc_app)
+    with worker_running(rpc_app):
+        # Given a task whose expiry passes before it is due, and one revoked while it waits
+        expired = tasks["add"].apply_async((1, 1), countdown=0.5, expires=0.2)
+        later = tasks["add"].apply_async((2, 2), countdown=1.0)
+        deadline = time.monotonic() + 5
+        while not control.revoke(rpc_app, later.id, timeout=0.3) and time.monotonic() < deadline:
+            pass  # until the worker is up to hear it
+        # Then neither runs, and get() says why
+        with pytest.raises(TaskExpired):
+            expired.get(timeout=5)
+        with pytest.raises(TaskRevoked):
+            later.get(timeout=5)
+    assert (expired.state, later.state) == ("EXPIRED", "REVOKED")
+    assert expired.ready() and later.ready()

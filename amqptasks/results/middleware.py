@@ -16,13 +16,14 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from amqptasks.errors import Reject
+from amqptasks.errors import Reject, TaskExpired, TaskRevoked
 from amqptasks.message.envelope import Envelope
 from amqptasks.results.exceptions import exception_payload
 from amqptasks.results.states import (
     FAILURE,
     REJECTED,
     RETRY,
+    REVOKED,
     STARTED,
     SUCCESS,
     encode,
@@ -89,6 +90,12 @@ class Results(Middleware):
         if delivery.settled == "reject" and delivery.message is not None:
             payload = exception_payload(Reject(reason))
             await self._store(delivery, state_message(delivery.message.id, REJECTED, payload))
+
+    async def after_skip(self, delivery: Delivery, state: str) -> None:
+        if delivery.message is not None:
+            why = TaskRevoked if state == REVOKED else TaskExpired
+            payload = exception_payload(why(f"task {delivery.message.id} was {state.lower()} and did not run"))
+            await self._store(delivery, state_message(delivery.message.id, state, payload))
 
     # --- states ------------------------------------------------------------------------------------------
 

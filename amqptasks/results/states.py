@@ -18,10 +18,12 @@ RETRY = "RETRY"
 SUCCESS = "SUCCESS"
 FAILURE = "FAILURE"
 REJECTED = "REJECTED"
+REVOKED = "REVOKED"
+EXPIRED = "EXPIRED"
 #: States after which nothing more happens to a task.
-READY_STATES = frozenset({SUCCESS, FAILURE, REJECTED})
+READY_STATES = frozenset({SUCCESS, FAILURE, REJECTED, REVOKED, EXPIRED})
 #: Ready states whose ``result`` is an exception.
-EXCEPTION_STATES = frozenset({FAILURE, REJECTED})
+EXCEPTION_STATES = frozenset({FAILURE, REJECTED, REVOKED, EXPIRED})
 
 #: The pseudo-queue of RabbitMQ's direct reply-to: consumed (no-ack) and published with on the same channel.
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"

@@ -247,6 +247,7 @@ class Worker:
         if self.control.is_revoked(d.message.id):
             log.info("%s revoked: acknowledged, not run", d.label)
             await self._settle(d, "ack", "revoked")
+            await call(self.middleware, "after_skip", d, "REVOKED", reverse=True)
             return
         await call(self.middleware, "after_receive", d, reverse=True)
         if await self._redelivered_too_often(d) or await self._expired(d) or await self._early(d):
@@ -369,6 +370,7 @@ class Worker:
         else:
             log.info("%s expired at %s: dropped", d.label, expires.isoformat())
             await self._settle(d, "ack", "expired")
+            await call(self.middleware, "after_skip", d, "EXPIRED", reverse=True)
         return True
 
     async def _early(self, d: Delivery) -> bool:

@@ -38,6 +38,9 @@ class Middleware:
         """The message was rejected without running (bad input) or by ``Reject``: ``delivery.settled`` is
         "reject" (dead-lettered) or "requeue" (``Reject(requeue=True)``)."""
 
+    def after_skip(self, delivery: Delivery, state: str) -> Any:
+        """The task will not run: ``state`` is "REVOKED" or "EXPIRED"; its message was acknowledged."""
+
     def after_process(self, delivery: Delivery) -> Any:
         """Always last, whatever happened."""
 
