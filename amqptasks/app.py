@@ -6,6 +6,7 @@ There is no global default app (a known trap in dramatiq); tasks belong to the A
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import threading
@@ -107,8 +108,9 @@ class App:
 
     # --- publishing ---------------------------------------------------------------------------------
 
-    @property
+    @functools.cached_property
     def send_settings(self) -> SendSettings:
+        """Computed once: the configuration does not change after the app is built."""
         return SendSettings(self.config.routes, self.config.delays.enabled)
 
     def _prepare(

@@ -42,6 +42,11 @@ DEATH_HEADERS = frozenset(
     }
 )
 _REPR_LIMIT = 1024
+#: Headers the protocol itself defines; any other header is passed through as ``extra_headers``.
+_PROTOCOL_HEADERS = frozenset(
+    {"lang", "task", "id", "shadow", "eta", "expires", "group", "group_index", "retries", "timelimit", "root_id",
+     "parent_id", "argsrepr", "kwargsrepr", "origin", "ignore_result", "compression"}
+)  # fmt: skip
 
 
 _ORIGIN: tuple[int, str] | None = None
@@ -191,25 +196,6 @@ def from_amqp(
     if not isinstance(kwargs, dict) or not isinstance(embed, dict | None):
         raise MessageError("bad-body", "body must be [args, kwargs, embed] with kwargs a mapping")
     embed = embed or {}
-    known = {
-        "lang",
-        "task",
-        "id",
-        "shadow",
-        "eta",
-        "expires",
-        "group",
-        "group_index",
-        "retries",
-        "timelimit",
-        "root_id",
-        "parent_id",
-        "argsrepr",
-        "kwargsrepr",
-        "origin",
-        "ignore_result",
-        "compression",
-    }
     try:
         timelimit = headers.get("timelimit") or (None, None)
         return TaskMessage(
@@ -232,7 +218,7 @@ def from_amqp(
             chord=embed.get("chord"),
             reply_to=reply_to,
             origin=str(headers.get("origin") or ""),
-            extra_headers={k: v for k, v in headers.items() if k not in known},
+            extra_headers={k: v for k, v in headers.items() if k not in _PROTOCOL_HEADERS},
         )
     except (TypeError, ValueError, IndexError) as exc:
         raise MessageError("bad-header", str(exc)) from None

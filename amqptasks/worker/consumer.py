@@ -32,7 +32,7 @@ from amqptasks.tasks.sending import prepare
 from amqptasks.worker import events
 from amqptasks.worker.delivery import Delivery
 from amqptasks.worker.execution import Executor
-from amqptasks.worker.middleware import Middleware, call
+from amqptasks.worker.middleware import Hooks, Middleware
 from amqptasks.worker.request import Request
 from amqptasks.worker.retrying import countdown_for, should_retry
 
@@ -82,6 +82,7 @@ class Worker:
             *self.control.middleware(),
             *settings.middleware,
         ]
+        self.hooks = Hooks(self.middleware)
         #: Tasks running now, by task id: their delivery, and the asyncio task handling it (for control).
         self.active: dict[str, tuple[Delivery, asyncio.Task[Any] | None]] = {}
         self.executor = Executor(
@@ -234,7 +235,7 @@ class Worker:
             await self._settle(d, "reject", f"internal error: {exc!r}")
         finally:
             self.processed += 1
-            await call(self.middleware, "after_process", d, reverse=True)
+            await self.hooks.run("after_process", d, reverse=True)
 
     async def _handle(self, d: Delivery) -> None:
         raw = d.raw
@@ -247,9 +248,9 @@ class Worker:
         if self.control.is_revoked(d.message.id):
             log.info("%s revoked: acknowledged, not run", d.label)
             await self._settle(d, "ack", "revoked")
-            await call(self.middleware, "after_skip", d, "REVOKED", reverse=True)
+            await self.hooks.run("after_skip", d, "REVOKED", reverse=True)
             return
-        await call(self.middleware, "after_receive", d, reverse=True)
+        await self.hooks.run("after_receive", d, reverse=True)
         if await self._redelivered_too_often(d) or await self._expired(d) or await self._early(d):
             return
         try:
@@ -278,7 +279,7 @@ class Worker:
         d.request = self._request(d)
         if not options.acks_late:
             await self._settle(d, "ack", "acks_late=False: acknowledged before running")
-        await call(self.middleware, "before_execute", d)
+        await self.hooks.run("before_execute", d)
         d.started = time.monotonic()
         self._running += 1
         self.active[message.id] = (d, asyncio.current_task())
@@ -290,11 +291,11 @@ class Worker:
             await self._settle(d, "ack", "ignored")
         except Reject as exc:
             await self._settle(d, "requeue" if exc.requeue else "reject", exc.reason or "rejected by the task")
-            await call(self.middleware, "after_reject", d, exc.reason or "rejected by the task", reverse=True)
+            await self.hooks.run("after_reject", d, exc.reason or "rejected by the task", reverse=True)
         except Exception as exc:
             await self._failed(d, exc)
         else:
-            await call(self.middleware, "after_success", d, result, reverse=True)
+            await self.hooks.run("after_success", d, result, reverse=True)
             await self._settle(d, "ack", "succeeded")
         finally:
             self._running -= 1
@@ -312,11 +313,11 @@ class Worker:
                 log.error("%s: retry could not be published (%s); requeued", d.label, publish_error)
                 await self._settle(d, "requeue", "retry publish failed")
                 return
-            await call(self.middleware, "after_retry", d, exc, countdown, reverse=True)
+            await self.hooks.run("after_retry", d, exc, countdown, reverse=True)
             await self._settle(d, "ack", "retried")
             return
         cause = exc.exc if isinstance(exc, Retry) and exc.exc is not None else exc
-        await call(self.middleware, "after_failure", d, cause, reverse=True)
+        await self.hooks.run("after_failure", d, cause, reverse=True)
         await self._settle(d, "reject", f"failed: {type(cause).__name__}: {cause}")
 
     async def _publish_retry(
@@ -370,7 +371,7 @@ class Worker:
         else:
             log.info("%s expired at %s: dropped", d.label, expires.isoformat())
             await self._settle(d, "ack", "expired")
-            await call(self.middleware, "after_skip", d, "EXPIRED", reverse=True)
+            await self.hooks.run("after_skip", d, "EXPIRED", reverse=True)
         return True
 
     async def _early(self, d: Delivery) -> bool:
@@ -393,7 +394,7 @@ class Worker:
     async def _reject(self, d: Delivery, reason: str, detail: str) -> None:
         # RabbitMQ records only "rejected" in x-death: the log line is where the why is kept.
         await self._settle(d, "reject", detail)
-        await call(self.middleware, "after_reject", d, f"{reason}: {detail}", reverse=True)
+        await self.hooks.run("after_reject", d, f"{reason}: {detail}", reverse=True)
 
     async def _settle(self, d: Delivery, how: str, why: str) -> None:
         if d.settled is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from amqptasks.dlq.records import FailureRecords
@@ -25,14 +26,18 @@ def _ms(delivery: Delivery) -> float:
 class TaskLog(Middleware):
     """received / started / succeeded in X ms / retried in Y s / failed / rejected to DLQ."""
 
+    # The INFO lines run three times per message: skip building their arguments when INFO is off.
     def after_receive(self, delivery: Delivery) -> None:
-        log.info("%s received", delivery.label, extra={"task_event": "received"})
+        if log.isEnabledFor(logging.INFO):
+            log.info("%s received", delivery.label, extra={"task_event": "received"})
 
     def before_execute(self, delivery: Delivery) -> None:
-        log.info("%s started", delivery.label, extra={"task_event": "started"})
+        if log.isEnabledFor(logging.INFO):
+            log.info("%s started", delivery.label, extra={"task_event": "started"})
 
     def after_success(self, delivery: Delivery, result: Any) -> None:
-        log.info("%s succeeded in %.1f ms", delivery.label, _ms(delivery), extra={"task_event": "succeeded"})
+        if log.isEnabledFor(logging.INFO):
+            log.info("%s succeeded in %.1f ms", delivery.label, _ms(delivery), extra={"task_event": "succeeded"})
 
     def after_retry(self, delivery: Delivery, exc: BaseException | None, countdown: float) -> None:
         log.warning("%s retried in %.1f s: %r", delivery.label, countdown, exc, extra={"task_event": "retried"})
@@ -101,16 +106,19 @@ class RateLimits(Middleware):
         self.overrides: dict[str, str | None] = {}  # set at run time by 'amqptasks control rate_limit'
         self._lock = asyncio.Lock()
 
-    async def before_execute(self, delivery: Delivery) -> None:
+    def before_execute(self, delivery: Delivery) -> Awaitable[None] | None:
         task = delivery.task
         rate = self.overrides.get(task.name, task.options.rate_limit) if task is not None else None
         if task is None or rate is None:
-            return
+            return None  # no coroutine to create and await for the (usual) unlimited task
+        return self._wait_turn(task.name, rate)
+
+    async def _wait_turn(self, name: str, rate: str) -> None:
         interval = 1.0 / parse_rate(rate)
         async with self._lock:  # hand out start times one after another
             now = time.monotonic()
-            start = max(now, self._next.get(task.name, now))
-            self._next[task.name] = start + interval
+            start = max(now, self._next.get(name, now))
+            self._next[name] = start + interval
         if start > now:
             await asyncio.sleep(start - now)
 

@@ -45,15 +45,32 @@ class Middleware:
         """Always last, whatever happened."""
 
 
-async def call(middleware: Sequence[Middleware], hook: str, *args: Any, reverse: bool = False) -> None:
-    """Run *hook* of every middleware. ``after_*`` hooks (``reverse=True``) report what already happened:
-    one that raises is logged and the others still run, so a broken hook cannot change a message's fate."""
-    for m in reversed(middleware) if reverse else middleware:
-        try:
-            result = getattr(m, hook)(*args)
-            if inspect.isawaitable(result):
-                await result
-        except Exception:
-            if not reverse:
-                raise
-            log.exception("%s.%s failed (ignored)", type(m).__name__, hook)
+_HOOKS = tuple(name for name in vars(Middleware) if not name.startswith("_"))
+
+
+class Hooks:
+    """The hooks of a middleware list, resolved once: per hook, only the methods a middleware overrides.
+
+    The per-message path then calls just those (most middleware implement two or three hooks), with no
+    lookups and no calls to the base class's no-ops.
+    """
+
+    def __init__(self, middleware: Sequence[Middleware]) -> None:
+        self._chains: dict[str, list[Any]] = {
+            hook: [getattr(m, hook) for m in middleware if getattr(type(m), hook) is not getattr(Middleware, hook)]
+            for hook in _HOOKS
+        }
+
+    async def run(self, hook: str, *args: Any, reverse: bool = False) -> None:
+        """Run *hook* of every middleware. ``after_*`` hooks (``reverse=True``) report what already happened:
+        one that raises is logged and the others still run, so a broken hook cannot change a message's fate."""
+        chain = self._chains[hook]
+        for method in reversed(chain) if reverse else chain:
+            try:
+                result = method(*args)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                if not reverse:
+                    raise
+                log.exception("%s.%s failed (ignored)", type(method.__self__).__name__, hook)
