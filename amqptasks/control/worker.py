@@ -60,7 +60,7 @@ class WorkerControl:
         if self.events is not None:
             await self.events.start(connection)
         if self.metrics is not None:
-            self.metrics.start(connection, self.worker.settings.metrics_port or 0)
+            self.metrics.start(self.worker.settings.metrics_port or 0)
 
     async def stop(self) -> None:
         if self.metrics is not None:

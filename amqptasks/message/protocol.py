@@ -8,6 +8,7 @@ embed holds callbacks, errbacks, chain and chord. A Celery 5 client and worker r
 
 from __future__ import annotations
 
+import decimal
 import os
 import socket
 from collections.abc import Mapping
@@ -210,7 +211,7 @@ def from_amqp(
             parent_id=headers.get("parent_id"),
             group=headers.get("group"),
             group_index=headers.get("group_index"),
-            timelimit=(timelimit[0], timelimit[1]),
+            timelimit=(_seconds(timelimit[0]), _seconds(timelimit[1])),
             ignore_result=bool(headers.get("ignore_result")),
             callbacks=tuple(embed.get("callbacks") or ()),
             errbacks=tuple(embed.get("errbacks") or ()),
@@ -240,3 +241,11 @@ def _datetime(value: Any, name: str) -> datetime | None:
 def retried(message: TaskMessage, **changes: Any) -> TaskMessage:
     """The same task again (same id), with *changes* (eta, retries...)."""
     return replace(message, **changes)
+
+
+def _seconds(value: Any) -> float | None:
+    """A time limit from the header. AMQP clients differ in how floats travel: aio-pika sends a decimal, which
+    pika reads back as ``decimal.Decimal``."""
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    return value  # type: ignore[no-any-return]

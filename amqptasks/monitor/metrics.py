@@ -10,7 +10,6 @@ import re
 import time
 from typing import TYPE_CHECKING, Any
 
-import aio_pika.abc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from amqptasks.worker.middleware import Middleware
@@ -38,16 +37,10 @@ class Metrics(Middleware):
         self.prefetch = Gauge("amqptasks_prefetch_in_use", "Messages received, not yet settled.", registry=r)
         self.prefetch.set_function(lambda: len(worker._inflight))
         self.connection_up = Gauge("amqptasks_connection_up", "1 while connected to the broker.", registry=r)
-        self._connection: aio_pika.abc.AbstractRobustConnection | None = None
-        self.connection_up.set_function(self._up)
+        self.connection_up.set_function(lambda: 1.0 if worker.connected else 0.0)
         self.server: WSGIServer | None = None
 
-    def _up(self) -> float:
-        c = self._connection
-        return 1.0 if c is not None and not c.is_closed and c.connected.is_set() else 0.0
-
-    def start(self, connection: aio_pika.abc.AbstractRobustConnection, port: int) -> None:
-        self._connection = connection
+    def start(self, port: int) -> None:
         self.server, _thread = start_http_server(port, registry=self.registry)
 
     @property

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import socket
 import time
@@ -21,11 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 import aio_pika
 import aio_pika.abc
-import aiormq.exceptions
 
 from amqptasks.broker.aio import open_robust
 from amqptasks.control.worker import WorkerControl
-from amqptasks.errors import AmqpTasksError, Ignore, Reject, Retry
+from amqptasks.errors import Ignore, Reject, Retry
 from amqptasks.message.errors import MessageError
 from amqptasks.tasks.dispatch import decode, find_task
 from amqptasks.tasks.sending import prepare
@@ -35,6 +33,7 @@ from amqptasks.worker.execution import Executor
 from amqptasks.worker.middleware import Hooks, Middleware
 from amqptasks.worker.request import Request
 from amqptasks.worker.retrying import countdown_for, should_retry
+from amqptasks.worker.transport import Incoming, Transport
 
 if TYPE_CHECKING:
     from amqptasks.app import App
@@ -95,9 +94,15 @@ class Worker:
         self._gone_cold = asyncio.Event()
         self._cold = False
         self._stopping = False
+        self._transport: Transport | None = None
+        #: For control commands, the burst watch and publishing: consuming has its own (see transport.py).
         self._connection: aio_pika.abc.AbstractRobustConnection | None = None
-        self._consumers: list[tuple[aio_pika.abc.AbstractQueue, str]] = []
         self.processed = 0
+
+    @property
+    def connected(self) -> bool:
+        """Connected to the broker and consuming (False while reconnecting)."""
+        return self._transport is not None and self._transport.connected
 
     @property
     def running(self) -> int:
@@ -108,21 +113,12 @@ class Worker:
 
     async def start(self) -> None:
         """Connect, check every queue exists, and start consuming."""
-        name = f"amqptasks worker {self.settings.hostname}"
-        self._connection = await open_robust(self.app.config.broker, name)
-        channel = await self._connection.channel()
+        name = self.app.config.broker.connection_name or f"amqptasks worker {self.settings.hostname}"
         prefetch = self.settings.prefetch or self.settings.concurrency * 4
-        await channel.set_qos(prefetch_count=prefetch)
-        for queue_name in self.settings.queues:
-            try:
-                queue = await channel.declare_queue(queue_name, passive=True)
-            except aio_pika.exceptions.ChannelClosed:
-                raise AmqpTasksError(
-                    f"queue {queue_name!r} does not exist on the broker; declare it in the YAML and run "
-                    "'amqptasks topology apply', or check the -Q names"
-                ) from None
-            tag = await queue.consume(functools.partial(self._on_message, queue_name), no_ack=False)
-            self._consumers.append((queue, tag))
+        loop = asyncio.get_running_loop()
+        self._transport = Transport(self.app.config.broker, name, self.settings.queues, prefetch, self._on_batch, loop)
+        await self._transport.start()
+        self._connection = await open_robust(self.app.config.broker, f"{name} (control)")
         await self.control.start(self._connection)
         log.info("ready: consuming %s", ", ".join(self.settings.queues))
 
@@ -147,11 +143,8 @@ class Worker:
             self._gone_cold.set()
 
     async def _shutdown(self) -> None:
-        for queue, tag in self._consumers:
-            try:
-                await queue.cancel(tag)
-            except Exception:  # the channel may be gone already: the broker requeues its deliveries
-                log.debug("cancelling consumer %s failed", tag, exc_info=True)
+        if self._transport is not None:
+            await self._transport.cancel()
         if not self._cold and self._inflight:
             log.info("warm shutdown: waiting up to %g s for %d running task(s)", self.settings.grace, self._running)
             await self._wait_inflight(self.settings.grace)
@@ -160,8 +153,10 @@ class Worker:
                             "cold shutdown" if self._cold else "grace period over", self._running)  # fmt: skip
         self.executor.shutdown(wait=False)
         await self.control.stop()
+        if self._transport is not None:
+            # Sends the settlements still held; closing returns every unsettled message to its queue.
+            await self._transport.close()
         if self._connection is not None:
-            # Closing returns every unacknowledged message to its queue (redelivered=True).
             await self._connection.close()
 
     async def _wait_inflight(self, timeout: float) -> None:
@@ -177,6 +172,11 @@ class Worker:
 
     async def _slot(self) -> bool:
         """A free execution slot; False once a shutdown starts: a message still waiting then goes back at once."""
+        if self._stopping:
+            return False
+        if not self._slots.locked():  # the usual case: no futures, no waiting
+            await self._slots.acquire()
+            return True
         acquire = asyncio.ensure_future(self._slots.acquire())
         stop = asyncio.ensure_future(self._stop.wait())
         await asyncio.wait({acquire, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -222,10 +222,11 @@ class Worker:
 
     # --- one message ----------------------------------------------------------------------------------
 
-    async def _on_message(self, queue: str, raw: aio_pika.abc.AbstractIncomingMessage) -> None:
-        task = asyncio.ensure_future(self._process(Delivery(raw, queue)))
-        self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
+    def _on_batch(self, batch: list[Incoming]) -> None:
+        for raw in batch:
+            task = asyncio.ensure_future(self._process(Delivery(raw, raw.queue)))
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
 
     async def _process(self, d: Delivery) -> None:
         try:
@@ -261,7 +262,7 @@ class Worker:
         if not await self._slot():
             await self._settle(d, "requeue", "shutdown before it started")
             return
-        if _channel_closed(d.raw):
+        if self._transport is None or self._transport.is_stale(d.raw):
             # Its channel closed while it waited (connection lost, channel closed by the broker): the broker
             # has already requeued it and will deliver it again; running it here would run it twice.
             self._slots.release()
@@ -400,15 +401,11 @@ class Worker:
         if d.settled is not None:
             return
         d.settled = how
-        try:
-            if how == "ack":
-                await d.raw.ack()
-            elif how == "reject":
-                await d.raw.reject(requeue=False)
-            else:
-                await d.raw.nack(requeue=True)
-        except Exception as exc:  # channel gone: the broker requeues it, it will run again (at least once)
-            log.warning("%s: could not %s (%r): the broker will redeliver it", d.label, how, exc)
+        if self._transport is None or self._transport.is_stale(d.raw):
+            # Its channel is gone: the broker has requeued it, and it will run again (at least once).
+            log.warning("%s: could not %s: the connection was lost; the broker will redeliver it", d.label, how)
+            return
+        self._transport.settle(d.raw, how)
         log.debug("%s: %s (%s)", d.label, how, why)
 
     def _request(self, d: Delivery) -> Request:
@@ -431,10 +428,3 @@ def _time_limits(header: Sequence[Any], soft: float | None, hard: float | None) 
         return float(value) if isinstance(value, int | float) and not isinstance(value, bool) and value > 0 else None
 
     return given(header[0]) or soft, given(header[1]) or hard
-
-
-def _channel_closed(raw: aio_pika.abc.AbstractIncomingMessage) -> bool:
-    try:
-        return bool(raw.channel.is_closed)
-    except aiormq.exceptions.ChannelInvalidStateError:  # aio-pika raises once the channel is gone
-        return True

@@ -9,16 +9,15 @@ from typing import TYPE_CHECKING, Any
 from amqptasks.constants import DELAY_TARGET_HEADER
 
 if TYPE_CHECKING:
-    import aio_pika.abc
-
     from amqptasks.message.protocol import TaskMessage
     from amqptasks.tasks.task import Task
     from amqptasks.worker.request import Request
+    from amqptasks.worker.transport import Incoming
 
 
 @dataclass
 class Delivery:
-    raw: aio_pika.abc.AbstractIncomingMessage
+    raw: Incoming
     queue: str
     received: float = field(default_factory=time.monotonic)
     message: TaskMessage | None = None

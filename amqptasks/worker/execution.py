@@ -33,13 +33,13 @@ import ctypes
 import inspect
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from amqptasks.errors import SoftTimeLimitExceeded, TimeLimitExceeded
 from amqptasks.worker import request as request_context
 from amqptasks.worker.processes import ProcessPool
 from amqptasks.worker.request import Request
+from amqptasks.worker.threads import TaskThreads
 
 if TYPE_CHECKING:
     from amqptasks.app import App
@@ -60,7 +60,7 @@ class Executor:
     ) -> None:
         if pool not in POOLS:
             raise ValueError(f"unknown pool {pool!r}: use one of {', '.join(POOLS)}")
-        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="amqptasks-task")
+        self.pool = TaskThreads(threads)
         self.processes: ProcessPool | None = None
         self._closed = False
         if pool == "processes":
@@ -110,7 +110,7 @@ class Executor:
                 return task.result()
             except asyncio.CancelledError:
                 raise SoftTimeLimitExceeded(f"soft time limit ({soft:g} s) exceeded") from None
-        if task in done or (soft is not None and hard is None):
+        if soft is not None and (task in done or hard is None):
             raise SoftTimeLimitExceeded(f"soft time limit ({soft:g} s) exceeded")
         raise TimeLimitExceeded(f"hard time limit ({hard:g} s) exceeded")
 
@@ -118,9 +118,19 @@ class Executor:
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], request: Request,
         soft: float | None, hard: float | None,
     ) -> Any:  # fmt: skip
+        loop = asyncio.get_running_loop()
+        if soft is None and hard is None:  # the usual case: no thread id, no started signal, no timers
+
+            def plain() -> Any:
+                token = request_context.current.set(request)
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    request_context.current.reset(token)
+
+            return await self.pool.submit(loop, plain)
         thread_id: list[int] = []
         finished = threading.Event()
-        loop = asyncio.get_running_loop()
         started: asyncio.Future[None] = loop.create_future()
 
         def mark_started() -> None:
@@ -137,9 +147,7 @@ class Executor:
                 request_context.current.reset(token)
                 finished.set()
 
-        future = loop.run_in_executor(self.pool, call)
-        if soft is None and hard is None:
-            return await future
+        future = self.pool.submit(loop, call)
         # The limits count from when a thread picks the call up, not from submission: threads abandoned
         # at their hard limit can keep the pool busy, and a call must not be failed before it starts.
         await asyncio.wait({started, future}, return_when=asyncio.FIRST_COMPLETED)
@@ -162,4 +170,4 @@ class Executor:
         self._closed = True
         if self.processes is not None:
             self.processes.shutdown(wait)
-        self.pool.shutdown(wait=wait, cancel_futures=True)
+        self.pool.shutdown(wait=wait)
