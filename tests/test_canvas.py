@@ -1,5 +1,5 @@
-"""Workflows on a real broker with rpc:// results: link/link_error, chain, group, chord (RabbitMQ only), groups
-and chords in chains, map."""
+"""Workflows on a real broker with rpc:// results (and redis:// for a chord): link/link_error, chain, group, chord
+(RabbitMQ only), groups and chords in chains, map."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from amqptasks.broker import BrokerURL
 from amqptasks.canvas import chain, chord, chunks, group, xmap, xstarmap
 from amqptasks.result import GroupResult
 from amqptasks.results.chord import ChordError
-from tests.test_results import RPC_YAML, worker_running
+from tests.test_results import RPC_YAML, redis_yaml, worker_running
 from tests.worker_helpers import make_app
 
 pytestmark = pytest.mark.broker
@@ -104,6 +104,20 @@ def test_a_chord_of_100_runs_its_callback_once_with_every_result(app: App, chann
     assert isinstance(result.parent, GroupResult) and len(result.parent) == 100
     with pytest.raises(pika.exceptions.ChannelClosedByBroker, match="NOT_FOUND"):
         channel.queue_declare(f"amqptasks.chord.{result.parent.id}", passive=True)
+
+
+def test_a_chord_with_redis_results_runs_its_callback_with_every_result(vhost: BrokerURL, redis_url: str) -> None:
+    # Given an app whose results are kept in Redis (the chord itself still meets in a RabbitMQ queue)
+    app = make_app(vhost, redis_yaml(redis_url))
+    t = define(app)
+    with worker_running(app, concurrency=8):
+        # When a chord is published and its callback waited for
+        result = chord([t["add"].s(i, i) for i in range(10)], t["tsum"].s()).delay()
+        # Then it gets the sum of every member's result, and the members' results are in Redis too
+        assert result.get(timeout=30) == 90
+        assert isinstance(result.parent, GroupResult) and result.parent.get(timeout=5) == [i * 2 for i in range(10)]
+        with pytest.raises(ChordError, match="no 2"):
+            chord([t["add"].s(1, 1), t["fail"].s(2)], t["tsum"].s()).delay().get(timeout=30)
 
 
 def test_map_starmap_and_chunks(app: App) -> None:
