@@ -19,6 +19,7 @@ from amqptasks.config.model import Config
 from amqptasks.result import AsyncResult
 from amqptasks.results.states import DIRECT_REPLY_TO
 from amqptasks.signals import Signals
+from amqptasks.tasks import lineage
 from amqptasks.tasks.options import TaskOptions, check_declaration, matching_overrides
 from amqptasks.tasks.sending import Prepared, SendSettings, prepare
 from amqptasks.tasks.signature import Signature
@@ -141,6 +142,7 @@ class App:
         self, options: TaskOptions, args: tuple[Any, ...], kwargs: Mapping[str, Any], call: Mapping[str, Any]
     ) -> AsyncResult:
         self._ensure_provisioned()  # first, so that a countdown starts when the message can leave
+        call = lineage.inherit(call)
         rpc, backend = self._via_reply_to(options, call)
         if rpc:
             call = {**call, "reply_to": DIRECT_REPLY_TO}
@@ -151,13 +153,14 @@ class App:
         else:
             self.publisher.publish(prepared.envelope, retry_policy=_retry_policy(call))
         self.signals.after_publish.send(message=prepared.message, envelope=prepared.envelope)
-        return AsyncResult(prepared.message.id, options.name, app=self, backend=backend)
+        return _added_to_parent(AsyncResult(prepared.message.id, options.name, app=self, backend=backend), call)
 
     async def apublish_task(
         self, options: TaskOptions, args: tuple[Any, ...], kwargs: Mapping[str, Any], call: Mapping[str, Any]
     ) -> AsyncResult:
         if self.config.topology.provision and not self._provisioned:
             await asyncio.to_thread(self._ensure_provisioned)
+        call = lineage.inherit(call)
         rpc, backend = self._via_reply_to(options, call)
         if rpc:
             call = {**call, "reply_to": DIRECT_REPLY_TO}
@@ -169,7 +172,7 @@ class App:
         else:
             await publisher.publish(prepared.envelope, retry_policy=_retry_policy(call))
         self.signals.after_publish.send(message=prepared.message, envelope=prepared.envelope)
-        return AsyncResult(prepared.message.id, options.name, app=self, backend=backend)
+        return _added_to_parent(AsyncResult(prepared.message.id, options.name, app=self, backend=backend), call)
 
     def send_task(
         self, name: str, args: Iterable[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Any
@@ -181,14 +184,16 @@ class App:
     def publish_many(self, signatures: Iterable[Signature]) -> list[AsyncResult]:
         """Publish many signatures with pipelined confirms; each one confirmed, as with ``delay()``."""
         self._ensure_provisioned()
-        prepared = []
+        prepared, calls = [], []
         for sig in signatures:
             if sig.task in self.tasks:
                 self.tasks[sig.task].check_arguments(sig.args, sig.kwargs)
             declared = self.tasks[sig.task].declared if sig.task in self.tasks else None
-            prepared.append(self._prepare(self.task_options(sig.task, declared), sig.args, sig.kwargs, sig.options))
+            calls.append(lineage.inherit(sig.options))
+            prepared.append(self._prepare(self.task_options(sig.task, declared), sig.args, sig.kwargs, calls[-1]))
         self.publisher.publish_many([p.envelope for p in prepared])
-        return [AsyncResult(p.message.id, p.message.task) for p in prepared]
+        return [_added_to_parent(AsyncResult(p.message.id, p.message.task), call)
+                for p, call in zip(prepared, calls, strict=True)]  # fmt: skip
 
     def _warn_priority(self, prepared: Prepared) -> None:
         destination = prepared.destination
@@ -269,6 +274,13 @@ class App:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _added_to_parent(result: AsyncResult, call: Mapping[str, Any]) -> AsyncResult:
+    """Celery's ``add_to_parent``: a task published by a running task is one of its children (unless False)."""
+    if call.get("add_to_parent", True):
+        lineage.add(result.as_tuple())
+    return result
 
 
 def _retry_policy(call: Mapping[str, Any]) -> Any:

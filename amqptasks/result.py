@@ -26,7 +26,7 @@ class AsyncResult:
     """A published task: ``id`` is its task id (AMQP correlation_id and ``id`` header).
 
     Without a result backend (or with ``ignore_result``), only ``id`` is meaningful: ``get()`` raises.
-    ``parent`` is the previous task of a chain.
+    ``parent`` is the previous task of a chain; ``children`` what the task published while it ran.
     """
 
     def __init__(
@@ -86,6 +86,18 @@ class AsyncResult:
         return self._value(meta)
 
     result = info
+
+    @property
+    def children(self) -> list[AsyncResult | GroupResult]:
+        """The tasks, groups and chords this task published while it ran, and the next task of its chain and its
+        ``link`` callbacks, as Celery records them. Known once the task's final state is (empty before)."""
+        meta = self._meta()
+        children = meta.get("children") if meta else None
+        return [result_from_tuple(c, self.app, self.backend) for c in children or ()]
+
+    def as_tuple(self) -> list[Any]:
+        """Celery's serialized form: ``[[id, parent], None]`` (what a state's ``children`` holds)."""
+        return [[self.id, self.parent.as_tuple() if self.parent is not None else None], None]
 
     @property
     def traceback(self) -> str | None:
@@ -168,9 +180,12 @@ class AsyncResult:
 class GroupResult:
     """The results of a group, in the group's order."""
 
-    def __init__(self, id: str, results: Sequence[AsyncResult]) -> None:
+    def __init__(
+        self, id: str, results: Sequence[AsyncResult], *, parent: AsyncResult | GroupResult | None = None
+    ) -> None:
         self.id = id
         self.results = list(results)
+        self.parent = parent
 
     def __iter__(self) -> Iterator[AsyncResult]:
         return iter(self.results)
@@ -210,3 +225,23 @@ class GroupResult:
     def forget(self) -> None:
         for r in self.results:
             r.forget()
+
+    def as_tuple(self) -> list[Any]:
+        """Celery's serialized form: ``[[id, parent], [member, ...]]``."""
+        return [[self.id, self.parent.as_tuple() if self.parent is not None else None],
+                [r.as_tuple() for r in self.results]]  # fmt: skip
+
+
+def result_from_tuple(
+    data: Any, app: App | None = None, backend: ResultBackend | None = None
+) -> AsyncResult | GroupResult:
+    """A result from its Celery tuple form (:meth:`AsyncResult.as_tuple`, :meth:`GroupResult.as_tuple`)."""
+    if isinstance(data, str):
+        return AsyncResult(data, app=app, backend=backend)
+    node, members = data
+    id, parent = node if isinstance(node, list | tuple) else (node, None)
+    up = result_from_tuple(parent, app, backend) if parent else None
+    if members is not None:
+        results = [result_from_tuple(m, app, backend) for m in members]
+        return GroupResult(str(id), [r for r in results if isinstance(r, AsyncResult)], parent=up)
+    return AsyncResult(str(id), app=app, backend=backend, parent=up)

@@ -42,6 +42,24 @@ def broker() -> BrokerURL:
 
 
 @pytest.fixture(scope="session")
+def redis_url() -> str:
+    """A reachable Redis for the redis:// results tests (skipped locally without one, failed under CI)."""
+    url = "redis://127.0.0.1:6379/0"
+    try:
+        import redis
+    except ImportError:
+        _unavailable("the redis client is not installed (pip install 'amqptasks[redis]')")
+    client = redis.Redis.from_url(url)
+    try:
+        client.ping()
+    except redis.ConnectionError as exc:
+        _unavailable(f"no Redis reachable at {url} ({exc}; start one, e.g. docker run -p 6379:6379 redis)")
+    finally:
+        client.close()
+    return url
+
+
+@pytest.fixture(scope="session")
 def mgmt(broker: BrokerURL) -> ManagementClient:
     return ManagementClient.for_broker(broker)
 

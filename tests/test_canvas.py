@@ -1,4 +1,5 @@
-"""Workflows on a real broker with rpc:// results: link/link_error, chain, group, chord (RabbitMQ only), map."""
+"""Workflows on a real broker with rpc:// results (and redis:// for a chord): link/link_error, chain, group, chord
+(RabbitMQ only), groups and chords in chains, map."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from amqptasks.broker import BrokerURL
 from amqptasks.canvas import chain, chord, chunks, group, xmap, xstarmap
 from amqptasks.result import GroupResult
 from amqptasks.results.chord import ChordError
-from tests.test_results import RPC_YAML, worker_running
+from tests.test_results import RPC_YAML, redis_yaml, worker_running
 from tests.worker_helpers import make_app
 
 pytestmark = pytest.mark.broker
@@ -105,6 +106,20 @@ def test_a_chord_of_100_runs_its_callback_once_with_every_result(app: App, chann
         channel.queue_declare(f"amqptasks.chord.{result.parent.id}", passive=True)
 
 
+def test_a_chord_with_redis_results_runs_its_callback_with_every_result(vhost: BrokerURL, redis_url: str) -> None:
+    # Given an app whose results are kept in Redis (the chord itself still meets in a RabbitMQ queue)
+    app = make_app(vhost, redis_yaml(redis_url))
+    t = define(app)
+    with worker_running(app, concurrency=8):
+        # When a chord is published and its callback waited for
+        result = chord([t["add"].s(i, i) for i in range(10)], t["tsum"].s()).delay()
+        # Then it gets the sum of every member's result, and the members' results are in Redis too
+        assert result.get(timeout=30) == 90
+        assert isinstance(result.parent, GroupResult) and result.parent.get(timeout=5) == [i * 2 for i in range(10)]
+        with pytest.raises(ChordError, match="no 2"):
+            chord([t["add"].s(1, 1), t["fail"].s(2)], t["tsum"].s()).delay().get(timeout=30)
+
+
 def test_map_starmap_and_chunks(app: App) -> None:
     t = define(app)
     with worker_running(app):
@@ -114,10 +129,37 @@ def test_map_starmap_and_chunks(app: App) -> None:
             [0, 2, 4, 6], [8, 10, 12, 14], [16, 18]]  # fmt: skip
 
 
+def test_a_group_in_a_chain_gets_the_previous_result_and_a_task_after_it_makes_a_chord(app: App) -> None:
+    t = define(app)
+    add, tsum, mul = t["add"], t["tsum"], t["mul"]
+    with worker_running(app, concurrency=4):
+        # When a chain ends with a group, each member gets the previous result first: add(2, 1), add(2, 2)
+        fan_out = (add.s(1, 1) | group(add.s(1), add.s(2))).delay()
+        # and a group followed by a task is a chord, here in the middle of a chain
+        fan_in = chain(add.s(1, 1), group(add.s(1), add.s(2)), tsum.s(), mul.s(10)).delay()
+        # also when the chain starts with the group, or with an explicit chord
+        first = chain(group(add.s(1, 1), add.s(2, 2)), tsum.s(), mul.s(2)).delay()
+        explicit = (add.s(2, 3) | chord([add.s(i) for i in range(3)], tsum.s())).delay()
+        # Then
+        assert isinstance(fan_out, GroupResult) and fan_out.get(timeout=20) == [3, 4]
+        assert fan_in.get(timeout=20) == 70
+        assert first.get(timeout=20) == 12
+        assert explicit.get(timeout=20) == 18  # 5 + 0, 5 + 1, 5 + 2
+    # The results link back through the chord: mul <- tsum <- the group <- add
+    assert isinstance(fan_in, AsyncResult) and isinstance(fan_in.parent, AsyncResult)
+    assert fan_in.parent.get(timeout=1) == 7
+    members = fan_in.parent.parent
+    assert isinstance(members, GroupResult) and members.get(timeout=1) == [3, 4]
+    assert isinstance(members.parent, AsyncResult) and members.parent.get(timeout=1) == 2
+    assert isinstance(fan_out.parent, AsyncResult) and fan_out.parent.get(timeout=1) == 2
+
+
 def test_what_cannot_be_composed_says_so(app: App) -> None:
     t = define(app)
-    with pytest.raises(TypeError, match="group inside a chain"):
-        _ = t["add"].s(1, 1) | group(t["add"].s(1, 1))
+    with pytest.raises(TypeError, match="a group in a chain must be the last step or be followed by a task"):
+        _ = t["add"].s(1, 1) | group(t["add"].s(1), t["add"].s(2)) | group(t["add"].s(1))
+    with pytest.raises(TypeError, match="has no callback"):
+        chain(t["add"].s(1, 1), chord([t["add"].s(1)]))
     assert isinstance(group(t["add"].s(1, 1)) | t["tsum"].s(), chord)
     assert repr(t["add"].s(1) | t["mul"].s(2)).count("|") == 1
     app.close()

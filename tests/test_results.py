@@ -16,7 +16,9 @@ import pytest
 
 from amqptasks import App, AsyncResult
 from amqptasks.broker import BrokerURL
+from amqptasks.canvas import chord, group
 from amqptasks.errors import AmqpTasksError
+from amqptasks.result import GroupResult
 from amqptasks.results.backend import ResultBackend
 from amqptasks.results.exceptions import TaskError, exception_payload, rebuild
 from amqptasks.worker import request as request_context
@@ -25,8 +27,10 @@ from tests.worker_helpers import YAML, make_app, run_worker
 pytestmark = pytest.mark.broker
 
 RPC_YAML = YAML + "results: {backend: 'rpc://'}\n"
-REDIS_URL = "redis://127.0.0.1:6379/0"
-REDIS_YAML = YAML + f"results: {{backend: '{REDIS_URL}', result_expires: 120}}\n"
+
+
+def redis_yaml(url: str) -> str:
+    return YAML + f"results: {{backend: '{url}', result_expires: 120}}\n"
 
 
 class PaymentDeclined(Exception):
@@ -176,14 +180,11 @@ def test_ignored_results_are_not_sent(rpc_app: App) -> None:
             result.get(timeout=1)
 
 
-def test_redis_backend_stores_the_result_with_its_expiry(vhost: BrokerURL) -> None:
-    redis = pytest.importorskip("redis")
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.ping()
-    except redis.ConnectionError:
-        pytest.skip(f"no Redis at {REDIS_URL}")
-    app = make_app(vhost, REDIS_YAML)
+def test_redis_backend_stores_the_result_with_its_expiry(vhost: BrokerURL, redis_url: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    app = make_app(vhost, redis_yaml(redis_url))
     tasks = define(app)
     with worker_running(app):
         result = tasks["add"].delay(2, 3)
@@ -200,6 +201,83 @@ def test_redis_backend_stores_the_result_with_its_expiry(vhost: BrokerURL) -> No
     assert not client.exists(f"amqptasks-result-{ignored.id}")
     result.forget()
     assert not client.exists(key)
+
+
+def define_family(app: App) -> dict[str, Any]:
+    """Tasks that publish tasks while they run: their children."""
+
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task
+    def tsum(values: list[int]) -> int:
+        return sum(values)
+
+    @app.task(bind=True)
+    def whoami(self: Any) -> list[str | None]:
+        return [self.request.parent_id, self.request.root_id]
+
+    @app.task
+    def relay() -> str:
+        return whoami.delay().id
+
+    @app.task
+    def spawn() -> list[Any]:
+        relayed = relay.delay()
+        flow = (add.s(1, 1) | add.s(2)).delay()
+        fan = group(add.s(i, i) for i in range(2)).delay()
+        joined = chord([add.s(1, 1), add.s(2, 2)], tsum.s()).delay()
+        assert flow.parent is not None and joined.parent is not None
+        return [relayed.id, flow.parent.id, [fan.id, [r.id for r in fan]], [joined.id, joined.parent.id]]
+
+    @app.task
+    async def aspawn() -> str:
+        return (await add.adelay(1, 2)).id
+
+    return {f.name.rsplit(".", 1)[-1]: f for f in (add, tsum, whoami, relay, spawn, aspawn)}
+
+
+def test_children_are_what_a_task_published_while_it_ran(rpc_app: App) -> None:
+    tasks = define_family(rpc_app)
+    with worker_running(rpc_app, concurrency=4):
+        # When tasks publish a task, a chain, a group and a chord (sync) or a task (async) while they run
+        spawned, asynchronous = tasks["spawn"].delay(), tasks["aspawn"].delay()
+        relayed, first, (fan, members), (joined, header) = spawned.get(timeout=10)
+        async_child = asynchronous.get(timeout=10)
+        # and a chain runs from here
+        flow = (tasks["add"].s(1, 1) | tasks["add"].s(2)).delay()
+        assert flow.get(timeout=10) == 4
+    # Then their final states list them: a group as a GroupResult, a chord as its callback's result
+    children = spawned.children
+    assert [type(c) for c in children] == [AsyncResult, AsyncResult, GroupResult, AsyncResult]
+    assert [c.id for c in children] == [relayed, first, fan, joined]
+    assert [r.id for r in children[2]] == members
+    assert isinstance(children[3].parent, GroupResult) and children[3].parent.id == header
+    assert [c.id for c in asynchronous.children] == [async_child]
+    # And the next task of a chain is a child of the one before it, and can be waited for through it
+    assert isinstance(flow.parent, AsyncResult) and flow.parent.children == [flow]
+    assert flow.parent.children[0].get(timeout=1) == 4 and flow.children == []
+
+
+def test_children_results_are_readable_with_redis_and_know_their_parent_and_root(
+    vhost: BrokerURL, redis_url: str
+) -> None:
+    app = make_app(vhost, redis_yaml(redis_url))
+    tasks = define_family(app)
+    with worker_running(app, concurrency=4):
+        # When a task publishes a task (that publishes one), a chain, a group and a chord
+        spawned = tasks["spawn"].delay()
+        spawned.get(timeout=10)
+        relayed, first, fan, joined = spawned.children
+        # Then each child's result is there for any process to read
+        assert isinstance(fan, GroupResult) and fan.get(timeout=10) == [0, 2]
+        assert joined.get(timeout=20) == 6
+        assert first.get(timeout=10) == 2 and first.children[0].get(timeout=10) == 4
+        # and a grandchild's parent is its publisher, its root the task the client published
+        relayed.get(timeout=10)
+        assert relayed.children[0].get(timeout=10) == [relayed.id, spawned.id]
+    app.close()
 
 
 # --- without a broker ------------------------------------------------------------------------------------------

@@ -2,15 +2,19 @@
 
 - reports its state to the app's result backend (STARTED with ``track_started``, SUCCESS, FAILURE, RETRY,
   REJECTED), unless the message says ``ignore_result``; rpc:// replies go to the message's ``reply_to``;
+- lists in the final state the task's children (:mod:`amqptasks.tasks.lineage`): what it published while it
+  ran, and the next step of its chain and its ``link`` callbacks, whose ids are chosen before the state is stored;
 - hands a chord member's state to its chord's result queue (:mod:`amqptasks.results.chord`);
-- publishes the next task of a chain, the ``link`` callbacks (with the result prepended unless immutable) and,
-  after a failure, the ``link_error`` errbacks.
+- publishes the next step of a chain (a task, group or chord), the ``link`` callbacks (with the result
+  prepended unless immutable) and, after a failure, the ``link_error`` errbacks.
 
 Its errors are logged and never change a message's fate (the worker settles the message after the hooks).
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import inspect
 import logging
 from collections.abc import Mapping
@@ -29,12 +33,14 @@ from amqptasks.results.states import (
     encode,
     state_message,
 )
+from amqptasks.tasks import lineage
 from amqptasks.tasks.signature import Signature
 from amqptasks.worker import request as request_context
 from amqptasks.worker.middleware import Middleware
 
 if TYPE_CHECKING:
     from amqptasks.app import App
+    from amqptasks.canvas import Step
     from amqptasks.message.protocol import TaskMessage
     from amqptasks.worker.delivery import Delivery
 
@@ -55,6 +61,7 @@ class Results(Middleware):
     # --- hooks -------------------------------------------------------------------------------------------
 
     async def before_execute(self, delivery: Delivery) -> None:
+        lineage.begin(_id(delivery))
         if delivery.task is not None and delivery.task.options.track_started:
             await self._store(delivery, state_message(_id(delivery), STARTED))
 
@@ -62,21 +69,20 @@ class Results(Middleware):
         m = delivery.message
         if m is None:
             return
-        meta = state_message(m.id, SUCCESS, result)
+        steps = self._next_steps(m)
+        children = lineage.take(m.id) + [_result_tuple(step) for step, _ in steps]
+        meta = state_message(m.id, SUCCESS, result, children=children)
         await self._store(delivery, meta)
         await self._to_chord(m, meta)
-        for callback in m.callbacks:
-            await self.publish_next(callback, (result,), m)
-        if m.chain:
-            rest = list(m.chain[:-1])
-            await self.publish_next(m.chain[-1], (result,), m, chain=rest or None)
+        for step, extra in steps:
+            await self._publish_step(step, (result,), m, **extra)
 
     async def after_failure(self, delivery: Delivery, exc: BaseException) -> None:
         m = delivery.message
         if m is None:
             return
         payload = exception_payload(exc)
-        meta = state_message(m.id, FAILURE, payload, payload["traceback"])
+        meta = state_message(m.id, FAILURE, payload, payload["traceback"], children=lineage.take(m.id))
         await self._store(delivery, meta)
         await self._to_chord(m, meta)
         for errback in m.errbacks:
@@ -90,6 +96,9 @@ class Results(Middleware):
         if delivery.settled == "reject" and delivery.message is not None:
             payload = exception_payload(Reject(reason))
             await self._store(delivery, state_message(delivery.message.id, REJECTED, payload))
+
+    def after_process(self, delivery: Delivery) -> None:
+        lineage.take(_id(delivery))  # a run that ended otherwise (retried, rejected, ignored) closes its record
 
     async def after_skip(self, delivery: Delivery, state: str) -> None:
         if delivery.message is not None:
@@ -122,23 +131,65 @@ class Results(Middleware):
 
     # --- workflows ---------------------------------------------------------------------------------------
 
+    def _next_steps(self, m: TaskMessage) -> list[tuple[Step, dict[str, Any]]]:
+        """The ``link`` callbacks and the next step of the chain, their ids chosen, with their extra options."""
+        if not m.callbacks and not m.chain:
+            return []
+        from amqptasks.canvas import freeze, from_dict
+
+        wanted: list[tuple[Mapping[str, Any], dict[str, Any]]] = [(c, {}) for c in m.callbacks]
+        if m.chain:
+            wanted.append((m.chain[-1], {"chain": list(m.chain[:-1]) or None}))
+        steps = []
+        for data, extra in wanted:
+            try:
+                steps.append((freeze(from_dict(data, self.app)), extra))
+            except Exception as exc:
+                log.error("%s[%s]: could not publish %s (%r)", m.task, m.id, data.get("task"), exc)
+        return steps
+
     async def publish_next(
         self, data: Mapping[str, Any], prefix: tuple[Any, ...], parent: TaskMessage, **extra: Any
     ) -> None:
-        """Publish the signature *data* with *prefix* prepended (unless immutable), as a child of *parent*."""
+        """Publish the step *data* with *prefix* prepended (unless immutable), as a child of *parent*."""
+        from amqptasks.canvas import from_dict
+
         try:
-            sig = Signature.from_dict(data, self.app).clone(prefix)
-            options = {**sig.options, "parent_id": parent.id, "root_id": parent.root_id or parent.id, **extra}
-            options = {k: v for k, v in options.items() if v is not None or k == "chain"}
-            backend = self.app.result_backend
-            if parent.reply_to and not options.get("ignore_result"):
-                options.setdefault("reply_to", parent.reply_to)  # the results go where the workflow's go
-            elif backend is not None and backend.uses_reply_to:
-                options["ignore_result"] = True  # nobody waits on a reply-to for it
-            declared = self.app.tasks[sig.task].declared if sig.task in self.app.tasks else None
-            await self.app.apublish_task(self.app.task_options(sig.task, declared), sig.args, sig.kwargs, options)
+            step = from_dict(data, self.app)
         except Exception as exc:
             log.error("%s[%s]: could not publish %s (%r)", parent.task, parent.id, data.get("task"), exc)
+            return
+        await self._publish_step(step, prefix, parent, **extra)
+
+    async def _publish_step(self, step: Step, prefix: tuple[Any, ...], parent: TaskMessage, **extra: Any) -> None:
+        from amqptasks.canvas import chord
+
+        try:
+            lineage_options = {"parent_id": parent.id, "root_id": parent.root_id or parent.id, **extra}
+            if isinstance(step, Signature):
+                sig = step.clone(prefix)
+                options = {**sig.options, **lineage_options}
+                options = {k: v for k, v in options.items() if v is not None or k == "chain"}
+                self._route_results(options, parent)
+                declared = self.app.tasks[sig.task].declared if sig.task in self.app.tasks else None
+                await self.app.apublish_task(self.app.task_options(sig.task, declared), sig.args, sig.kwargs, options)
+                return
+            # A group is always the last step of a chain, and a chord carries the steps after it in its callback.
+            options = {k: v for k, v in lineage_options.items() if v is not None and k != "chain"}
+            self._route_results(options, parent)
+            if isinstance(step, chord) and step.body is not None and options.get("ignore_result"):
+                step = chord(step.header, step.body.clone(ignore_result=True), **step.options)
+            # Groups and chords publish with the blocking publisher (a chord also declares its queue).
+            await asyncio.to_thread(functools.partial(step.apply_async, prefix, None, **options))
+        except Exception as exc:
+            log.error("%s[%s]: could not publish %r (%r)", parent.task, parent.id, step, exc)
+
+    def _route_results(self, options: dict[str, Any], parent: TaskMessage) -> None:
+        backend = self.app.result_backend
+        if parent.reply_to and not options.get("ignore_result"):
+            options.setdefault("reply_to", parent.reply_to)  # the results go where the workflow's go
+        elif backend is not None and backend.uses_reply_to:
+            options["ignore_result"] = True  # nobody waits on a reply-to for it
 
     async def _errback(self, data: Mapping[str, Any], m: TaskMessage, payload: dict[str, Any]) -> None:
         """Celery 5: ``errback(request, exc, traceback)`` when the errback takes three arguments, else
@@ -164,6 +215,12 @@ def _accepts(app: App, sig: Signature, prefix: tuple[Any, ...]) -> bool:
     except (TypeError, ValueError):
         return False
     return True
+
+
+def _result_tuple(step: Step) -> list[Any]:
+    from amqptasks.canvas import result_of
+
+    return result_of(step, None).as_tuple()
 
 
 def _id(delivery: Delivery) -> str:

@@ -22,7 +22,7 @@ APPLY_OPTIONS = frozenset(
         "task_id", "countdown", "eta", "expires", "priority", "routing_key", "exchange", "queue", "headers",
         "link", "link_error", "retry", "retry_policy", "mandatory", "serializer", "compression",
         "ignore_result", "time_limit", "soft_time_limit", "root_id", "parent_id", "group_id", "group_index",
-        "reply_to", "chain", "chord", "retries",
+        "reply_to", "chain", "chord", "retries", "add_to_parent",
     }
 )  # fmt: skip
 

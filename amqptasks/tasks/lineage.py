@@ -1,0 +1,53 @@
+"""Parents and children: what a running task publishes is its child, as in Celery.
+
+A task published while another runs in this worker (``delay``, ``apply_async``, a chain, group or chord started
+from the task's code) gets the running task's id as its ``parent_id`` and its root as ``root_id``, unless the
+call gives them. The worker's results middleware opens a record for each run (:func:`begin`), publishing adds
+each child to it (:func:`add`), and the run's final state carries them (:func:`take`) in Celery's result-tuple
+form, which ``AsyncResult.children`` rebuilds.
+
+Records are kept per task id, and only for runs the middleware began: a thread still running after its hard
+time limit (its run is over) or a task in a process-pool child (another process) records nothing and leaks
+nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from amqptasks.worker import request as request_context
+
+_lock = threading.Lock()
+_children: dict[str, list[Any]] = {}
+
+
+def inherit(call: Mapping[str, Any]) -> Mapping[str, Any]:
+    """*call* (``apply_async`` options) with ``parent_id`` and ``root_id`` from the running task, if any."""
+    request = request_context.current.get()
+    if request is None or call.get("parent_id"):
+        return call
+    return {**call, "parent_id": request.id, "root_id": call.get("root_id") or request.root_id or request.id}
+
+
+def add(child: Any) -> None:
+    """Record *child* (a result tuple, see ``AsyncResult.as_tuple``) for the task running in this context."""
+    request = request_context.current.get()
+    if request is None:
+        return
+    with _lock:
+        record = _children.get(request.id)
+        if record is not None:
+            record.append(child)
+
+
+def begin(task_id: str) -> None:
+    with _lock:
+        _children[task_id] = []
+
+
+def take(task_id: str) -> list[Any]:
+    """The children recorded for the run of *task_id*, closing its record."""
+    with _lock:
+        return _children.pop(task_id, None) or []
