@@ -139,6 +139,10 @@ class TimeLimitExceeded(TaskControl):
     """The task ran past its hard time limit and was stopped; its message goes down the failure path."""
 
 
+class Terminated(TaskControl):
+    """Raised inside a sync task running in a thread when ``revoke(terminate=True)`` stops it (as Celery's)."""
+
+
 class TaskRevoked(AmqpTasksError):
     """``AsyncResult.get()`` of a task that was revoked before it ran."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -17,9 +18,12 @@ from amqptasks import App, control
 from amqptasks.broker import BrokerURL
 from amqptasks.control.client import broadcast
 from amqptasks.control.revoked import RevokedIds
+from amqptasks.errors import TaskRevoked, Terminated
 from amqptasks.worker.consumer import Worker, WorkerSettings
 from tests.cli_helpers import run
 from tests.worker_helpers import YAML, make_app, ready, wait_until
+
+YAML_RPC = YAML + "results: {backend: 'rpc://'}\n"
 
 
 @contextmanager
@@ -144,6 +148,76 @@ def test_active_lists_a_running_async_task_and_terminate_cancels_it(vhost: Broke
     assert replies[0]["ok"] == "terminated"
     assert events == ["started", "cancelled"]
     assert ready(channel, "work") == 0 and ready(channel, "work.dlq") == 0
+
+
+def test_terminate_stops_a_sync_task_in_a_thread_and_its_state_is_revoked(vhost: BrokerURL, channel: Any) -> None:
+    # Given a sync task busy in Python code in the thread pool, with the rpc result backend
+    app = make_app(vhost, YAML_RPC)
+    events: list[str] = []
+
+    @app.task(name="m.busy")
+    def busy(seconds: float) -> None:
+        events.append("started")
+        deadline = time.monotonic() + seconds
+        try:
+            while time.monotonic() < deadline:
+                pass
+        except Terminated:
+            events.append("terminated")
+            raise
+        events.append("finished")
+
+    with running_worker(app) as worker:
+        result = busy.delay(30)
+        wait_until(lambda: events == ["started"], what="the task to start")
+        # When it is revoked with terminate
+        replies = control.revoke(app, result.id, terminate=True, timeout=0.5)
+        wait_until(lambda: "terminated" in events, what="the thread to be interrupted")
+        wait_until(lambda: not worker.active, what="the worker to let go of it")
+        # Then the caller sees REVOKED, it never finished, and its message is acknowledged (not dead-lettered)
+        with pytest.raises(TaskRevoked):
+            result.get(timeout=5)
+    assert replies[0]["ok"] == "terminated"
+    assert events == ["started", "terminated"]
+    assert ready(channel, "work") == 0 and ready(channel, "work.dlq") == 0
+
+
+def test_terminate_kills_the_child_process_running_a_task(vhost: BrokerURL, channel: Any, tmp_path: Path) -> None:
+    # Given a task sleeping in a processes-pool child (a sleep: no Python bytecode runs while it waits)
+    app = make_app(vhost)
+    marker = tmp_path / "started"
+
+    @app.task(name="m.sleepy")
+    def sleepy(path: str, seconds: float) -> None:
+        Path(path).write_text(str(os.getpid()))
+        time.sleep(seconds)
+        Path(path).write_text("finished")
+
+    with running_worker(app, pool="processes", concurrency=1) as worker:
+        result = sleepy.delay(str(marker), 30)
+        wait_until(marker.exists, what="the task to start in a child")
+        child = int(marker.read_text())
+        # When it is revoked with terminate
+        replies = control.revoke(app, result.id, terminate=True, timeout=0.5)
+        wait_until(lambda: not worker.active, what="the worker to let go of it")
+        # Then its child is gone, a fresh one replaced it, and the next task runs there
+        wait_until(lambda: not _alive(child), what="the child to be killed")
+        assert worker.executor.processes is not None and child not in worker.executor.processes.pids
+        sleepy.delay(str(tmp_path / "next"), 0)
+        wait_until(lambda: (tmp_path / "next").exists() and (tmp_path / "next").read_text() == "finished",
+                   what="the next task")  # fmt: skip
+    assert replies[0]["ok"] == "terminated"
+    assert marker.read_text() == str(child)  # never finished
+    assert ready(channel, "work") == 0 and ready(channel, "work.dlq") == 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie is dead too
+        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def test_revoked_countdown_task_never_runs_and_is_logged_as_revoked(

@@ -4,8 +4,9 @@ Each worker consumes its own exclusive, auto-delete queue bound to the ``amqptas
 answers on the command's ``reply_to`` (direct reply-to) with ``{"hostname", "id", "ok" | "error"}``.
 
 ``revoke`` remembers the id (:class:`RevokedIds`): a revoked message is acknowledged and never run when it
-arrives. With ``terminate``, a running ``async def`` task is cancelled and its message acknowledged. Sync tasks
-(threads, processes pools) cannot be terminated yet: they run to their end, and the reply says so.
+arrives. With ``terminate``, a running task is stopped and its message acknowledged, its state REVOKED: an
+``async def`` task is cancelled; a processes-pool child running it is killed (and replaced); a thread gets
+``Terminated`` raised in it, at its next Python bytecode (not while it is blocked in C, e.g. in ``time.sleep``).
 """
 
 from __future__ import annotations
@@ -136,9 +137,14 @@ class WorkerControl:
         if not terminate or running is None:
             return "revoked"
         d, handling = running
-        if d.task is None or not asyncio.iscoroutinefunction(d.task.run_callable()) or handling is None:
-            return "revoked; it is running and only async def tasks can be terminated: it runs to its end"
+        if d.task is None or handling is None:
+            return "revoked; it is running and cannot be terminated yet: it runs to its end"
+        in_thread = not asyncio.iscoroutinefunction(d.task.run_callable()) and self.worker.settings.pool != "processes"
         await self.worker._settle(d, "ack", "revoked: terminated")
-        handling.cancel()  # the executor cancels the task's coroutine with it
+        # async def: cancelled with its handler; processes pool: its child is killed when the handler is cancelled.
+        handling.cancel()
+        if in_thread:
+            self.worker.executor.terminate_thread(task_id)
+        await self.worker.hooks.run("after_skip", d, "REVOKED", reverse=True)
         log.info("%s revoked: terminated", d.label)
         return "terminated"

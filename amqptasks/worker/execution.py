@@ -35,7 +35,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from amqptasks.errors import SoftTimeLimitExceeded, TimeLimitExceeded
+from amqptasks.errors import SoftTimeLimitExceeded, Terminated, TimeLimitExceeded
 from amqptasks.worker import request as request_context
 from amqptasks.worker.processes import ProcessPool
 from amqptasks.worker.request import Request
@@ -62,6 +62,8 @@ class Executor:
             raise ValueError(f"unknown pool {pool!r}: use one of {', '.join(POOLS)}")
         self.pool = TaskThreads(threads)
         self.processes: ProcessPool | None = None
+        #: Sync calls running in a thread now: task id -> the thread's id (for revoke --terminate).
+        self._threads_running: dict[str, int] = {}
         self._closed = False
         if pool == "processes":
             if app is None:
@@ -122,11 +124,13 @@ class Executor:
         if soft is None and hard is None:  # the usual case: no thread id, no started signal, no timers
 
             def plain() -> Any:
+                self._threads_running[request.id] = threading.get_ident()
                 token = request_context.current.set(request)
                 try:
                     return fn(*args, **kwargs)
                 finally:
                     request_context.current.reset(token)
+                    self._threads_running.pop(request.id, None)
 
             return await self.pool.submit(loop, plain)
         thread_id: list[int] = []
@@ -139,12 +143,14 @@ class Executor:
 
         def call() -> Any:
             thread_id.append(threading.get_ident())
+            self._threads_running[request.id] = thread_id[0]
             loop.call_soon_threadsafe(mark_started)
             token = request_context.current.set(request)
             try:
                 return fn(*args, **kwargs)
             finally:
                 request_context.current.reset(token)
+                self._threads_running.pop(request.id, None)
                 finished.set()
 
         future = self.pool.submit(loop, call)
@@ -164,6 +170,15 @@ class Executor:
             return await asyncio.wait_for(asyncio.shield(future), max(0.0, hard - (soft or 0.0)))
         except TimeoutError:
             raise TimeLimitExceeded(f"hard time limit ({hard:g} s) exceeded; the thread is abandoned") from None
+
+    def terminate_thread(self, task_id: str) -> bool:
+        """``revoke --terminate`` of a sync task in a thread: raise :class:`Terminated` in it (with the soft
+        limit's caveat: at its next Python bytecode, not while blocked in C). False if none runs *task_id*."""
+        thread = self._threads_running.get(task_id)
+        if thread is None:
+            return False
+        _raise_in_thread(thread, Terminated)
+        return True
 
     def shutdown(self, wait: bool) -> None:
         """Stop the pools. Children running a task finish it (*wait*) or are killed; threads cannot be."""
