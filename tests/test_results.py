@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import threading
 import time
@@ -22,6 +23,7 @@ from amqptasks.result import GroupResult
 from amqptasks.results.backend import ResultBackend
 from amqptasks.results.exceptions import TaskError, exception_payload, rebuild
 from amqptasks.worker import request as request_context
+from amqptasks.worker.middleware import Middleware
 from tests.worker_helpers import YAML, make_app, run_worker
 
 pytestmark = pytest.mark.broker
@@ -201,6 +203,35 @@ def test_redis_backend_stores_the_result_with_its_expiry(vhost: BrokerURL, redis
     assert not client.exists(f"amqptasks-result-{ignored.id}")
     result.forget()
     assert not client.exists(key)
+
+
+def test_a_late_retry_state_never_replaces_the_outcome_of_the_retry(vhost: BrokerURL, redis_url: str) -> None:
+    import redis
+
+    # Given a task that fails once and is retried at once, and a middleware whose after_retry is slow: the
+    # retry has run (and stored SUCCESS) before the first run's after_retry hooks are over
+    class SlowAfterRetry(Middleware):
+        async def after_retry(self, delivery: Any, exc: BaseException | None, countdown: float) -> None:
+            await asyncio.sleep(0.5)
+
+    app = make_app(vhost, redis_yaml(redis_url))
+    runs: list[int] = []
+
+    @app.task(name="r.flaky", bind=True)
+    def flaky(self: Any) -> str:
+        runs.append(self.request.retries)
+        if len(runs) == 1:
+            raise self.retry(countdown=0)
+        return "done"
+
+    with worker_running(app, middleware=[SlowAfterRetry()]):
+        result = flaky.delay()
+        assert result.get(timeout=5) == "done"
+        time.sleep(1.0)  # the first run's hooks are over now
+    # Then the stored state is still the retry's SUCCESS, not RETRY
+    stored = json.loads(redis.Redis.from_url(redis_url).get(f"amqptasks-result-{result.id}") or b"{}")
+    assert stored.get("status") == "SUCCESS", stored
+    assert runs == [0, 1]
 
 
 def define_family(app: App) -> dict[str, Any]:

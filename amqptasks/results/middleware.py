@@ -88,7 +88,7 @@ class Results(Middleware):
         for errback in m.errbacks:
             await self._errback(errback, m, payload)
 
-    async def after_retry(self, delivery: Delivery, exc: BaseException | None, countdown: float) -> None:
+    async def before_retry(self, delivery: Delivery, exc: BaseException | None, countdown: float) -> None:
         payload = exception_payload(exc) if exc is not None else None
         await self._store(delivery, state_message(_id(delivery), RETRY, payload))
 

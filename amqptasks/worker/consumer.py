@@ -308,6 +308,7 @@ class Worker:
         if should_retry(options, exc, retries):
             explicit = exc.countdown if isinstance(exc, Retry) else None
             countdown = countdown_for(options, retries, explicit)
+            await self.hooks.run("before_retry", d, exc, countdown, reverse=True)
             try:
                 await self._publish_retry(d, countdown)
             except Exception as publish_error:  # could not publish the retry: requeue, never lose it

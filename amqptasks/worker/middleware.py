@@ -31,6 +31,10 @@ class Middleware:
     def after_failure(self, delivery: Delivery, exc: BaseException) -> Any:
         """The task raised and will not be retried; its message is dead-lettered after this."""
 
+    def before_retry(self, delivery: Delivery, exc: BaseException | None, countdown: float) -> Any:
+        """The task will be retried; its retry message is not published yet. What this records cannot arrive
+        after the retry's own outcome (the results middleware stores the RETRY state here)."""
+
     def after_retry(self, delivery: Delivery, exc: BaseException | None, countdown: float) -> Any:
         """A retry message was published (confirmed); the original is acknowledged after this."""
 
