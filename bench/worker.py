@@ -542,27 +542,17 @@ def run_table(bench: Bench, args: argparse.Namespace) -> int:
 #: (category, frame patterns): a main-thread sample goes to the first category with a frame in its stack,
 #: scanning from the innermost frame out; samples matching none are the event loop's own work.
 PROFILE_CATEGORIES: list[tuple[str, list[str]]] = [
-    ("ack: aio-pika/aiormq basic.ack, one socket send() per ack",
-     [r"IncomingMessage\.ack", r"Channel\.basic_ack", r"__send_and_drain", r"Connection\.__writer",
-      r"_SelectorSocketTransport\.write", r"StreamWriter\.write", r"ChannelFrame\.", r"Worker\._settle"]),
+    ("settle: queue the ack for the consumer thread, wake it", [r"Transport\.", r"Worker\._settle"]),
     ("decode: body and headers to TaskMessage (`from_amqp`)", [r"^from_amqp ", r"^decode \(", r"serialize"]),
     ("find_task: `Signature.bind` of the arguments", [r"^find_task ", r"check_arguments"]),
-    ("middleware: `call()`, 4 hooks a message x every middleware",
-     [r"^call \(.*middleware", r"RateLimits", r"TaskLog", r"SignalHooks", r"TaskHooks"]),
-    ("slot: `_slot()`, semaphore through 2 futures + `asyncio.wait`", [r"Worker\._slot"]),
-    ("executor hop, loop side: `run_in_executor`, future chaining, self-pipe read",
-     [r"Executor\.", r"run_in_executor", r"_read_from_self", r"_copy_future_state", r"_chain_future",
-      r"wrap_future", r"ThreadPoolExecutor"]),
+    ("middleware hooks", [r"Hooks\.run", r"RateLimits", r"TaskLog", r"SignalHooks", r"TaskHooks", r"Results\.",
+                          r"FailureRecords"]),
+    ("slot: `_slot()`", [r"Worker\._slot"]),
+    ("thread hop, loop side: submit, results delivered in batches, self-pipe read",
+     [r"Executor\.", r"TaskThreads\.", r"_read_from_self"]),
     ("request: `Request(...)`, headers copied", [r"Worker\._request"]),
     ("checks: redelivered / expired / early", [r"_redelivered_too_often", r"Worker\._expired", r"Worker\._early"]),
-    ("aio-pika: `IncomingMessage` (28 `__setattr__`) and its callback task",
-     [r"IncomingMessage\.__init__", r"Message\.__init__", r"Message\.__setattr__", r"^consumer \(.*queue\.py",
-      r"create_task \(.*tools\.py"]),
-    ("receive: socket reads, AMQP frame parsing (aiormq, pamqp)",
-     [r"Connection\.__reader", r"FrameReceiver", r"unmarshal", r"_read_ready", r"Channel\._reader",
-      r"_on_deliver_frame", r"_read_content", r"Channel\._get_frame", r"FrameGenerator", r"StreamReader",
-      r"data_received"]),
-    ("worker's own code: `_on_message`, `_process`, `_handle`, `_execute`", [r"Worker\.", r"Delivery"]),
+    ("worker's own code: `_on_batch`, `_process`, `_handle`, `_execute`", [r"Worker\.", r"Delivery"]),
 ]  # fmt: skip
 LOOP_CATEGORY = "event loop: epoll, running callbacks and task steps"
 STARTUP = re.compile(r"_find_and_load|provision|load_app|banner|plan_worker")
@@ -579,12 +569,14 @@ def breakdown(raw: Path, n: int, rate: int) -> str:
         if any(STARTUP.search(f) for f in frames):
             continue
         if "MainThread" not in frames[0]:
-            if any(re.search(r"\b(tick|noop) \(", f) for f in frames):
+            if "amqptasks-consumer" in frames[0]:
+                threads["consumer thread: pika socket reads, frame parsing, acks, waiting for the GIL"] += samples
+            elif any(re.search(r"\b(tick|noop) \(", f) for f in frames):
                 threads["task body: `noop()`, one `os.write`"] += samples
-            elif any(re.search(r"_write_to_self|call_soon_threadsafe|set_result", f) for f in frames):
-                threads["executor hop, thread side: completion wakes the loop (self-pipe write)"] += samples
-            elif any("_worker (" in f for f in frames):
-                threads["executor hop, thread side: waking up for work, waiting for the GIL"] += samples
+            elif any(re.search(r"_write_to_self|call_soon_threadsafe", f) for f in frames):
+                threads["task threads: a finished batch wakes the loop (self-pipe write)"] += samples
+            elif any("_serve (" in f and "threads.py" in f for f in frames):
+                threads["task threads: waking up for work, waiting for the GIL"] += samples
             else:
                 threads["other threads"] += samples
             continue
@@ -598,7 +590,7 @@ def breakdown(raw: Path, n: int, rate: int) -> str:
     us = 1e6 / rate / n
     total = sum(loop.values()) + sum(threads.values())
     lines = ["| where | µs per message | share |", "|---|---:|---:|"]
-    for title, counter in (("main thread (the asyncio loop)", loop), ("task threads", threads)):
+    for title, counter in (("main thread (the asyncio loop)", loop), ("other threads", threads)):
         for name, samples in counter.most_common():
             lines.append(f"| {name} | {samples * us:.0f} | {100 * samples / total:.0f} % |")
         lines.append(f"| **{title}, total** | **{sum(counter.values()) * us:.0f}** | "
