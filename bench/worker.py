@@ -266,7 +266,7 @@ def frameworks(tuned: str) -> list[Framework]:
     tuned_processes = int(tuned_args[tuned_args.index("--processes") + 1]) if "--processes" in tuned_args else 1
     celery = [str(BIN / "celery"), "-A", "worker_apps.celery_app", "worker", "-Q", QUEUE, "--loglevel", "warning"]
     return [
-        Framework(OURS, "defaults: 1 process, asyncio consumer, thread pool of 8 (concurrency 8), prefetch 32; "
+        Framework(OURS, "defaults: 1 process: pika consumer thread + asyncio loop, thread pool of 8 (concurrency 8), prefetch 32; "
                   "`--loglevel warning`", [*ours, *quiet], publish_amqptasks, 1, "the broker (delay tiers)",
                   is_ours=True),
         Framework(TUNED, f"`{tuned}`, otherwise defaults; `--loglevel warning`", [*ours, *tuned_args, *quiet],
@@ -634,7 +634,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="(d): the same for Celery and Dramatiq, if it must differ [--delayed]")  # fmt: skip
     parser.add_argument("--delayed-wait", type=float, default=120.0,
                         help="(d): at most this many seconds for the worker to take them in [120]")  # fmt: skip
-    parser.add_argument("--tuned", default="--processes 2 --prefetch 200",
+    parser.add_argument("--tuned", default="--processes 2 --prefetch 500",
                         help="amqptasks worker options of the tuned row [%(default)s]")  # fmt: skip
     parser.add_argument("--only", help="comma-separated frameworks to run, e.g. 'amqptasks,Dramatiq'")
     parser.add_argument("--skip", default="", help="comma-separated measurements to skip: drain,e2e,delayed")
