@@ -266,7 +266,7 @@ def frameworks(tuned: str) -> list[Framework]:
     tuned_processes = int(tuned_args[tuned_args.index("--processes") + 1]) if "--processes" in tuned_args else 1
     celery = [str(BIN / "celery"), "-A", "worker_apps.celery_app", "worker", "-Q", QUEUE, "--loglevel", "warning"]
     return [
-        Framework(OURS, "defaults: 1 process: pika consumer thread + asyncio loop, thread pool of 8 (concurrency 8), prefetch 32; "
+        Framework(OURS, "defaults: 1 process (pika consumer thread + asyncio loop), 8 task threads, prefetch 32; "
                   "`--loglevel warning`", [*ours, *quiet], publish_amqptasks, 1, "the broker (delay tiers)",
                   is_ours=True),
         Framework(TUNED, f"`{tuned}`, otherwise defaults; `--loglevel warning`", [*ours, *tuned_args, *quiet],
