@@ -120,17 +120,22 @@ def open_blocking(
         raise errors.ConnectionError(str(exc)) from None
     try:
         return pika.BlockingConnection(parameters)
-    except pika.exceptions.ProbableAuthenticationError:
-        raise errors.ConnectionError(
+    except (pika.exceptions.AMQPError, OSError) as exc:
+        raise connect_error(url, exc) from None
+
+
+def connect_error(url: BrokerURL, exc: BaseException) -> errors.ConnectionError:
+    """Why connecting to *url* failed, for a user: the masked URL, the cause, what to check."""
+    if isinstance(exc, pika.exceptions.ProbableAuthenticationError):
+        return errors.ConnectionError(
             f"cannot connect to {url.masked()}: authentication failed (check the user and password)"
-        ) from None
-    except pika.exceptions.ProbableAccessDeniedError:
-        raise errors.ConnectionError(
+        )
+    if isinstance(exc, pika.exceptions.ProbableAccessDeniedError):
+        return errors.ConnectionError(
             f"cannot connect to {url.masked()}: access to vhost {url.vhost!r} refused "
             f"(does it exist, and does user {url.username!r} have permissions on it?)"
-        ) from None
-    except (pika.exceptions.AMQPError, OSError) as exc:
-        raise errors.ConnectionError(f"cannot connect to {url.masked()}: {_describe(exc)} ({_CONNECT_HINT})") from None
+        )
+    return errors.ConnectionError(f"cannot connect to {url.masked()}: {_describe(exc)} ({_CONNECT_HINT})")
 
 
 def _describe(exc: BaseException) -> str:

@@ -17,7 +17,7 @@ import asyncio
 import functools
 import inspect
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from amqptasks.errors import Reject, TaskExpired, TaskRevoked
@@ -60,15 +60,25 @@ class Results(Middleware):
 
     # --- hooks -------------------------------------------------------------------------------------------
 
-    async def before_execute(self, delivery: Delivery) -> None:
+    # before_execute and after_success run for every message: they return a coroutine only when there is
+    # something to store or publish, so the usual message (no backend, no workflow) costs no coroutine.
+
+    def before_execute(self, delivery: Delivery) -> Awaitable[None] | None:
         lineage.begin(_id(delivery))
         if delivery.task is not None and delivery.task.options.track_started:
-            await self._store(delivery, state_message(_id(delivery), STARTED))
+            return self._store(delivery, state_message(_id(delivery), STARTED))
+        return None
 
-    async def after_success(self, delivery: Delivery, result: Any) -> None:
+    def after_success(self, delivery: Delivery, result: Any) -> Awaitable[None] | None:
         m = delivery.message
         if m is None:
-            return
+            return None
+        if not (m.callbacks or m.chain or m.chord) and (self.app.result_backend is None or m.ignore_result):
+            lineage.take(m.id)
+            return None
+        return self._succeeded(delivery, m, result)
+
+    async def _succeeded(self, delivery: Delivery, m: TaskMessage, result: Any) -> None:
         steps = self._next_steps(m)
         children = lineage.take(m.id) + [_result_tuple(step) for step, _ in steps]
         meta = state_message(m.id, SUCCESS, result, children=children)

@@ -1,15 +1,20 @@
-"""The worker's line to RabbitMQ: a pika connection in its own thread, feeding the worker's event loop.
+"""The worker's line to RabbitMQ: pika's asyncio adapter, on the worker's own event loop.
 
 Why not aio-pika here: profiled, aiormq's frame parsing plus one asyncio task and one socket write per
-delivery and per ack cost the worker more than its tasks did. pika's parser is about half as expensive,
-and running it in a thread lets it overlap the loop's work. Two more savings come from batching:
+delivery and per ack cost the worker more than its tasks did (about 100 µs a message). pika parses a
+delivery in about 25 µs. It runs on the worker's loop rather than in a thread of its own: a consumer thread
+was tried, and waiting for the GIL after every hand-off between the two threads cost as much again.
 
-- deliveries reach the loop in batches, one wake-up per socket read, not one per message;
-- acknowledgements are coalesced: a run of settled delivery tags with no gap below it is acknowledged with
-  one ``basic.ack(multiple=True)``. An ack above a gap (a slow task still holds a lower tag) waits at most
-  :data:`ACK_HOLD_S`, then goes alone. Rejects and requeues are sent at once, before any ack that covers them.
+Two more savings come from batching:
 
-Connection or channel lost: the thread reconnects with backoff, checks the queues again and re-consumes.
+- deliveries reach the worker in batches, one call per turn of the loop;
+- acknowledgements are coalesced: they wait up to :data:`ACK_BATCH_S` (or until a quarter of the prefetch is
+  waiting), then a run of settled delivery tags with no gap below it is acknowledged with one
+  ``basic.ack(multiple=True)``. An ack above a gap (a slow task still holds a
+  lower tag) waits at most :data:`ACK_HOLD_S`, then goes alone. Rejects and requeues are sent at once,
+  before any ack that covers them.
+
+Connection or channel lost: the transport reconnects with backoff, checks the queues again and re-consumes.
 The deliveries of the old channel are *stale*: the broker has requeued them, so the worker must neither run
 them (if not started) nor try to settle them (:meth:`Transport.is_stale`).
 """
@@ -17,21 +22,19 @@ them (if not started) nor try to settle them (:meth:`Transport.is_stale`).
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
-import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import pika
+import pika.channel
 import pika.exceptions
-from pika.adapters.blocking_connection import BlockingChannel
+from pika.adapters.asyncio_connection import AsyncioConnection
 
 from amqptasks.broker import pika_floats  # noqa: F401  (float headers)
-from amqptasks.broker.connection import open_blocking, tls_options
+from amqptasks.broker.connection import connect_error, pika_parameters, tls_options
 from amqptasks.broker.url import BrokerURL
 from amqptasks.config.model import Broker
 from amqptasks.errors import AmqpTasksError
@@ -40,9 +43,13 @@ log = logging.getLogger("amqptasks.worker")
 
 #: An acknowledgement above a gap waits for the gap to close at most this long before it is sent alone.
 ACK_HOLD_S = 0.2
-#: How long the thread waits for socket events before it looks at timers, held acks and shutdown.
-TICK_S = 0.05
+#: Acks are sent at most this long after their task finished (sooner once a quarter of the prefetch waits).
+ACK_BATCH_S = 0.005
 RECONNECT_MIN_S, RECONNECT_MAX_S = 0.5, 5.0
+#: How long one step of connecting (open, channel, declare, consume) may take.
+STEP_TIMEOUT_S = 30.0
+
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -65,8 +72,12 @@ class Incoming:
     channel: int
 
 
+class _Lost(Exception):
+    """The channel or connection closed while connecting."""
+
+
 class Transport:
-    """Consumes *queues* with *prefetch*; hands batches of :class:`Incoming` to *on_batch* on *loop*."""
+    """Consumes *queues* with *prefetch*; hands batches of :class:`Incoming` to *on_batch*, on *loop*."""
 
     def __init__(
         self,
@@ -78,147 +89,133 @@ class Transport:
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         self.broker, self.name, self.queues, self.prefetch = broker, name, list(queues), prefetch
+        self._url = BrokerURL.parse(broker.url)
         self._on_batch, self._loop = on_batch, loop
-        self._connection: pika.BlockingConnection | None = None
-        self._channel: BlockingChannel | None = None
+        self._connection: AsyncioConnection | None = None
+        self._channel: pika.channel.Channel | None = None
         self._channel_id = 0
         self._consumer_tags: list[str] = []
         self._batch: list[Incoming] = []
-        # Settlements from the loop: (how, tag, channel). deque.append/popleft are atomic under the GIL.
-        self._ops: collections.deque[tuple[str, int, int]] = collections.deque()
+        self._hand_over_scheduled = False
+        # Settlements not sent yet: (how, tag, channel).
+        self._ops: list[tuple[str, int, int]] = []
         self._flush_scheduled = False
-        self._wake_scheduled = False
-        self._wake_after = max(1, prefetch // 4)
+        self._hold_timer: asyncio.TimerHandle | None = None
+        self._batch_timer: asyncio.TimerHandle | None = None
+        self._flush_after = max(1, prefetch // 4)  # this many settlements waiting: send them now
         self._floor = 0  # every tag up to here is settled on the broker
         self._done: set[int] = set()  # settled tags above the floor (their ack may still be held)
         self._held: dict[int, float] = {}  # acks not sent yet: tag -> when it was settled
         self._consuming = True
         self._closing = False
         self.connected = False
-        self._thread: threading.Thread | None = None
-        self._closed_event = threading.Event()  # ends a reconnect's wait early on close
-        self._ready: asyncio.Future[None] = loop.create_future()
-        self._stopped: asyncio.Future[None] = loop.create_future()
+        self._pending: set[asyncio.Future[Any]] = set()  # steps in progress: failed when the channel is lost
+        self._reconnecting: asyncio.Task[None] | None = None
+        self._closed_future: asyncio.Future[None] | None = None
+        self._started = False  # reconnecting starts after the first success: a failed start() just raises
 
-    # --- called on the loop -----------------------------------------------------------------------------
+    # --- the worker's side --------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Connect and consume; raises on a missing queue or an unreachable broker, as the first attempt found."""
-        self._thread = threading.Thread(target=self._run, name="amqptasks-consumer", daemon=True)
-        self._thread.start()
-        await self._ready
+        """Connect and consume; raises on a missing queue or an unreachable broker."""
+        await self._connect()
+        self._started = True
 
     def is_stale(self, incoming: Incoming) -> bool:
         """Its channel is gone: the broker has requeued it and will deliver it again."""
         return incoming.channel != self._channel_id or not self.connected
 
     def settle(self, incoming: Incoming, how: str) -> None:
-        """ "ack", "reject" (dead-letter) or "requeue"; sent from the connection's thread soon after.
-
-        Waking that thread costs a pipe write and a GIL hand-off. So acks wait for its next turn (after its
-        next socket read, or :data:`TICK_S`) until a quarter of the prefetch is waiting, which keeps the broker
-        sending; then it is woken, once per turn of the event loop. Rejects and requeues wake it at once.
-        """
+        """ "ack", "reject" (dead-letter) or "requeue"; sent at the end of this turn of the loop."""
         self._ops.append((how, incoming.delivery_tag, incoming.channel))
-        if len(self._ops) < self._wake_after and how == "ack":
-            return  # the thread's next turn (at most TICK_S away) sends it; the broker still has work in flight
-        if not self._wake_scheduled:
-            self._wake_scheduled = True
-            self._loop.call_soon(self._wake)
-
-    def _wake(self) -> None:
-        self._wake_scheduled = False
         if self._flush_scheduled:
             return
+        if how == "ack" and len(self._ops) < self._flush_after:
+            # Each send is a system call and a GIL hand-off: acks wait up to ACK_BATCH_S to share one frame.
+            if self._batch_timer is None:
+                self._batch_timer = self._loop.call_later(ACK_BATCH_S, self._flush)
+            return
         self._flush_scheduled = True
-        connection = self._connection
-        try:
-            if connection is not None:
-                connection.add_callback_threadsafe(self._flush)
-        except pika.exceptions.ConnectionWrongStateError:  # reconnecting: flushed (or dropped) after it
-            pass
+        self._loop.call_soon(self._flush)
 
     async def cancel(self) -> None:
         """Stop consuming: the broker sends nothing more; deliveries already here stay in the worker's hands."""
         self._consuming = False
-        done = self._loop.create_future()
-        connection = self._connection
-        if connection is None or not self.connected:
+        channel, tags, self._consumer_tags = self._channel, self._consumer_tags, []
+        if channel is None or not channel.is_open:
             return
         try:
-            connection.add_callback_threadsafe(lambda: self._cancel_consumers(done))
-        except pika.exceptions.ConnectionWrongStateError:
-            return
-        try:
-            await asyncio.wait_for(asyncio.shield(done), 5.0)
-        except TimeoutError:
-            log.warning("cancelling the consumers took too long; closing anyway")
+            for tag in tags:
+                await self._step(lambda done, tag=tag: channel.basic_cancel(tag, callback=done))  # type: ignore[misc]
+        except (_Lost, TimeoutError, pika.exceptions.AMQPError):
+            log.debug("cancelling the consumers failed; the connection is going anyway", exc_info=True)
+        self._hand_over()
 
     async def close(self) -> None:
         """Send every settlement still held, then close the connection (the broker requeues the rest)."""
         self._closing = True
-        self._closed_event.set()
-        if self._thread is None:
-            return
+        if self._reconnecting is not None:
+            self._reconnecting.cancel()
+        self._flush(final=True)
         connection = self._connection
-        try:
-            if connection is not None:
-                connection.add_callback_threadsafe(lambda: None)  # wake the thread up
-        except pika.exceptions.ConnectionWrongStateError:
-            pass
-        await asyncio.wait({self._stopped}, timeout=10.0)
+        if connection is None or connection.is_closed:
+            return
+        closed = self._closed_future = self._loop.create_future()
+        with contextlib.suppress(pika.exceptions.ConnectionWrongStateError):
+            connection.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(closed, 10.0)
 
-    # --- the connection's thread -----------------------------------------------------------------------
+    # --- connecting -----------------------------------------------------------------------------------------
 
-    def _run(self) -> None:
-        attempt, first = 0, True
-        try:
-            while not self._closing:
-                try:
-                    self._connect()
-                    if first:
-                        first = False
-                        self._loop.call_soon_threadsafe(_set, self._ready, None)
-                    attempt = 0
-                    self._serve()
-                except (AmqpTasksError, pika.exceptions.AMQPError, OSError) as exc:
-                    if first:  # start() raises it: a wrong queue name or URL is the user's to fix
-                        error = exc if isinstance(exc, AmqpTasksError) else AmqpTasksError(_describe(exc))
-                        self._loop.call_soon_threadsafe(_set, self._ready, error)
-                        return
-                    if not self._closing:
-                        log.warning("connection to the broker lost (%s); reconnecting", _describe(exc))
-                finally:
-                    self._disconnect()
-                if not self._closing:
-                    self._closed_event.wait(min(RECONNECT_MAX_S, RECONNECT_MIN_S * 2**attempt))
-                    attempt += 1
-        finally:
-            with contextlib.suppress(RuntimeError):  # the loop is closed already (interpreter exit)
-                self._loop.call_soon_threadsafe(_set, self._stopped, None)
-
-    def _connect(self) -> None:
-        url = BrokerURL.parse(self.broker.url)
-        self._connection = open_blocking(
-            url, heartbeat=self.broker.heartbeat, connection_name=self.name, tls=tls_options(self.broker)
+    async def _connect(self) -> None:
+        parameters = pika_parameters(
+            self._url, heartbeat=self.broker.heartbeat, connection_name=self.name, tls=tls_options(self.broker)
         )
-        self._open_channel()
+        opened: asyncio.Future[AsyncioConnection] = self._loop.create_future()
 
-    def _open_channel(self) -> None:
-        assert self._connection is not None
-        channel = self._connection.channel()
-        channel.basic_qos(prefetch_count=self.prefetch)
+        def on_error(_connection: Any, error: BaseException | str) -> None:
+            if not opened.done():
+                exc = error if isinstance(error, BaseException) else pika.exceptions.AMQPConnectionError(error)
+                exc = (getattr(exc, "exceptions", None) or [exc])[-1]  # a workflow failure holds its attempts
+                opened.set_exception(connect_error(self._url, exc))
+
+        self._connection = AsyncioConnection(
+            parameters,
+            on_open_callback=lambda c: _resolve(opened, c),
+            on_open_error_callback=on_error,
+            on_close_callback=self._on_connection_closed,
+            custom_ioloop=self._loop,
+        )
+        try:
+            await asyncio.wait_for(asyncio.shield(opened), STEP_TIMEOUT_S)
+            await self._open_channel()
+        except BaseException:
+            connection, self._connection = self._connection, None
+            if connection is not None and connection.is_open:
+                with contextlib.suppress(pika.exceptions.AMQPError):
+                    connection.close()
+            raise
+
+    async def _open_channel(self) -> None:
+        connection = self._connection
+        assert connection is not None
+        channel: pika.channel.Channel = await self._step(lambda done: connection.channel(on_open_callback=done))
+        channel.add_on_close_callback(self._on_channel_closed)
+        self._channel = channel
+        await self._step(lambda done: channel.basic_qos(prefetch_count=self.prefetch, callback=done))
         for queue in self.queues:
             try:
-                channel.queue_declare(queue, passive=True)
-            except pika.exceptions.ChannelClosedByBroker:
-                raise AmqpTasksError(
-                    f"queue {queue!r} does not exist on the broker; declare it in the YAML and run "
-                    "'amqptasks topology apply', or check the -Q names"
-                ) from None
+                await self._step(lambda done, q=queue: channel.queue_declare(q, passive=True, callback=done))  # type: ignore[misc]
+            except _Lost as lost:
+                if "404" in str(lost) or "NOT_FOUND" in str(lost):
+                    raise AmqpTasksError(
+                        f"queue {queue!r} does not exist on the broker; declare it in the YAML and run "
+                        "'amqptasks topology apply', or check the -Q names"
+                    ) from None
+                raise
         self._channel_id += 1
-        self._floor, self._done, self._held = 0, set(), {}
-        self._channel = channel
+        self._floor, self._done, self._held, self._ops = 0, set(), {}, []
         self._consumer_tags = []
         if self._consuming:
             for queue in self.queues:
@@ -226,48 +223,107 @@ class Transport:
                 self._consumer_tags.append(channel.basic_consume(queue, callback))
         self.connected = True
 
+    async def _step(self, call: Callable[[Callable[..., None]], Any]) -> Any:
+        """One asynchronous pika call: its callback's argument, or :class:`_Lost` if the channel goes first."""
+        future: asyncio.Future[Any] = self._loop.create_future()
+        self._pending.add(future)
+        try:
+            call(lambda result=None: _resolve(future, result))
+            return await asyncio.wait_for(future, STEP_TIMEOUT_S)
+        finally:
+            self._pending.discard(future)
+
+    def _fail_pending(self, reason: BaseException | str) -> None:
+        for future in list(self._pending):
+            if not future.done():
+                future.set_exception(_Lost(str(reason)))
+
+    def _on_channel_closed(self, channel: pika.channel.Channel, reason: BaseException) -> None:
+        self._fail_pending(reason)
+        if channel is not self._channel:
+            return
+        self.connected = False
+        self._channel = None
+        if self._closing or not self._started or self._connection is None or not self._connection.is_open:
+            return
+        # Closed by the broker (e.g. consumer_timeout's PRECONDITION_FAILED); it requeued its deliveries.
+        log.warning("the consuming channel was closed by the broker (%s); reopening it", reason)
+        self._start_reconnecting(channel_only=True)
+
+    def _on_connection_closed(self, _connection: Any, reason: BaseException) -> None:
+        self._fail_pending(reason)
+        self.connected = False
+        self._channel = None
+        if self._closed_future is not None and not self._closed_future.done():
+            self._closed_future.set_result(None)
+        if self._closing or not self._started or _connection is not self._connection:
+            return
+        self._connection = None
+        log.warning("connection to the broker lost (%s); reconnecting", reason)
+        self._start_reconnecting(channel_only=False)
+
+    def _start_reconnecting(self, *, channel_only: bool) -> None:
+        if self._reconnecting is None or self._reconnecting.done():
+            self._reconnecting = self._loop.create_task(self._reconnect(channel_only))
+
+    async def _reconnect(self, channel_only: bool) -> None:
+        attempt = 0
+        while not self._closing:
+            try:
+                connection = self._connection
+                if channel_only and connection is not None and connection.is_open:
+                    await self._open_channel()
+                else:
+                    self._connection = None  # its close callback then finds it is not the current one
+                    if connection is not None and connection.is_open:
+                        with contextlib.suppress(pika.exceptions.AMQPError):
+                            connection.close()
+                    await self._connect()
+                log.info("consuming %s again", ", ".join(self.queues))
+                return
+            except (AmqpTasksError, _Lost, TimeoutError, pika.exceptions.AMQPError, OSError) as exc:
+                log.warning("reconnecting failed (%s); trying again", exc)
+                channel_only = False
+            await asyncio.sleep(min(RECONNECT_MAX_S, RECONNECT_MIN_S * 2**attempt))
+            attempt += 1
+
+    # --- deliveries and settlements ---------------------------------------------------------------------------
+
     def _make_callback(self, queue: str, channel_id: int) -> Callable[..., None]:
         batch = self._batch
 
         def on_message(
-            _ch: BlockingChannel, method: Any, properties: pika.BasicProperties, body: bytes
+            _ch: pika.channel.Channel, method: Any, properties: pika.BasicProperties, body: bytes
         ) -> None:  # fmt: skip
             batch.append(Incoming(
                 body, properties.headers, properties.content_type, properties.content_encoding,
                 properties.correlation_id, properties.reply_to, properties.priority, bool(method.redelivered),
                 method.exchange or "", method.routing_key or "", method.delivery_tag, queue, channel_id,
             ))  # fmt: skip
+            if not self._hand_over_scheduled:
+                self._hand_over_scheduled = True
+                self._loop.call_soon(self._hand_over)
 
         return on_message
 
-    def _serve(self) -> None:
-        assert self._connection is not None
-        while not self._closing:
-            self._connection.process_data_events(time_limit=TICK_S)
-            self._hand_over()
-            self._flush()
-            if self._channel is None or self._channel.is_closed:
-                # Closed by the broker (e.g. consumer_timeout's PRECONDITION_FAILED); it requeued its deliveries.
-                log.warning("the consuming channel was closed by the broker; reopening it")
-                self.connected = False
-                self._open_channel()
-        self._flush(final=True)
-
     def _hand_over(self) -> None:
+        self._hand_over_scheduled = False
         if self._batch:
             batch = self._batch[:]
             self._batch.clear()  # the same list object: the consumer callbacks append to it
-            self._loop.call_soon_threadsafe(self._on_batch, batch)
+            self._on_batch(batch)
 
     def _flush(self, final: bool = False) -> None:
         self._flush_scheduled = False
+        if self._batch_timer is not None:
+            self._batch_timer.cancel()
+            self._batch_timer = None
         channel, current = self._channel, self._channel_id
-        if channel is None or channel.is_closed:
-            self._ops.clear()
-            return
-        now = time.monotonic()
-        while self._ops:
-            how, tag, channel_id = self._ops.popleft()
+        ops, self._ops = self._ops, []
+        if channel is None or not channel.is_open:
+            return  # the broker requeued them with the channel
+        now = self._loop.time()
+        for how, tag, channel_id in ops:
             if channel_id != current or tag <= self._floor or tag in self._done:
                 continue  # an old channel's delivery (already requeued by the broker), or settled already
             self._done.add(tag)
@@ -294,37 +350,10 @@ class Transport:
             if final or now - since >= ACK_HOLD_S:
                 channel.basic_ack(tag)
                 del self._held[tag]
-
-    def _cancel_consumers(self, done: asyncio.Future[None]) -> None:
-        try:
-            if self._channel is not None and self._channel.is_open:
-                for tag in self._consumer_tags:
-                    self._channel.basic_cancel(tag)
-            self._consumer_tags = []
-            self._hand_over()
-        finally:
-            self._loop.call_soon_threadsafe(_set, done, None)
-
-    def _disconnect(self) -> None:
-        self.connected = False
-        connection, self._connection, self._channel = self._connection, None, None
-        self._batch.clear()  # never handed over: the broker requeues them with the channel
-        if connection is not None and connection.is_open:
-            try:
-                connection.close()
-            except Exception:  # already half gone
-                log.debug("closing the consumer connection failed", exc_info=True)
+        if self._held and (self._hold_timer is None or self._hold_timer.when() <= now):
+            self._hold_timer = self._loop.call_later(ACK_HOLD_S, self._flush)
 
 
-def _set(future: asyncio.Future[None], result: BaseException | None) -> None:
-    if future.done():
-        return
-    if result is None:
-        future.set_result(None)
-    else:
-        future.set_exception(result)
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc) or repr(exc)
-    return f"{type(exc).__name__}: {text}" if type(exc).__name__ not in text else text
+def _resolve(future: asyncio.Future[Any], result: Any) -> None:
+    if not future.done():
+        future.set_result(result)
