@@ -266,7 +266,7 @@ def frameworks(tuned: str) -> list[Framework]:
     tuned_processes = int(tuned_args[tuned_args.index("--processes") + 1]) if "--processes" in tuned_args else 1
     celery = [str(BIN / "celery"), "-A", "worker_apps.celery_app", "worker", "-Q", QUEUE, "--loglevel", "warning"]
     return [
-        Framework(OURS, "defaults: 1 process (pika consumer thread + asyncio loop), 8 task threads, prefetch 32; "
+        Framework(OURS, "defaults: 1 process (pika on an asyncio loop), 8 task threads, prefetch 32; "
                   "`--loglevel warning`", [*ours, *quiet], publish_amqptasks, 1, "the broker (delay tiers)",
                   is_ours=True),
         Framework(TUNED, f"`{tuned}`, otherwise defaults; `--loglevel warning`", [*ours, *tuned_args, *quiet],
@@ -542,7 +542,10 @@ def run_table(bench: Bench, args: argparse.Namespace) -> int:
 #: (category, frame patterns): a main-thread sample goes to the first category with a frame in its stack,
 #: scanning from the innermost frame out; samples matching none are the event loop's own work.
 PROFILE_CATEGORIES: list[tuple[str, list[str]]] = [
-    ("settle: queue the ack for the consumer thread, wake it", [r"Transport\.", r"Worker\._settle"]),
+    ("send: acks (batched), socket writes", [r"_on_socket_writable", r"_produce \(", r"Transport\._flush",
+                                             r"Worker\._settle"]),
+    ("receive: socket reads, AMQP frame parsing (pika)", [r"_on_socket_readable", r"_proto_data_received",
+                                                         r"Transport\._hand_over", r"on_message \(.*transport"]),
     ("decode: body and headers to TaskMessage (`from_amqp`)", [r"^from_amqp ", r"^decode \(", r"serialize"]),
     ("find_task: `Signature.bind` of the arguments", [r"^find_task ", r"check_arguments"]),
     ("middleware hooks", [r"Hooks\.run", r"RateLimits", r"TaskLog", r"SignalHooks", r"TaskHooks", r"Results\.",
