@@ -72,3 +72,9 @@ CONTROL_EXCHANGE = "amqptasks.control"
 CONTROL_QUEUE_PREFIX = "amqptasks.control."
 #: RabbitMQ's direct reply-to pseudo-queue: replies need no queue of their own.
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
+#: Stored revocations (``amqptasks control revoke``): a stream each revoke appends ``{"task_id", "time"}`` to and
+#: every worker reads from its first record at start, so a worker started after a revoke still knows it.
+#: Records older than the worker's revoked-ids TTL (3 h) are skipped; x-max-age lets the broker drop them
+#: (whole segments only, hence the small segment size). Never pruned by ``topology apply --prune``.
+REVOKED_STREAM = "amqptasks.revoked"
+REVOKED_STREAM_ARGUMENTS = {"x-queue-type": "stream", "x-max-age": "3h", "x-stream-max-segment-size-bytes": 8_000_000}

@@ -114,10 +114,11 @@ class AsyncResult:
             self.backend.forget(self.id)
 
     def revoke(self, terminate: bool = False, *, timeout: float = 1.0) -> list[dict[str, Any]]:
-        """Tell running workers never to run this task (and to stop it if it runs, with *terminate*).
+        """Tell workers never to run this task (and to stop it if it runs, with *terminate*).
 
         A revoked task still queued or waiting in the delay tiers is acknowledged without running when it
-        arrives. Workers started later do not learn of it. Returns the workers' replies.
+        arrives. The revocation is stored on the broker (the ``amqptasks.revoked`` stream) for 3 hours, so
+        workers started later honour it too. Returns the replies of the workers running now.
         """
         if self.app is None:
             raise RuntimeError(f"AsyncResult {self.id} has no app; use amqptasks.control.revoke(app, id)")

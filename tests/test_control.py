@@ -27,9 +27,13 @@ YAML_RPC = YAML + "results: {backend: 'rpc://'}\n"
 
 
 @contextmanager
-def running_worker(app: App, queues: tuple[str, ...] = ("work",), **settings: Any) -> Iterator[Worker]:
+def running_worker(
+    app: App, queues: tuple[str, ...] = ("work",), *, revoked_ttl: float | None = None, **settings: Any
+) -> Iterator[Worker]:
     """A worker consuming in a background thread (its own event loop), until the block ends."""
     worker = Worker(app, WorkerSettings(queues=list(queues), **settings))
+    if revoked_ttl is not None:
+        worker.control.revoked.ttl = revoked_ttl
     loops: list[asyncio.AbstractEventLoop] = []
     failures: list[BaseException] = []
     up = threading.Event()
@@ -266,3 +270,82 @@ def test_control_rate_limit_changes_a_task_rate_in_the_running_worker(vhost: Bro
     assert changed.code == 0 and "rate limit of m.api set to 5/s" in changed.stdout, changed
     assert starts[-1] - starts[0] >= 0.55
     assert "must look like" in bad[0]["error"]
+
+
+# --- revocations stored on the broker: workers started after the revoke ------------------------------------
+
+
+def test_task_revoked_while_no_worker_runs_is_not_run_by_a_worker_started_afterwards(
+    vhost: BrokerURL, channel: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given two tasks waiting in their queue, with the rpc result backend, and no worker running
+    app = make_app(vhost, YAML_RPC)
+    ran: list[int] = []
+
+    @app.task(name="m.job")
+    def job(n: int) -> None:
+        ran.append(n)
+
+    revoked, kept = job.delay(1), job.delay(2)
+    wait_until(lambda: ready(channel, "work") == 2, what="both tasks in the queue")
+    # When the first is revoked (no worker answers), then a worker starts
+    replies = revoked.revoke(timeout=0.3)
+    caplog.set_level(logging.INFO, logger="amqptasks.worker")
+    with running_worker(app):
+        wait_until(lambda: ran == [2], what="the other task")
+        wait_until(lambda: "revoked: acknowledged" in caplog.text, what="the revoked task to be acknowledged")
+        # Then the caller sees REVOKED, the other task ran, and both messages are acknowledged (not dead-lettered)
+        with pytest.raises(TaskRevoked):
+            revoked.get(timeout=5)
+        kept.get(timeout=5)
+    assert replies == []
+    assert ran == [2]
+    assert f"m.job[{revoked.id}] revoked: acknowledged, not run" in caplog.text
+    assert ready(channel, "work") == 0 and ready(channel, "work.dlq") == 0
+
+
+def test_countdown_task_revoked_before_a_worker_starts_never_runs_when_due(
+    vhost: BrokerURL, channel: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a task sent with a 2 s countdown, revoked while no worker runs
+    app = make_app(vhost)
+    ran: list[int] = []
+
+    @app.task(name="m.later")
+    def later(n: int) -> None:
+        ran.append(n)
+
+    result = later.apply_async((1,), countdown=2)
+    result.revoke(timeout=0.2)
+    caplog.set_level(logging.INFO, logger="amqptasks.worker")
+    # When a worker starts afterwards and the task falls due
+    with running_worker(app):
+        wait_until(lambda: "revoked: acknowledged" in caplog.text, timeout=10, what="the revoked task to arrive")
+        later.delay(2)  # another task still runs
+        wait_until(lambda: ran == [2], what="the other task")
+    # Then it was acknowledged without running
+    assert ran == [2]
+    assert f"m.later[{result.id}] revoked: acknowledged, not run" in caplog.text
+    assert ready(channel, "work") == 0 and ready(channel, "work.dlq") == 0
+
+
+def test_stored_revocations_older_than_the_revoked_ttl_are_not_applied(vhost: BrokerURL, channel: Any) -> None:
+    # Given a task revoked 2 s ago, and another revoked just now, both still queued, and no worker running
+    app = make_app(vhost)
+    ran: list[int] = []
+
+    @app.task(name="m.job")
+    def job(n: int) -> None:
+        ran.append(n)
+
+    old, recent = job.delay(1), job.delay(2)
+    old.revoke(timeout=0)
+    time.sleep(2)
+    recent.revoke(timeout=0)
+    # When a worker that keeps revoked ids for 1.5 s starts
+    with running_worker(app, revoked_ttl=1.5):
+        job.delay(3)
+        wait_until(lambda: sorted(ran) == [1, 3], what="the old revoked task and the last one")
+    # Then the revocation older than that was not applied: that task ran; the recent one did not
+    assert sorted(ran) == [1, 3]
+    assert ready(channel, "work") == 0 and ready(channel, "work.dlq") == 0

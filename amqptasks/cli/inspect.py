@@ -96,6 +96,7 @@ def rate_limit_command(
 def revoke_command(
     task_id: str, terminate: bool, config_path: str | None, broker_url: str | None, timeout: float, as_json: bool
 ) -> None:
-    """Never run TASK_ID in the workers running now (a worker started later does not know it)."""
+    """Never run TASK_ID: the workers running now are told, and the revocation is stored on the broker for 3 hours
+    so that workers started later honour it too."""
     arguments = {"task_id": task_id, "terminate": terminate}
     _show(broadcast(load(config_path, broker_url), "revoke", arguments, timeout=timeout), as_json)

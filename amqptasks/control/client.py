@@ -2,6 +2,8 @@
 
 Replies come back over RabbitMQ's direct reply-to: the sender consumes ``amq.rabbitmq.reply-to`` (no-ack)
 *before* publishing, on the same channel, so no queue is declared and a reply cannot arrive unheard.
+
+A ``revoke`` is also stored (control/stored.py) before it is broadcast, so that workers started later know it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import pika
 
 from amqptasks.config.model import Config
 from amqptasks.constants import CONTROL_EXCHANGE, DIRECT_REPLY_TO
+from amqptasks.control import stored
 from amqptasks.topology.live import connect
 
 
@@ -24,8 +27,11 @@ def broadcast(
 ) -> list[dict[str, Any]]:
     """Send *command* to every running worker; the replies that arrive within *timeout* seconds, in arrival order.
 
-    Each reply is ``{"hostname": ..., "ok": ...}`` or ``{"hostname": ..., "error": ...}``.
+    Each reply is ``{"hostname": ..., "ok": ...}`` or ``{"hostname": ..., "error": ...}``. A ``revoke`` is
+    stored on the broker first (raising :class:`~amqptasks.errors.PublishError`, nothing sent, if it cannot be).
     """
+    if command == "revoke":
+        stored.store(config, str((arguments or {})["task_id"]))
     connection = connect(config.broker, f"control {command}")
     try:
         channel = connection.channel()
@@ -58,9 +64,11 @@ def broadcast(
 
 
 def revoke(config: Config, task_id: str, *, terminate: bool = False, timeout: float = 1.0) -> list[dict[str, Any]]:
-    """Tell every running worker to never run *task_id* (and, with *terminate*, to stop it if it runs now).
+    """Never run *task_id* (and, with *terminate*, stop it in the worker running it now); the running workers' replies.
 
-    Only workers running now learn it: a worker started later does not (revocations are not stored).
+    The revocation is stored on the broker (the ``amqptasks.revoked`` stream) and broadcast: a worker started later
+    reads it back when it starts. Every worker honours it for 3 hours from now (as Celery), so a task still queued
+    or delayed past that runs. No reply means no worker runs now, not that the revoke was lost.
     """
     return broadcast(config, "revoke", {"task_id": task_id, "terminate": terminate}, timeout=timeout)
 

@@ -4,9 +4,12 @@ Each worker consumes its own exclusive, auto-delete queue bound to the ``amqptas
 answers on the command's ``reply_to`` (direct reply-to) with ``{"hostname", "id", "ok" | "error"}``.
 
 ``revoke`` remembers the id (:class:`RevokedIds`): a revoked message is acknowledged and never run when it
-arrives. With ``terminate``, a running task is stopped and its message acknowledged, its state REVOKED: an
-``async def`` task is cancelled; a processes-pool child running it is killed (and replaced); a thread gets
-``Terminated`` raised in it, at its next Python bytecode (not while it is blocked in C, e.g. in ``time.sleep``).
+arrives. Revocations are also stored on the broker (control/stored.py): at start, before answering commands, a
+worker reads back those of the last 3 hours, and it keeps reading them while it runs.
+
+With ``terminate``, a running task is stopped and its message acknowledged, its state REVOKED: an ``async def``
+task is cancelled; a processes-pool child running it is killed (and replaced); a thread gets ``Terminated`` raised
+in it, at its next Python bytecode (not while it is blocked in C, e.g. in ``time.sleep``).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import aio_pika.abc
 
 from amqptasks.constants import CONTROL_EXCHANGE, CONTROL_QUEUE_PREFIX
 from amqptasks.control.revoked import RevokedIds
+from amqptasks.control.stored import StoredRevocations
 from amqptasks.monitor.events import TaskEvents
 from amqptasks.monitor.metrics import Metrics
 from amqptasks.tasks.options import parse_rate
@@ -44,6 +48,8 @@ class WorkerControl:
         self.events = TaskEvents(worker.settings.hostname) if worker.settings.events else None
         self.metrics = Metrics(worker) if worker.settings.metrics_port is not None else None
         self._channel: aio_pika.abc.AbstractChannel | None = None
+        name = worker.app.config.broker.connection_name or f"amqptasks worker {worker.settings.hostname}"
+        self.stored = StoredRevocations(worker.app.config, f"{name} (revocations)", self._on_stored_revocation)
 
     def middleware(self) -> list[Middleware]:
         return [m for m in (self.events, self.metrics) if m is not None]
@@ -52,6 +58,9 @@ class WorkerControl:
         return task_id in self.revoked
 
     async def start(self, connection: aio_pika.abc.AbstractRobustConnection) -> None:
+        # First: a message checked against revoked ids must find every revocation already stored. On a connection
+        # of its own, which a RabbitMQ 3.10 stream bug may close (see control/stored.py).
+        await self.stored.start()
         channel = self._channel = await connection.channel()
         exchange = await channel.declare_exchange(CONTROL_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True)
         name = f"{CONTROL_QUEUE_PREFIX}{self.worker.settings.hostname}.{uuid.uuid4().hex[:8]}"
@@ -66,11 +75,16 @@ class WorkerControl:
     async def stop(self) -> None:
         if self.metrics is not None:
             self.metrics.stop()
+        await self.stored.stop()
         if self._channel is not None:
             try:
                 await self._channel.close()
             except Exception:  # the connection may be gone already
                 log.debug("closing the control channel failed", exc_info=True)
+
+    def _on_stored_revocation(self, task_id: str, at: float) -> None:
+        if task_id not in self.revoked and self.revoked.add(task_id, at):
+            log.debug("control: task %s revoked (stored %.0f s ago)", task_id, time.time() - at)
 
     # --- commands -------------------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from amqptasks.config.diagnostics import Location
-from amqptasks.constants import FAILURES_QUEUE, RESERVED_PREFIX
+from amqptasks.constants import FAILURES_QUEUE, RESERVED_PREFIX, REVOKED_STREAM
 from amqptasks.topology.desired import BindingDecl, DesiredTopology, ExchangeDecl, QueueDecl
 
 #: "ensure": a binding AMQP probing cannot see; apply declares it again (idempotent).
@@ -171,9 +171,14 @@ def is_prunable_exchange(name: str) -> bool:
 
 def is_prunable_queue(live: Mapping[str, Any]) -> bool:
     # Exclusive and server-named queues belong to a live connection, not to the topology; the failure
-    # records are written by workers, and pruning them would lose why dead letters failed.
+    # records are written by workers, and pruning them would lose why dead letters failed; pruning the stored
+    # revocations would let workers started later run revoked tasks.
     name = str(live.get("name", ""))
-    return not live.get("exclusive") and not name.startswith(RESERVED_PREFIX) and name != FAILURES_QUEUE
+    return (
+        not live.get("exclusive")
+        and not name.startswith(RESERVED_PREFIX)
+        and name not in (FAILURES_QUEUE, REVOKED_STREAM)
+    )
 
 
 def make_plan(desired: DesiredTopology, observed: Observed, *, prune: bool = False) -> Plan:

@@ -116,10 +116,11 @@ class Worker:
         name = self.app.config.broker.connection_name or f"amqptasks worker {self.settings.hostname}"
         prefetch = self.settings.prefetch or self.settings.concurrency * 4
         loop = asyncio.get_running_loop()
-        self._transport = Transport(self.app.config.broker, name, self.settings.queues, prefetch, self._on_batch, loop)
-        await self._transport.start()
+        # Control first: it reads back the stored revocations, which every message is checked against.
         self._connection = await open_robust(self.app.config.broker, f"{name} (control)")
         await self.control.start(self._connection)
+        self._transport = Transport(self.app.config.broker, name, self.settings.queues, prefetch, self._on_batch, loop)
+        await self._transport.start()
         log.info("ready: consuming %s", ", ".join(self.settings.queues))
 
     async def run(self) -> None:
