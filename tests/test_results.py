@@ -291,6 +291,23 @@ def test_children_are_what_a_task_published_while_it_ran(rpc_app: App) -> None:
     assert flow.parent.children[0].get(timeout=1) == 4 and flow.children == []
 
 
+def test_children_are_recorded_in_a_process_pool_child_too(vhost: BrokerURL, redis_url: str) -> None:
+    # Given a worker whose sync tasks run in child processes, and the redis backend
+    app = make_app(vhost, redis_yaml(redis_url))
+    tasks = define_family(app)
+    with worker_running(app, pool="processes", concurrency=2):
+        assert tasks["add"].delay(0, 0).get(timeout=20) == 0  # the worker and its children are up
+        # When a task publishes a task, a chain, a group and a chord from its child process
+        spawned = tasks["spawn"].delay()
+        relayed, first, (fan, members), (joined, _header) = spawned.get(timeout=20)
+        # Then its final state lists them, as with threads
+        children = spawned.children
+        assert [c.id for c in children] == [relayed, first, fan, joined]
+        assert [r.id for r in children[2]] == members
+        assert children[3].get(timeout=20) == 6
+    app.close()
+
+
 def test_children_results_are_readable_with_redis_and_know_their_parent_and_root(
     vhost: BrokerURL, redis_url: str
 ) -> None:

@@ -7,8 +7,8 @@ each child to it (:func:`add`), and the run's final state carries them (:func:`t
 form, which ``AsyncResult.children`` rebuilds.
 
 Records are kept per task id, and only for runs the middleware began: a thread still running after its hard
-time limit (its run is over) or a task in a process-pool child (another process) records nothing and leaks
-nothing.
+time limit (its run is over) records nothing and leaks nothing. A process-pool child keeps its own record of
+the run and sends it back with the result; the worker merges it (:func:`extend`).
 """
 
 from __future__ import annotations
@@ -51,3 +51,13 @@ def take(task_id: str) -> list[Any]:
     """The children recorded for the run of *task_id*, closing its record."""
     with _lock:
         return _children.pop(task_id, None) or []
+
+
+def extend(task_id: str, children: list[Any]) -> None:
+    """Add *children* recorded elsewhere (a process-pool child) to the open record of *task_id*, if any."""
+    if not children:
+        return
+    with _lock:
+        record = _children.get(task_id)
+        if record is not None:
+            record.extend(children)

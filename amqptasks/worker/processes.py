@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import io
 import logging
 import multiprocessing
@@ -48,6 +49,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from amqptasks.errors import AmqpTasksError, Ignore, Reject, Retry, SoftTimeLimitExceeded, TimeLimitExceeded
+from amqptasks.tasks import lineage
 from amqptasks.worker import request as request_context
 from amqptasks.worker.request import Request
 
@@ -117,6 +119,20 @@ def _describe(status: int | None) -> str:
     return f"exited with code {code}"
 
 
+#: What a task publishing from a child imports on first use. A module another thread is importing at the moment
+#: of a fork stays locked in the child for ever (the child has no such thread to finish it), so a child that
+#: imported it lazily would hang: they are imported in the worker before any child is forked.
+_PRELOAD = (
+    "amqptasks.publish.sync", "amqptasks.publish.pipeline", "amqptasks.publish.retry", "amqptasks.canvas",
+    "amqptasks.delays.tiers", "amqptasks.results", "amqptasks.results.chord", "amqptasks.results.middleware",
+)  # fmt: skip
+
+
+def _preload() -> None:
+    for name in _PRELOAD:
+        importlib.import_module(name)
+
+
 # --- the child -------------------------------------------------------------------------------------------
 
 
@@ -184,22 +200,27 @@ def _read_exactly_blocking(sock: socket.socket, size: int) -> bytes | None:
 
 
 def _run(app: App, job: bytes) -> bytes:
+    """One task in the child; the reply is ``(ok, result or exception, children)``: what the task published is
+    recorded here, in the child, and merged into the parent's record (:mod:`amqptasks.tasks.lineage`)."""
     try:
         name, args, kwargs, request, soft = pickle.loads(job)
     except Exception as exc:
-        return _error_reply(RuntimeError(f"the child process could not unpickle the task: {exc!r}"))
+        return _error_reply(RuntimeError(f"the child process could not unpickle the task: {exc!r}"), [])
     token = request_context.current.set(request)
+    lineage.begin(request.id)
     try:
         with _soft_limit(soft):
             value = app.tasks[name].run_callable()(*args, **kwargs)
     except Exception as exc:
-        return _error_reply(exc)
+        return _error_reply(exc, lineage.take(request.id))
     finally:
         request_context.current.reset(token)
+    children = lineage.take(request.id)
     try:
-        return _dumps((True, value))
+        return _dumps((True, value, children))
     except Exception as exc:
-        return _error_reply(RuntimeError(f"{name}: its result cannot be sent back from the child process: {exc!r}"))
+        why = RuntimeError(f"{name}: its result cannot be sent back from the child process: {exc!r}")
+        return _error_reply(why, children)
 
 
 @contextlib.contextmanager
@@ -220,18 +241,18 @@ def _soft_limit(seconds: float | None) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def _error_reply(exc: Exception) -> bytes:
+def _error_reply(exc: Exception, children: list[Any]) -> bytes:
     if not isinstance(exc, Retry | Reject | Ignore):
         exc.add_note(f"--- in pool child process {os.getpid()}:\n" + "".join(traceback.format_exception(exc)).rstrip())
     try:
-        reply = _dumps((False, exc))
+        reply = _dumps((False, exc, children))
         pickle.loads(reply[_HEADER.size :])  # an __init__ or a class that cannot come back fails here, not there
         return reply
     except Exception as why:
         replacement = RuntimeError(f"{exc!r} (cannot be sent back from the child process: {why!r})")
         for note in getattr(exc, "__notes__", ()):
             replacement.add_note(str(note))
-        return _dumps((False, replacement))
+        return _dumps((False, replacement, children))
 
 
 # --- the worker's side -----------------------------------------------------------------------------------
@@ -254,6 +275,7 @@ class ProcessPool:
             raise ValueError(f"max_tasks_per_child must be at least 1, not {max_tasks_per_child}")
         self.app = app
         self.max_tasks_per_child = max_tasks_per_child
+        _preload()
         self._children: dict[int, _Child] = {}
         self._idle: asyncio.Queue[_Child] = asyncio.Queue()
         self._zombies: set[int] = set()
@@ -284,7 +306,7 @@ class ProcessPool:
         child = await self._checkout(job)
         label = f"{name}[{request.id}]"
         try:
-            ok, value = await asyncio.wait_for(self._reply(child), hard)
+            ok, value, children = await asyncio.wait_for(self._reply(child), hard)
         except TimeoutError:
             self._discard(child, kill=True)
             log.warning("%s: hard time limit (%g s): killed its child process %d", label, hard, child.pid)
@@ -306,6 +328,7 @@ class ProcessPool:
             self._discard(child, kill=True)
             raise
         self._checkin(child)
+        lineage.extend(request.id, children)
         if ok:
             return value
         raise value
@@ -369,14 +392,14 @@ class ProcessPool:
                 self._discard(child, kill=True)
                 raise
 
-    async def _reply(self, child: _Child) -> tuple[bool, Any]:
+    async def _reply(self, child: _Child) -> tuple[bool, Any, list[Any]]:
         loop = asyncio.get_running_loop()
         (size,) = _HEADER.unpack(await _read_exactly(loop, child.sock, _HEADER.size))
         data = await _read_exactly(loop, child.sock, size)
         try:
-            reply: tuple[bool, Any] = pickle.loads(data)
+            reply: tuple[bool, Any, list[Any]] = pickle.loads(data)
         except Exception as exc:
-            return False, RuntimeError(f"the reply of child process {child.pid} cannot be unpickled: {exc!r}")
+            return False, RuntimeError(f"the reply of child process {child.pid} cannot be unpickled: {exc!r}"), []
         return reply
 
     def _checkin(self, child: _Child) -> None:
