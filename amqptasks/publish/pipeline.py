@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 #: Let pika write out what it buffered once this many body bytes are waiting (large messages, small windows).
 _FLUSH_BYTES = 4 * 1024 * 1024
+#: Hand this many encoded messages to the socket at a time (one send(2) for all of them).
+_STREAM_EVERY = 256
 
 Item = tuple[int, Envelope]  # (position in the caller's batch, envelope)
 
@@ -110,12 +112,22 @@ class ConfirmChannel:
             return len(inflight) <= target and self._inflight_bytes <= target_bytes
 
         unflushed = 0
+        # Encoded messages not handed to pika yet: pika's transport sends each buffer it is given with its own
+        # send(2), so messages go to it joined, one buffer per flush, not one per message.
+        pending: list[bytes] = []
+
+        def hand_over() -> None:
+            if pending:
+                emit([b"".join(pending)])
+                pending.clear()
+
         while True:
             try:
                 item = next(items)
             except StopIteration:
                 break
             except Exception:  # the caller's iterable failed: settle what we sent before letting it through
+                hand_over()
                 self._wait(lambda: not inflight)
                 raise
             envelope = item[1]
@@ -128,27 +140,35 @@ class ConfirmChannel:
                 frames = encode_publish(channel_number, envelope, frame_max)
                 if not self._impl.is_open:
                     raise pika.exceptions.ChannelWrongStateError("channel is closed")
-                emit([frames])
             except _CLOSED:
                 raise
             except Exception as exc:  # pika cannot encode it (header type, long routing key): nothing was sent
                 del inflight[tag]
                 self._next_tag = tag
                 self._inflight_bytes -= size
+                hand_over()
                 self._wait(lambda: not inflight)
                 raise errors.PublishError(f"cannot send {envelope.describe()}: {_encode_problem(exc)}") from None
+            pending.append(frames)
+            if len(pending) >= _STREAM_EVERY:
+                # Let the broker start on these (and its confirms come back) while the next ones are encoded.
+                hand_over()
+                self._connection.process_data_events(time_limit=0)
             if not self._confirm:
                 del inflight[tag]
                 self._inflight_bytes -= size
                 outcome.confirmed += 1
             if len(inflight) >= window or self._inflight_bytes >= window_bytes:
+                hand_over()
                 self._wait(room)
                 unflushed = 0
             else:
                 unflushed += size
                 if unflushed >= _FLUSH_BYTES:  # pika buffers what we publish until its I/O loop runs: bound that
+                    hand_over()
                     self._wait(_always)
                     unflushed = 0
+        hand_over()
         self._wait(lambda: not inflight)
 
     def unsettled(self) -> list[Item]:

@@ -45,6 +45,12 @@ class Task(Generic[P, R]):
                 raise TypeError(f"task {options.name!r} has bind=True, so its function needs a 'self' parameter")
             signature = signature.replace(parameters=params[1:])
         self._signature = signature
+        # The usual call, positional arguments only, against plain parameters: a length check is exact and much
+        # cheaper than Signature.bind, which then only checks the other calls.
+        parameters = list(signature.parameters.values())
+        plain = all(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in parameters)
+        required = sum(1 for p in parameters if p.default is inspect.Parameter.empty)
+        self._positional_range = (required, len(parameters)) if plain else None
 
     @property
     def name(self) -> str:
@@ -114,6 +120,10 @@ class Task(Generic[P, R]):
 
     def check_arguments(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
         """Raise TypeError as the function would, before anything is sent."""
+        if not kwargs and self._positional_range is not None:
+            low, high = self._positional_range
+            if low <= len(args) <= high:
+                return
         try:
             self._signature.bind(*args, **kwargs)
         except TypeError as exc:
