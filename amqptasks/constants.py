@@ -26,6 +26,8 @@ DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672/%2F"
 ENV_BROKER_URL = "AMQPTASKS_BROKER_URL"
 #: Environment variable naming the YAML the CLI uses when none is given.
 ENV_CONFIG = "AMQPTASKS_CONFIG"
+#: "asyncio" makes the worker run on asyncio's own event loop even when uvloop is installed.
+ENV_EVENT_LOOP = "AMQPTASKS_EVENT_LOOP"
 
 #: Default ports used to derive the management API URL from an AMQP URL.
 MANAGEMENT_PORT = 15672

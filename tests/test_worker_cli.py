@@ -80,6 +80,21 @@ def test_unknown_profile_lists_the_known_ones(project: Project) -> None:
     assert "no worker profile 'checkuot' in the YAML (profiles: checkout, reports)" in result.stderr
 
 
+def test_the_worker_runs_on_asyncio_when_told_to(project: Project) -> None:
+    # Given a task waiting, and AMQPTASKS_EVENT_LOOP=asyncio
+    with project.app() as app:
+        app.send_task("shop.add", [1, 1])
+    env = {**project.env, "AMQPTASKS_EVENT_LOOP": "asyncio"}
+
+    # When a burst worker runs
+    result = run(["worker", "-A", "tasks:app", "--burst", "-Q", "work"], cwd=project.path, env=env)
+
+    # Then it ran the task on asyncio's own loop, and the banner says so
+    assert result.code == 0, str(result)
+    assert [(r["task"], r["result"]) for r in project.records()] == [("shop.add", 2)]
+    assert "process(es) on asyncio," in result.stderr
+
+
 def test_profile_from_the_yaml_sets_queues_and_concurrency_and_the_banner_shows_them(project: Project) -> None:
     # Given a task waiting in the profile's queue
     with project.app() as app:
@@ -91,7 +106,7 @@ def test_profile_from_the_yaml_sets_queues_and_concurrency_and_the_banner_shows_
     # Then it consumed the profile's queue, with its settings, and the banner says what it serves
     assert result.code == 0, str(result)
     assert [(r["task"], r["result"]) for r in project.records()] == [("shop.add", 5)]
-    assert "concurrency 3 x 1 process(es), prefetch 5" in result.stderr
+    assert "concurrency 3 x 1 process(es) on uvloop, prefetch 5" in result.stderr  # uvloop: a dependency
     assert "work <- tasks[work.#]; dead letters -> amqptasks.dlx -> work.dlq" in result.stderr
     assert "tasks:   shop.add, shop.slow" in result.stderr
     assert "other <-" not in result.stderr

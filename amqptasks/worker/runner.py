@@ -3,24 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import logging
 import multiprocessing
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from amqptasks.broker.url import BrokerURL
-from amqptasks.constants import dlq_name, is_delay_name
+from amqptasks.constants import ENV_EVENT_LOOP, dlq_name, is_delay_name
 from amqptasks.topology.desired import desired
 from amqptasks.worker.consumer import Worker, WorkerSettings
 
 if TYPE_CHECKING:
     from amqptasks.app import App
 
+T = TypeVar("T")
 log = logging.getLogger("amqptasks.worker")
 
 
@@ -57,7 +59,7 @@ def banner(app: App, settings: WorkerSettings, pool: str, processes: int) -> str
     lines = [
         f"amqptasks worker {settings.hostname}",
         f"  broker:  {BrokerURL.parse(app.config.broker.url).masked()}",
-        f"  pool:    {pool}, concurrency {settings.concurrency} x {processes} process(es), "
+        f"  pool:    {pool}, concurrency {settings.concurrency} x {processes} process(es) on {event_loop()}, "
         f"prefetch {settings.prefetch or settings.concurrency * 4}",
         "  queues:",
     ]
@@ -102,6 +104,21 @@ async def _serve(app: App, settings: WorkerSettings) -> int:
     return worker.running
 
 
+def event_loop() -> str:
+    """The event loop the worker runs on: uvloop when installed, unless ``AMQPTASKS_EVENT_LOOP=asyncio``."""
+    if os.environ.get(ENV_EVENT_LOOP, "").strip().lower() == "asyncio":
+        return "asyncio"
+    return "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
+
+
+def run_loop(main: Coroutine[Any, Any, T]) -> T:
+    if event_loop() == "uvloop":
+        import uvloop
+
+        return uvloop.run(main)
+    return asyncio.run(main)
+
+
 def serve(app: App, settings: WorkerSettings, *, beat: bool = False) -> None:
     """One consuming process (blocks until shutdown); with *beat*, the periodic-task scheduler in a thread."""
     if app.config.topology.provision:
@@ -110,7 +127,7 @@ def serve(app: App, settings: WorkerSettings, *, beat: bool = False) -> None:
 
     _sys.setswitchinterval(float(os.environ.get("AMQPTASKS_SWITCH", "0.005")))
     with _beat_thread(app, beat):
-        still_running = asyncio.run(_serve(app, settings))
+        still_running = run_loop(_serve(app, settings))
     if still_running:
         # Cold shutdown (or grace period over): a thread cannot be stopped, and the interpreter would wait for
         # it at exit; its message is already back in the queue, so leave now.
