@@ -126,12 +126,13 @@ class Transport:
         return incoming.channel != self._channel_id or not self.connected
 
     def settle(self, incoming: Incoming, how: str) -> None:
-        """ "ack", "reject" (dead-letter) or "requeue"; sent at the end of this turn of the loop."""
+        """ "ack", "reject" (dead-letter) or "requeue". Rejects and requeues go at the end of this turn of the
+        loop; acks within :data:`ACK_BATCH_S`, or with them, or once a quarter of the prefetch is waiting."""
         self._ops.append((how, incoming.delivery_tag, incoming.channel))
         if self._flush_scheduled:
             return
         if how == "ack" and len(self._ops) < self._flush_after:
-            # Each send is a system call and a GIL hand-off: acks wait up to ACK_BATCH_S to share one frame.
+            # Each send is a system call (and a chance for a task thread to take the GIL): acks share one.
             if self._batch_timer is None:
                 self._batch_timer = self._loop.call_later(ACK_BATCH_S, self._flush)
             return
