@@ -43,6 +43,7 @@ class AsyncResult:
         self.app = app
         self.backend = backend
         self.parent = parent
+        self._final: dict[str, Any] | None = None
 
     def __str__(self) -> str:
         return self.id
@@ -59,7 +60,12 @@ class AsyncResult:
     # --- state -------------------------------------------------------------------------------------------
 
     def _meta(self) -> dict[str, Any] | None:
-        return self.backend.peek(self.id) if self.backend is not None else None
+        if self._final is not None:
+            return self._final
+        meta = self.backend.peek(self.id) if self.backend is not None else None
+        if meta is not None and meta.get("status") in READY_STATES:
+            self._final = meta  # kept here: the process-wide record of states is bounded
+        return meta
 
     @property
     def state(self) -> str:
@@ -110,6 +116,7 @@ class AsyncResult:
         return meta.get("date_done") if meta else None
 
     def forget(self) -> None:
+        self._final = None
         if self.backend is not None:
             self.backend.forget(self.id)
 
@@ -144,12 +151,13 @@ class AsyncResult:
                 "(YAML 'results: {backend: rpc://}') and do not publish it with ignore_result"
             )
         try:
-            meta = self.backend.wait(self.id, timeout, interval, on_message)
+            meta = self._final or self.backend.wait(self.id, timeout, interval, on_message)
         except TimeoutError:
             raise TimeoutError(
                 f"task {self.task_name}[{self.id}]: no result within {timeout:g} s (is a worker consuming its "
                 "queue? did it publish to the same broker and vhost?)"
             ) from None
+        self._final = meta
         value = self._value(meta)
         if propagate and meta.get("status") in EXCEPTION_STATES and isinstance(value, BaseException):
             raise value

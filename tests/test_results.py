@@ -20,7 +20,7 @@ from amqptasks.broker import BrokerURL
 from amqptasks.canvas import chord, group
 from amqptasks.errors import AmqpTasksError
 from amqptasks.result import GroupResult
-from amqptasks.results.backend import ResultBackend
+from amqptasks.results.backend import ResultBackend, StateBook
 from amqptasks.results.exceptions import TaskError, exception_payload, rebuild
 from amqptasks.worker import request as request_context
 from amqptasks.worker.middleware import Middleware
@@ -329,6 +329,32 @@ def test_children_results_are_readable_with_redis_and_know_their_parent_and_root
 
 
 # --- without a broker ------------------------------------------------------------------------------------------
+
+
+def test_a_process_keeps_a_bounded_number_of_final_states_and_a_result_keeps_its_own() -> None:
+    # Given a state book that keeps two final states, behind a backend, and a result read once
+    book = StateBook(max_final=2)
+
+    class BookBackend(ResultBackend):
+        def peek(self, task_id: str) -> dict[str, Any] | None:
+            return book.latest(task_id)
+
+        def wait(self, task_id: str, timeout: float | None, interval: float, on_message: Any) -> dict[str, Any]:
+            return book.wait(task_id, timeout, on_message)
+
+    backend = BookBackend()
+    first = AsyncResult("t1", backend=backend)
+    book.add({"task_id": "t1", "status": "SUCCESS", "result": 1})
+    assert first.get(timeout=0) == 1
+    # When more final states arrive than the book keeps (and one task is still running)
+    book.add({"task_id": "running", "status": "PROGRESS", "result": {"done": 1}})
+    for n in (2, 3):
+        book.add({"task_id": f"t{n}", "status": "SUCCESS", "result": n})
+    # Then the oldest final state is gone from the book, not the running task's, and the result still knows its own
+    assert book.latest("t1") is None and book.latest("t3") is not None
+    assert AsyncResult("running", backend=backend).state == "PROGRESS"
+    assert first.state == "SUCCESS" and first.get(timeout=0) == 1
+    assert AsyncResult("t1", backend=backend).state == "PENDING"  # a fresh handle: forgotten, as documented
 
 
 def test_an_exception_of_a_module_not_allowed_is_never_imported(tmp_path: Path) -> None:

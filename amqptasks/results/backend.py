@@ -6,6 +6,7 @@ every intermediate state in order and ``state``/``result`` can be read again aft
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from collections.abc import Callable
@@ -19,21 +20,34 @@ if TYPE_CHECKING:
 OnMessage = Callable[[dict[str, Any]], Any]
 
 
+#: Final states a process keeps at most (the oldest go first). A process that publishes tasks and never reads
+#: their results (a worker whose tasks publish tasks, a web app that fires and forgets) must not grow for ever;
+#: an ``AsyncResult`` keeps the final state it has seen itself.
+MAX_FINAL_STATES = 10_000
+
+
 class StateBook:
     """The states received for each task id, with a condition to wait on (thread-safe)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_final: int = MAX_FINAL_STATES) -> None:
         self._states: dict[str, list[dict[str, Any]]] = {}
+        self._final: collections.OrderedDict[str, None] = collections.OrderedDict()  # ids with a final state
+        self._max_final = max_final
         self.changed = threading.Condition()
 
     def add(self, meta: dict[str, Any]) -> None:
         with self.changed:
-            states = self._states.setdefault(str(meta.get("task_id")), [])
+            task_id = str(meta.get("task_id"))
+            states = self._states.setdefault(task_id, [])
             if states and states[-1].get("status") in READY_STATES and meta.get("status") not in READY_STATES:
-                # A RETRY is reported after the retry message was published, so the retried run's final state
-                # can overtake it: a state arriving after the final one is stale.
+                # A state arriving after the final one is stale (an older RETRY or PROGRESS overtaken by it).
                 return
             states.append(meta)
+            if meta.get("status") in READY_STATES:
+                self._final[task_id] = None
+                while len(self._final) > self._max_final:
+                    oldest, _ = self._final.popitem(last=False)
+                    self._states.pop(oldest, None)
             self.changed.notify_all()
 
     def history(self, task_id: str) -> list[dict[str, Any]]:
@@ -55,6 +69,7 @@ class StateBook:
     def forget(self, task_id: str) -> None:
         with self.changed:
             self._states.pop(task_id, None)
+            self._final.pop(task_id, None)
 
     def wait(self, task_id: str, timeout: float | None, on_message: OnMessage | None) -> dict[str, Any]:
         """The final state of *task_id*; ``TimeoutError`` after *timeout* seconds. Calls *on_message* with
