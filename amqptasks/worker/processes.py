@@ -21,36 +21,29 @@ What this pool guarantees for sync tasks (``async def`` tasks still run on the w
   default ``KillMode``), does not kill running tasks; the worker's warm or cold shutdown decides. A child whose
   worker died exits after its current task, when its socket reaches end-of-file.
 
-Pickle is used only here, between a worker and the children it forked itself, never on the wire. Exceptions are
-rebuilt without calling their ``__init__`` (``Retry`` and ``Reject`` would not survive the default pickling); one
-that cannot be pickled at all arrives as a ``RuntimeError`` carrying its repr. The child's traceback travels as a
-note on the exception (``add_note``), so the worker's log shows where in the child it was raised.
+Pickle is used only here and in :mod:`amqptasks.worker.pool_child` (the child's side), between a worker and the
+children it forked itself, never on the wire. Exceptions are rebuilt without calling their ``__init__``
+(``Retry`` and ``Reject`` would not survive the default pickling); one that cannot be pickled at all arrives as
+a ``RuntimeError`` carrying its repr. The child's traceback travels as a note on the exception (``add_note``),
+so the worker's log shows where in the child it was raised.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
-import io
 import logging
-import multiprocessing
 import os
 import pickle
 import signal
 import socket
-import struct
-import threading
 import time
-import traceback
-import types
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
-from amqptasks.errors import AmqpTasksError, Ignore, Reject, Retry, SoftTimeLimitExceeded, TimeLimitExceeded
+from amqptasks.errors import AmqpTasksError, TimeLimitExceeded
 from amqptasks.tasks import lineage
-from amqptasks.worker import request as request_context
+from amqptasks.worker.pool_child import HEADER, WORKER_SIGNALS, dumps, preload, run_child
 from amqptasks.worker.request import Request
 
 if TYPE_CHECKING:
@@ -58,10 +51,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("amqptasks.worker")
 
-#: Every frame is its length (8 bytes, big-endian), then a pickle.
-_HEADER = struct.Struct("!Q")
-#: Shutdown signals belong to the worker, not to its children.
-_WORKER_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGQUIT})
 #: How long a shutdown waits for children to exit before it kills them.
 _EXIT_WAIT = 2.0
 
@@ -74,42 +63,6 @@ class _ChildLost(Exception):
     """The child's socket reached end-of-file or broke: the child is gone."""
 
 
-# --- pickling between a worker and its own children ------------------------------------------------------
-
-
-def _rebuild_exception(cls: type[BaseException], args: tuple[Any, ...], state: dict[str, Any]) -> BaseException:
-    exc = cls.__new__(cls, *args)
-    exc.args = args
-    exc.__dict__.update(state)
-    return exc
-
-
-_DEFAULT_REDUCE: Any = BaseException.__reduce__
-
-
-class _Pickler(pickle.Pickler):
-    def reducer_override(self, obj: Any) -> Any:
-        # The default pickling calls cls(*args) again: wrong for any __init__ that does not take its own args
-        # back (Retry(exc, countdown) stores a message in args; Reject loses requeue=True).
-        cls = type(obj)
-        if (
-            isinstance(obj, BaseException)
-            and isinstance(cls.__init__, types.FunctionType)
-            and cls.__reduce__ is _DEFAULT_REDUCE
-        ):
-            return _rebuild_exception, (cls, obj.args, dict(obj.__dict__))
-        return NotImplemented
-
-
-def _dumps(obj: Any) -> bytes:
-    buffer = io.BytesIO()
-    buffer.write(_HEADER.pack(0))
-    _Pickler(buffer, pickle.HIGHEST_PROTOCOL).dump(obj)
-    frame = buffer.getbuffer()
-    frame[: _HEADER.size] = _HEADER.pack(len(frame) - _HEADER.size)
-    return bytes(frame)
-
-
 def _describe(status: int | None) -> str:
     if status is None:
         return "closed its end of the pipe"
@@ -117,142 +70,6 @@ def _describe(status: int | None) -> str:
     if code < 0:
         return f"was killed by signal {signal.Signals(-code).name}"
     return f"exited with code {code}"
-
-
-#: What a task publishing from a child imports on first use. A module another thread is importing at the moment
-#: of a fork stays locked in the child for ever (the child has no such thread to finish it), so a child that
-#: imported it lazily would hang: they are imported in the worker before any child is forked.
-_PRELOAD = (
-    "amqptasks.publish.sync", "amqptasks.publish.pipeline", "amqptasks.publish.retry", "amqptasks.canvas",
-    "amqptasks.delays.tiers", "amqptasks.results", "amqptasks.results.chord", "amqptasks.results.middleware",
-)  # fmt: skip
-
-
-def _preload() -> None:
-    for name in _PRELOAD:
-        importlib.import_module(name)
-
-
-# --- the child -------------------------------------------------------------------------------------------
-
-
-def _child(app: App, sock: socket.socket, inherited: Iterable[socket.socket], number: int) -> NoReturn:
-    """The forked child: serve tasks until end-of-file, then exit. Never returns into the worker's code."""
-    code = 1
-    try:
-        for other in inherited:  # else a sibling's end-of-file would never come
-            other.close()
-        process = multiprocessing.current_process()
-        process.name = f"{process.name}/child-{number}"  # what a task's log lines show as %(processName)s
-        code = _serve(app, sock)
-    except SystemExit as exc:  # sys.exit() in a task ends the child, like os._exit()
-        code = exc.code if isinstance(exc.code, int) else 1
-    except BaseException:
-        with contextlib.suppress(BaseException):
-            traceback.print_exc()
-    finally:
-        os._exit(code)
-
-
-def _serve(app: App, sock: socket.socket) -> int:
-    signal.set_wakeup_fd(-1)  # the worker loop's wakeup pipe: our signals are not the worker's
-    for signum in _WORKER_SIGNALS:
-        signal.signal(signum, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _WORKER_SIGNALS)
-    _forget_parent_connections(app)
-    sock.setblocking(True)
-    try:
-        while (job := _read_blocking(sock)) is not None:
-            sock.sendall(_run(app, job))
-    except OSError:  # the worker is gone
-        pass
-    finally:
-        with contextlib.suppress(Exception):
-            app.close()  # a publisher this child opened (tasks that send tasks)
-    return 0
-
-
-def _forget_parent_connections(app: App) -> None:
-    # The worker's publishers own sockets (and maybe a lock held by another thread at the fork); using them here
-    # would interleave frames with the worker's. A task that publishes opens this child's own connection.
-    app._publisher = None
-    app._aio_publishers = {}
-    app._lock = threading.Lock()
-
-
-def _read_blocking(sock: socket.socket) -> bytes | None:
-    header = _read_exactly_blocking(sock, _HEADER.size)
-    if header is None:
-        return None
-    (size,) = _HEADER.unpack(header)
-    return _read_exactly_blocking(sock, size) if size else None
-
-
-def _read_exactly_blocking(sock: socket.socket, size: int) -> bytes | None:
-    buffer = bytearray(size)
-    view, got = memoryview(buffer), 0
-    while got < size:
-        count = sock.recv_into(view[got:])
-        if count == 0:
-            return None
-        got += count
-    return bytes(buffer)
-
-
-def _run(app: App, job: bytes) -> bytes:
-    """One task in the child; the reply is ``(ok, result or exception, children)``: what the task published is
-    recorded here, in the child, and merged into the parent's record (:mod:`amqptasks.tasks.lineage`)."""
-    try:
-        name, args, kwargs, request, soft = pickle.loads(job)
-    except Exception as exc:
-        return _error_reply(RuntimeError(f"the child process could not unpickle the task: {exc!r}"), [])
-    token = request_context.current.set(request)
-    lineage.begin(request.id)
-    try:
-        with _soft_limit(soft):
-            value = app.tasks[name].run_callable()(*args, **kwargs)
-    except Exception as exc:
-        return _error_reply(exc, lineage.take(request.id))
-    finally:
-        request_context.current.reset(token)
-    children = lineage.take(request.id)
-    try:
-        return _dumps((True, value, children))
-    except Exception as exc:
-        why = RuntimeError(f"{name}: its result cannot be sent back from the child process: {exc!r}")
-        return _error_reply(why, children)
-
-
-@contextlib.contextmanager
-def _soft_limit(seconds: float | None) -> Iterator[None]:
-    if not seconds:
-        yield
-        return
-
-    def expire(signum: int, frame: types.FrameType | None) -> None:
-        raise SoftTimeLimitExceeded(f"soft time limit ({seconds:g} s) exceeded")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-def _error_reply(exc: Exception, children: list[Any]) -> bytes:
-    if not isinstance(exc, Retry | Reject | Ignore):
-        exc.add_note(f"--- in pool child process {os.getpid()}:\n" + "".join(traceback.format_exception(exc)).rstrip())
-    try:
-        reply = _dumps((False, exc, children))
-        pickle.loads(reply[_HEADER.size :])  # an __init__ or a class that cannot come back fails here, not there
-        return reply
-    except Exception as why:
-        replacement = RuntimeError(f"{exc!r} (cannot be sent back from the child process: {why!r})")
-        for note in getattr(exc, "__notes__", ()):
-            replacement.add_note(str(note))
-        return _dumps((False, replacement, children))
 
 
 # --- the worker's side -----------------------------------------------------------------------------------
@@ -275,7 +92,7 @@ class ProcessPool:
             raise ValueError(f"max_tasks_per_child must be at least 1, not {max_tasks_per_child}")
         self.app = app
         self.max_tasks_per_child = max_tasks_per_child
-        _preload()
+        preload()
         self._children: dict[int, _Child] = {}
         self._idle: asyncio.Queue[_Child] = asyncio.Queue()
         self._zombies: set[int] = set()
@@ -300,7 +117,7 @@ class ProcessPool:
         its queue, not down the failure path.
         """
         try:
-            job = _dumps((name, args, kwargs, request, soft))
+            job = dumps((name, args, kwargs, request, soft))
         except Exception as exc:
             raise AmqpTasksError(f"{name}[{request.id}]: cannot hand it to a child process: {exc!r}") from None
         child = await self._checkout(job)
@@ -361,11 +178,11 @@ class ProcessPool:
     def _spawn(self) -> _Child:
         ours, theirs = socket.socketpair()
         # Blocked across the fork, so no worker signal handler can run in the child before it ignores them.
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _WORKER_SIGNALS)
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_SIGNALS)
         try:
             pid = os.fork()
             if pid == 0:
-                _child(self.app, theirs, [ours, *(c.sock for c in self._children.values())], self._spawned + 1)
+                run_child(self.app, theirs, [ours, *(c.sock for c in self._children.values())], self._spawned + 1)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         theirs.close()
@@ -394,7 +211,7 @@ class ProcessPool:
 
     async def _reply(self, child: _Child) -> tuple[bool, Any, list[Any]]:
         loop = asyncio.get_running_loop()
-        (size,) = _HEADER.unpack(await _read_exactly(loop, child.sock, _HEADER.size))
+        (size,) = HEADER.unpack(await _read_exactly(loop, child.sock, HEADER.size))
         data = await _read_exactly(loop, child.sock, size)
         try:
             reply: tuple[bool, Any, list[Any]] = pickle.loads(data)
