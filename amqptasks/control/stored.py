@@ -88,8 +88,8 @@ def store(config: Config, task_id: str) -> None:
                 connection.close()
     raise errors.PublishError(
         f"could not store the revocation of task {task_id} in the {REVOKED_STREAM!r} stream after {ATTEMPTS} "
-        f"tries ({failure}); nothing was revoked: try again (does the user may configure and write "
-        f"{REVOKED_STREAM!r}?)"
+        f"tries ({failure}); nothing was revoked: try again, and check that the user may configure and write "
+        f"{REVOKED_STREAM!r}"
     )
 
 
