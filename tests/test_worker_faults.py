@@ -363,6 +363,31 @@ def test_worker_reconnects_after_the_broker_closes_its_connection_and_every_task
     assert ready_count(vhost.to_url()) == 0
 
 
+def test_worker_consumes_a_queue_again_after_it_is_deleted_and_declared_again(
+    app: App, vhost: BrokerURL, record: Record, spawn: Callable[..., WorkerProcess]
+) -> None:
+    # Given a worker consuming the queue, which has run a task
+    worker = spawn(vhost.to_url(), "-c", "2")
+    first = publish(app, [{"seconds": 0}])
+    wait_until(all_completed(first, record), 20, "the first task", worker)
+
+    # When the queue is deleted (the broker cancels the worker's consumer), then declared again by the topology
+    connection = pika.BlockingConnection(pika.URLParameters(vhost.to_url()))
+    try:
+        connection.channel().queue_delete(QUEUE)
+    finally:
+        connection.close()
+    time.sleep(0.3)
+    app.provision()
+    later = publish(app, [{"seconds": 0}] * 3)
+
+    # Then the worker consumes the queue again and runs the tasks sent after it came back, without a restart
+    wait_until(all_completed(later, record), 20, "the tasks sent after the queue came back", worker)
+    code = worker.finish()
+    assert code == 0, worker.tail()
+    assert f"queue '{QUEUE}' is gone" in worker.tail() and f"queue '{QUEUE}' is back" in worker.tail()
+
+
 def test_unstarted_prefetched_tasks_of_a_lost_connection_run_only_once(
     app: App, vhost: BrokerURL, mgmt: ManagementClient, record: Record, spawn: Callable[..., WorkerProcess]
 ) -> None:

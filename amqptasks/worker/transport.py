@@ -95,6 +95,8 @@ class Transport:
         self._channel: pika.channel.Channel | None = None
         self._channel_id = 0
         self._consumer_tags: list[str] = []
+        self._consumed: dict[str, str] = {}  # consumer tag -> queue
+        self._waiting: set[asyncio.Task[None]] = set()  # queues deleted while consumed, waited for
         self._batch: list[Incoming] = []
         self._hand_over_scheduled = False
         # Settlements not sent yet: (how, tag, channel).
@@ -146,7 +148,7 @@ class Transport:
         if channel is None or not channel.is_open:
             return
         try:
-            for tag in tags:
+            for tag in (t for t in tags if t in channel.consumer_tags):  # not those the broker cancelled
                 await self._step(lambda done, tag=tag: channel.basic_cancel(tag, callback=done))  # type: ignore[misc]
         except (_Lost, TimeoutError, pika.exceptions.AMQPError):
             log.debug("cancelling the consumers failed; the connection is going anyway", exc_info=True)
@@ -157,6 +159,8 @@ class Transport:
         self._closing = True
         if self._reconnecting is not None:
             self._reconnecting.cancel()
+        for waiting in self._waiting:
+            waiting.cancel()
         self._flush(final=True)
         connection = self._connection
         if connection is None or connection.is_closed:
@@ -203,6 +207,7 @@ class Transport:
         assert connection is not None
         channel: pika.channel.Channel = await self._step(lambda done: connection.channel(on_open_callback=done))
         channel.add_on_close_callback(self._on_channel_closed)
+        channel.add_on_cancel_callback(self._on_consumer_cancelled)
         self._channel = channel
         await self._step(lambda done: channel.basic_qos(prefetch_count=self.prefetch, callback=done))
         for queue in self.queues:
@@ -217,12 +222,46 @@ class Transport:
                 raise
         self._channel_id += 1
         self._floor, self._done, self._held, self._ops = 0, set(), {}, []
-        self._consumer_tags = []
+        self._consumer_tags, self._consumed = [], {}
         if self._consuming:
             for queue in self.queues:
-                callback = self._make_callback(queue, self._channel_id)
-                self._consumer_tags.append(channel.basic_consume(queue, callback))
+                self._consume(channel, queue)
         self.connected = True
+
+    def _consume(self, channel: pika.channel.Channel, queue: str) -> None:
+        tag = channel.basic_consume(queue, self._make_callback(queue, self._channel_id))
+        self._consumer_tags.append(tag)
+        self._consumed[tag] = queue
+
+    def _on_consumer_cancelled(self, frame: Any) -> None:
+        """The broker cancelled a consumer: its queue was deleted. The channel and the deliveries in hand stay
+        valid; the queue is consumed again once it exists again (e.g. after ``amqptasks topology apply``)."""
+        tag = str(frame.method.consumer_tag)
+        queue = self._consumed.pop(tag, None)
+        if tag in self._consumer_tags:
+            self._consumer_tags.remove(tag)
+        if queue is None or self._closing or not self._consuming:
+            return
+        log.warning("queue %r is gone (the broker cancelled its consumer); consuming it again once it exists", queue)
+        self._waiting.add(self._loop.create_task(self._consume_again(queue, self._channel_id)))
+
+    async def _consume_again(self, queue: str, channel_id: int) -> None:
+        attempt = 0
+        while not self._closing and self._consuming and channel_id == self._channel_id:
+            await asyncio.sleep(min(RECONNECT_MAX_S, RECONNECT_MIN_S * 2**attempt))
+            attempt += 1
+            connection, channel = self._connection, self._channel
+            if connection is None or channel is None or not channel.is_open:
+                return  # a new channel consumes every queue again
+            try:
+                if not await self._exists(connection, queue):
+                    continue
+            except (TimeoutError, pika.exceptions.AMQPError):
+                continue
+            if channel_id == self._channel_id and channel.is_open and self._consuming:
+                self._consume(channel, queue)
+                log.info("queue %r is back: consuming it again", queue)
+            return
 
     async def _step(self, call: Callable[[Callable[..., None]], Any]) -> Any:
         """One asynchronous pika call: its callback's argument, or :class:`_Lost` if the channel goes first."""
@@ -287,6 +326,19 @@ class Transport:
                 channel_only = False
             await asyncio.sleep(min(RECONNECT_MAX_S, RECONNECT_MIN_S * 2**attempt))
             attempt += 1
+
+    async def _exists(self, connection: AsyncioConnection, queue: str) -> bool:
+        """Whether *queue* exists, asked on a channel of its own: a passive declare of a missing queue closes it."""
+        opened: asyncio.Future[pika.channel.Channel] = self._loop.create_future()
+        connection.channel(on_open_callback=lambda ch: _resolve(opened, ch))
+        probe = await asyncio.wait_for(opened, STEP_TIMEOUT_S)
+        answer: asyncio.Future[bool] = self._loop.create_future()
+        probe.add_on_close_callback(lambda _ch, _reason: _resolve(answer, False))
+        probe.queue_declare(queue, passive=True, callback=lambda _frame: _resolve(answer, True))
+        exists = await asyncio.wait_for(answer, STEP_TIMEOUT_S)
+        if probe.is_open:
+            probe.close()
+        return exists
 
     # --- deliveries and settlements ---------------------------------------------------------------------------
 
