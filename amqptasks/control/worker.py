@@ -154,7 +154,7 @@ class WorkerControl:
         if d.task is None or handling is None:
             return "revoked; it is running and cannot be terminated yet: it runs to its end"
         in_thread = not asyncio.iscoroutinefunction(d.task.run_callable()) and self.worker.settings.pool != "processes"
-        await self.worker._settle(d, "ack", "revoked: terminated")
+        self.worker._settle(d, "ack", "revoked: terminated")
         # async def: cancelled with its handler; processes pool: its child is killed when the handler is cancelled.
         handling.cancel()
         if in_thread:

@@ -64,7 +64,10 @@ class Results(Middleware):
     # something to store or publish, so the usual message (no backend, no workflow) costs no coroutine.
 
     def before_execute(self, delivery: Delivery) -> Awaitable[None] | None:
-        lineage.begin(_id(delivery))
+        m = delivery.message
+        if m is None or self.app.result_backend is None or m.ignore_result:
+            return None  # no state will be stored: no children to record, no STARTED
+        lineage.begin(m.id)
         if delivery.task is not None and delivery.task.options.track_started:
             return self._store(delivery, state_message(_id(delivery), STARTED))
         return None

@@ -234,7 +234,7 @@ class Worker:
             await self._handle(d)
         except Exception as exc:  # a bug of ours must not crash the loop, nor lose the message
             log.exception("%s: internal error; dead-lettering it", d.label)
-            await self._settle(d, "reject", f"internal error: {exc!r}")
+            self._settle(d, "reject", f"internal error: {exc!r}")
         finally:
             self.processed += 1
             await self.hooks.run("after_process", d, reverse=True)
@@ -249,11 +249,15 @@ class Worker:
             return
         if self.control.is_revoked(d.message.id):
             log.info("%s revoked: acknowledged, not run", d.label)
-            await self._settle(d, "ack", "revoked")
+            self._settle(d, "ack", "revoked")
             await self.hooks.run("after_skip", d, "REVOKED", reverse=True)
             return
         await self.hooks.run("after_receive", d, reverse=True)
-        if await self._redelivered_too_often(d) or await self._expired(d) or await self._early(d):
+        m = d.message
+        # The usual message (first delivery, no expiry, no eta) needs none of the three checks' coroutines.
+        if (raw.redelivered or m.expires is not None or m.eta is not None) and (
+            await self._redelivered_too_often(d) or await self._expired(d) or await self._early(d)
+        ):
             return
         try:
             d.task = find_task(self.app, d.message)
@@ -261,7 +265,7 @@ class Worker:
             await self._reject(d, exc.reason, str(exc))
             return
         if not await self._slot():
-            await self._settle(d, "requeue", "shutdown before it started")
+            self._settle(d, "requeue", "shutdown before it started")
             return
         if self._transport is None or self._transport.is_stale(d.raw):
             # Its channel closed while it waited (connection lost, channel closed by the broker): the broker
@@ -280,7 +284,7 @@ class Worker:
         message, options = d.message, d.task.options
         d.request = self._request(d)
         if not options.acks_late:
-            await self._settle(d, "ack", "acks_late=False: acknowledged before running")
+            self._settle(d, "ack", "acks_late=False: acknowledged before running")
         await self.hooks.run("before_execute", d)
         d.started = time.monotonic()
         self._running += 1
@@ -290,15 +294,15 @@ class Worker:
             result = await self.executor.run(d.task.run_callable(), message.args, dict(message.kwargs), d.request,
                                              soft, hard)  # fmt: skip
         except Ignore:
-            await self._settle(d, "ack", "ignored")
+            self._settle(d, "ack", "ignored")
         except Reject as exc:
-            await self._settle(d, "requeue" if exc.requeue else "reject", exc.reason or "rejected by the task")
+            self._settle(d, "requeue" if exc.requeue else "reject", exc.reason or "rejected by the task")
             await self.hooks.run("after_reject", d, exc.reason or "rejected by the task", reverse=True)
         except Exception as exc:
             await self._failed(d, exc)
         else:
             await self.hooks.run("after_success", d, result, reverse=True)
-            await self._settle(d, "ack", "succeeded")
+            self._settle(d, "ack", "succeeded")
         finally:
             self._running -= 1
             self.active.pop(message.id, None)
@@ -314,14 +318,14 @@ class Worker:
                 await self._publish_retry(d, countdown)
             except Exception as publish_error:  # could not publish the retry: requeue, never lose it
                 log.error("%s: retry could not be published (%s); requeued", d.label, publish_error)
-                await self._settle(d, "requeue", "retry publish failed")
+                self._settle(d, "requeue", "retry publish failed")
                 return
             await self.hooks.run("after_retry", d, exc, countdown, reverse=True)
-            await self._settle(d, "ack", "retried")
+            self._settle(d, "ack", "retried")
             return
         cause = exc.exc if isinstance(exc, Retry) and exc.exc is not None else exc
         await self.hooks.run("after_failure", d, cause, reverse=True)
-        await self._settle(d, "reject", f"failed: {type(cause).__name__}: {cause}")
+        self._settle(d, "reject", f"failed: {type(cause).__name__}: {cause}")
 
     async def _publish_retry(
         self, d: Delivery, countdown: float, *, retries_delta: int = 1, redeliveries: int | None = None
@@ -362,7 +366,7 @@ class Worker:
             await self._reject(d, "poison", f"redelivered {count} times (it may kill its worker)")
             return True
         await self._publish_retry(d, 0, retries_delta=0, redeliveries=count)  # counted copy to the back of the queue
-        await self._settle(d, "ack", f"redelivered: counted ({count}/{self.settings.max_redeliveries})")
+        self._settle(d, "ack", f"redelivered: counted ({count}/{self.settings.max_redeliveries})")
         return True
 
     async def _expired(self, d: Delivery) -> bool:
@@ -373,7 +377,7 @@ class Worker:
             await self._reject(d, "expired", f"expired at {expires.isoformat()}")
         else:
             log.info("%s expired at %s: dropped", d.label, expires.isoformat())
-            await self._settle(d, "ack", "expired")
+            self._settle(d, "ack", "expired")
             await self.hooks.run("after_skip", d, "EXPIRED", reverse=True)
         return True
 
@@ -391,15 +395,16 @@ class Worker:
             return False
         await self._publish_retry(d, wait, retries_delta=0)
         log.info("%s: %.1f s before its eta: sent back through the delay tiers", d.label, wait)
-        await self._settle(d, "ack", "delayed until its eta")
+        self._settle(d, "ack", "delayed until its eta")
         return True
 
     async def _reject(self, d: Delivery, reason: str, detail: str) -> None:
         # RabbitMQ records only "rejected" in x-death: the log line is where the why is kept.
-        await self._settle(d, "reject", detail)
+        self._settle(d, "reject", detail)
         await self.hooks.run("after_reject", d, f"{reason}: {detail}", reverse=True)
 
-    async def _settle(self, d: Delivery, how: str, why: str) -> None:
+    def _settle(self, d: Delivery, how: str, why: str) -> None:
+        # No I/O here: the transport sends it (batched), so no coroutine on the per-message path.
         if d.settled is not None:
             return
         d.settled = how
