@@ -121,39 +121,17 @@ class Executor:
         soft: float | None, hard: float | None,
     ) -> Any:  # fmt: skip
         loop = asyncio.get_running_loop()
-        if soft is None and hard is None:  # the usual case: no thread id, no started signal, no timers
-
-            def plain() -> Any:
-                self._threads_running[request.id] = threading.get_ident()
-                token = request_context.current.set(request)
-                try:
-                    return fn(*args, **kwargs)
-                finally:
-                    request_context.current.reset(token)
-                    self._threads_running.pop(request.id, None)
-
-            return await self.pool.submit(loop, plain)
-        thread_id: list[int] = []
-        finished = threading.Event()
+        if soft is None and hard is None:  # the usual case: no started signal, no timers
+            return await self.pool.submit(loop, self._in_thread(fn, args, kwargs, request))
         started: asyncio.Future[None] = loop.create_future()
 
         def mark_started() -> None:
             if not started.done():
                 started.set_result(None)
 
-        def call() -> Any:
-            thread_id.append(threading.get_ident())
-            self._threads_running[request.id] = thread_id[0]
-            loop.call_soon_threadsafe(mark_started)
-            token = request_context.current.set(request)
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                request_context.current.reset(token)
-                self._threads_running.pop(request.id, None)
-                finished.set()
-
-        future = self.pool.submit(loop, call)
+        future = self.pool.submit(
+            loop, self._in_thread(fn, args, kwargs, request, lambda: loop.call_soon_threadsafe(mark_started))
+        )
         # The limits count from when a thread picks the call up, not from submission: threads abandoned
         # at their hard limit can keep the pool busy, and a call must not be failed before it starts.
         await asyncio.wait({started, future}, return_when=asyncio.FIRST_COMPLETED)
@@ -162,8 +140,8 @@ class Executor:
             return await asyncio.wait_for(asyncio.shield(future), first)
         except TimeoutError:
             pass
-        if soft is not None and thread_id and not finished.is_set():
-            _raise_in_thread(thread_id[0], SoftTimeLimitExceeded)
+        if soft is not None:
+            self._interrupt(request.id, SoftTimeLimitExceeded)
         if hard is None:
             return await future
         try:
@@ -171,14 +149,38 @@ class Executor:
         except TimeoutError:
             raise TimeLimitExceeded(f"hard time limit ({hard:g} s) exceeded; the thread is abandoned") from None
 
-    def terminate_thread(self, task_id: str) -> bool:
-        """``revoke --terminate`` of a sync task in a thread: raise :class:`Terminated` in it (with the soft
-        limit's caveat: at its next Python bytecode, not while blocked in C). False if none runs *task_id*."""
+    def _in_thread(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], request: Request,
+        on_start: Callable[[], Any] | None = None,
+    ) -> Callable[[], Any]:  # fmt: skip
+        """The call a pool thread makes: ``self.request`` set, and the thread known by task id while it runs
+        (for the soft limit and ``revoke --terminate``)."""
+
+        def call() -> Any:
+            self._threads_running[request.id] = threading.get_ident()
+            if on_start is not None:
+                on_start()
+            token = request_context.current.set(request)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                request_context.current.reset(token)
+                self._threads_running.pop(request.id, None)
+
+        return call
+
+    def _interrupt(self, task_id: str, exc_type: type[BaseException]) -> bool:
+        """Raise *exc_type* in the thread running *task_id*, at its next Python bytecode (not while it is
+        blocked in C); False if no thread runs it (it has not started, or has finished)."""
         thread = self._threads_running.get(task_id)
         if thread is None:
             return False
-        _raise_in_thread(thread, Terminated)
+        _raise_in_thread(thread, exc_type)
         return True
+
+    def terminate_thread(self, task_id: str) -> bool:
+        """``revoke --terminate`` of a sync task in a thread: :class:`Terminated` raised in it (see _interrupt)."""
+        return self._interrupt(task_id, Terminated)
 
     def shutdown(self, wait: bool) -> None:
         """Stop the pools. Children running a task finish it (*wait*) or are killed; threads cannot be."""
