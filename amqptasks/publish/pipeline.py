@@ -29,7 +29,7 @@ __all__ = ["ConfirmChannel", "ConfirmTimeout"]
 
 log = logging.getLogger(__name__)
 
-#: Let pika write out what it buffered once this many body bytes are waiting (large messages, small windows).
+#: Hand encoded messages to the socket once this many bytes of them wait (large messages).
 _FLUSH_BYTES = 4 * 1024 * 1024
 #: Hand this many encoded messages to the socket at a time (one send(2) for all of them).
 _STREAM_EVERY = 256
@@ -76,6 +76,10 @@ class ConfirmChannel:
         self._oldest = 1  # lowest delivery tag that may still be in flight
         self._return_cursor = 1  # returns come in publish order: the next one is for this tag or a later one
         self._outcome = Outcome()
+        self._pending: list[bytes] = []  # encoded messages not handed to pika yet (see _hand_over)
+        self._pending_bytes = 0
+        # The write path pika's own basic_publish ends in (private, stable across pika 1.x).
+        self._emit: Callable[[list[bytes]], None] = self._impl.connection._output_marshaled_frames
         self._impl.add_on_return_callback(self._on_return)
         if confirm:
             selected: list[bool] = []
@@ -101,25 +105,13 @@ class ConfirmChannel:
         inflight = self._inflight
         channel_number = self._impl.channel_number
         connection = self._impl.connection
-        # Private but stable across pika 1.x, like _impl and _flush_output: the negotiated body size per frame
-        # and the write path that pika's own basic_publish ends in.
+        # Private but stable across pika 1.x, like _impl and _flush_output: the negotiated body size per frame.
         frame_max = connection._body_max_length + 8
-        emit = connection._output_marshaled_frames
         window, window_bytes = self._window, self._window_bytes
         target, target_bytes = window - max(1, window // 10), window_bytes - window_bytes // 10
 
         def room() -> bool:
             return len(inflight) <= target and self._inflight_bytes <= target_bytes
-
-        unflushed = 0
-        # Encoded messages not handed to pika yet: pika's transport sends each buffer it is given with its own
-        # send(2), so messages go to it joined, one buffer per flush, not one per message.
-        pending: list[bytes] = []
-
-        def hand_over() -> None:
-            if pending:
-                emit([b"".join(pending)])
-                pending.clear()
 
         while True:
             try:
@@ -127,7 +119,6 @@ class ConfirmChannel:
             except StopIteration:
                 break
             except Exception:  # the caller's iterable failed: settle what we sent before letting it through
-                hand_over()
                 self._wait(lambda: not inflight)
                 raise
             envelope = item[1]
@@ -146,30 +137,30 @@ class ConfirmChannel:
                 del inflight[tag]
                 self._next_tag = tag
                 self._inflight_bytes -= size
-                hand_over()
                 self._wait(lambda: not inflight)
                 raise errors.PublishError(f"cannot send {envelope.describe()}: {_encode_problem(exc)}") from None
-            pending.append(frames)
-            if len(pending) >= _STREAM_EVERY:
-                # Let the broker start on these (and its confirms come back) while the next ones are encoded.
-                hand_over()
+            self._pending.append(frames)
+            self._pending_bytes += len(frames)
+            if len(self._pending) >= _STREAM_EVERY or self._pending_bytes >= _FLUSH_BYTES:
+                # Let the broker start on these (and its confirms come back) while the next ones are encoded;
+                # this also bounds what waits in memory when messages are large.
+                self._hand_over()
                 self._connection.process_data_events(time_limit=0)
             if not self._confirm:
                 del inflight[tag]
                 self._inflight_bytes -= size
                 outcome.confirmed += 1
             if len(inflight) >= window or self._inflight_bytes >= window_bytes:
-                hand_over()
                 self._wait(room)
-                unflushed = 0
-            else:
-                unflushed += size
-                if unflushed >= _FLUSH_BYTES:  # pika buffers what we publish until its I/O loop runs: bound that
-                    hand_over()
-                    self._wait(_always)
-                    unflushed = 0
-        hand_over()
         self._wait(lambda: not inflight)
+
+    def _hand_over(self) -> None:
+        """Give pika the encoded messages, joined: its transport sends each buffer it is given with its own
+        send(2), so they go as one buffer per hand-over, not one per message."""
+        if self._pending:
+            self._emit([b"".join(self._pending)])
+            self._pending.clear()
+            self._pending_bytes = 0
 
     def unsettled(self) -> list[Item]:
         """Messages sent but not settled, in publish order (after a lost connection: send them again)."""
@@ -247,7 +238,9 @@ class ConfirmChannel:
 
     # -- waiting -----------------------------------------------------------------------------------------------
     def _wait(self, done: Callable[[], bool]) -> None:
-        """Run the connection's I/O until ``done()``; raises pika's error if the channel or connection closes."""
+        """Run the connection's I/O until ``done()``; raises pika's error if the channel or connection closes.
+        What is still waiting to be handed to pika goes first: a wait for confirms of unsent messages never ends."""
+        self._hand_over()
         # BlockingChannel._flush_output is pika's own wait loop (private, stable across pika 1.x): it flushes our
         # output, dispatches incoming frames to the callbacks above, and raises ChannelClosedByBroker or the
         # connection's error when either closes. process_data_events() would not wake up for impl callbacks.
@@ -279,7 +272,3 @@ def _encode_problem(exc: Exception) -> str:
 
 def _noop() -> None:
     pass
-
-
-def _always() -> bool:
-    return True
