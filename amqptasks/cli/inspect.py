@@ -89,7 +89,7 @@ def rate_limit_command(
 
 @control_group.command("revoke")
 @click.argument("task_id")
-@click.option("--terminate", is_flag=True, help="Also stop it if it is running (async def tasks only).")
+@click.option("--terminate", is_flag=True, help="Also stop it if it is running (see docs/monitoring.md per pool).")
 @config_options
 @_timeout
 @_json

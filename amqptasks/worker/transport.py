@@ -119,8 +119,16 @@ class Transport:
     # --- the worker's side --------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Connect and consume; raises on a missing queue or an unreachable broker."""
-        await self._connect()
+        """Connect and consume; raises :class:`AmqpTasksError` saying why (unreachable broker, missing queue,
+        refused access...)."""
+        try:
+            await self._connect()
+        except (_Lost, TimeoutError, pika.exceptions.AMQPError) as exc:
+            reason = str(exc) or f"no answer within {STEP_TIMEOUT_S:g} s"
+            raise AmqpTasksError(
+                f"cannot consume {', '.join(map(repr, self.queues))} on {self._url.masked()}: {reason} "
+                "(check the user's permissions on these queues and the broker's log)"
+            ) from None
         self._started = True
 
     def is_stale(self, incoming: Incoming) -> bool:
