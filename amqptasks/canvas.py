@@ -16,10 +16,10 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from amqptasks.message.ids import new_id as _new_id
 from amqptasks.result import AsyncResult, GroupResult
 from amqptasks.results.middleware import CHORD_UNLOCK
 from amqptasks.tasks import lineage
@@ -36,10 +36,6 @@ GROUP = "amqptasks.group"
 CHORD = "amqptasks.chord"
 
 R = TypeVar("R", AsyncResult, GroupResult)
-
-
-def _new_id() -> str:
-    return str(uuid.uuid4())
 
 
 def _signature(item: Any) -> Signature:

@@ -50,16 +50,22 @@ _PROTOCOL_HEADERS = frozenset(
 )  # fmt: skip
 
 
-_ORIGIN: tuple[int, str] | None = None
+_ORIGIN = ""
+
+
+def _set_origin() -> None:
+    global _ORIGIN
+    _ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
+
+
+_set_origin()
+# A forked child (processes pool) is another process: set again there, not looked up for every message.
+os.register_at_fork(after_in_child=_set_origin)
 
 
 def origin() -> str:
-    """``pid@host`` of this process (cached; recomputed after a fork)."""
-    global _ORIGIN
-    pid = os.getpid()
-    if _ORIGIN is None or _ORIGIN[0] != pid:
-        _ORIGIN = (pid, f"{pid}@{socket.gethostname()}")
-    return _ORIGIN[1]
+    """``pid@host`` of this process."""
+    return _ORIGIN
 
 
 @dataclass(frozen=True)
@@ -89,34 +95,43 @@ class TaskMessage:
     extra_headers: Mapping[str, Any] = field(default_factory=dict)
 
     def headers(self) -> dict[str, Any]:
-        # A task is always published fresh: no x-death (cycle detection) and none of our delay routing
-        # headers (the unroutable-catching alternate exchange keys on them).
-        headers = {
-            k: v for k, v in self.extra_headers.items() if k not in DEATH_HEADERS and not k.startswith("amqptasks.")
-        }
-        headers.update(
-            {
-                "lang": "py",
-                "task": self.task,
-                "id": self.id,
-                "shadow": None,
-                "eta": self.eta.isoformat() if self.eta else None,
-                "expires": self.expires.isoformat() if self.expires else None,
-                "group": self.group,
-                "group_index": self.group_index,
-                "retries": self.retries,
-                "timelimit": list(self.timelimit),
-                "root_id": self.root_id or self.id,
-                "parent_id": self.parent_id,
-                "argsrepr": _short_repr(self.args),
-                "kwargsrepr": _short_repr(dict(self.kwargs)),
-                "origin": self.origin,
-                "ignore_result": self.ignore_result,
-            }
-        )
-        # Celery reads every header with .get(): leaving out the empty ones is equivalent, and halves the
-        # cost of encoding the AMQP header table on the publish hot path.
-        return {k: v for k, v in headers.items() if v is not None}
+        """The AMQP headers. Celery reads every header with ``.get()``, so the empty ones (None, and a timelimit
+        of two Nones) are left out: the same to every reader, and less to encode, send and route."""
+        headers: dict[str, Any] = {}
+        if self.extra_headers:
+            # A task is always published fresh: no x-death (cycle detection) and none of our delay routing
+            # headers (the unroutable-catching alternate exchange keys on them). The protocol's own headers
+            # come from the fields below, never from here.
+            headers.update(
+                (k, v)
+                for k, v in self.extra_headers.items()
+                if v is not None
+                and k not in _PROTOCOL_HEADERS
+                and k not in DEATH_HEADERS
+                and not k.startswith("amqptasks.")
+            )
+        headers["lang"] = "py"
+        headers["task"] = self.task
+        headers["id"] = self.id
+        if self.eta is not None:
+            headers["eta"] = self.eta.isoformat()
+        if self.expires is not None:
+            headers["expires"] = self.expires.isoformat()
+        if self.group is not None:
+            headers["group"] = self.group
+        if self.group_index is not None:
+            headers["group_index"] = self.group_index
+        headers["retries"] = self.retries
+        if self.timelimit[0] is not None or self.timelimit[1] is not None:
+            headers["timelimit"] = list(self.timelimit)
+        headers["root_id"] = self.root_id or self.id
+        if self.parent_id is not None:
+            headers["parent_id"] = self.parent_id
+        headers["argsrepr"] = _short_repr(self.args)
+        headers["kwargsrepr"] = _short_repr(dict(self.kwargs)) if self.kwargs else "{}"
+        headers["origin"] = self.origin
+        headers["ignore_result"] = self.ignore_result
+        return headers
 
     def body(self) -> list[Any]:
         embed = {

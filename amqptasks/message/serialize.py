@@ -84,12 +84,14 @@ def _decode_tagged(obj: dict[str, Any]) -> Any:
     return obj
 
 
+#: One encoder for every call (json.dumps with options builds a new one each time; encoding keeps no state).
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_encode_tagged)
+
+
 def dumps(value: Any, serializer: Serializer) -> bytes:
     if serializer == "msgpack":
         return bytes(_msgpack().packb(value, use_bin_type=True))
-    return json.dumps(
-        value, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_encode_tagged
-    ).encode()
+    return _JSON.encode(value).encode()
 
 
 def loads(body: bytes, content_type: str | None, content_encoding: str | None) -> Any:

@@ -65,13 +65,50 @@ def _value(value: Any) -> bytes:
     return b"".join(pieces)
 
 
+#: Scalar types whose encoded header field is remembered (see encode_table).
+_SCALARS = frozenset({str, int, bool, type(None)})
+_PAIRS_MAX = 1024
+#: key -> (type, value, encoded field) of the last scalar value seen under that key. Task headers mostly repeat
+#: from one message to the next (task name, origin, retries, argsrepr...): those are encoded once. The type is
+#: part of the match because ``True == 1`` and ``"a" == "a"`` alike must not be mixed up.
+_PAIRS: dict[str, tuple[type, Any, bytes]] = {}
+
+
 def encode_table(table: Any) -> bytes:
-    body = b"".join(_key(k) + _value(v) for k, v in table.items())
+    parts = []
+    pairs = _PAIRS
+    for k, v in table.items():
+        kind = type(v)
+        last = pairs.get(k)
+        if last is not None and last[0] is kind and last[1] == v:
+            parts.append(last[2])
+            continue
+        field = _key(k) + _value(v)
+        if kind in _SCALARS and (last is not None or len(pairs) < _PAIRS_MAX):
+            pairs[k] = (kind, v, field)
+        parts.append(field)
+    body = b"".join(parts)
     return _U32.pack(len(body)) + body
 
 
+_FRAME_HEAD = struct.Struct(">BHI")
+
+
 def _frame(kind: int, channel: int, payload: bytes) -> bytes:
-    return struct.pack(">BHI", kind, channel, len(payload)) + payload + _FRAME_END
+    return _FRAME_HEAD.pack(kind, channel, len(payload)) + payload + _FRAME_END
+
+
+@lru_cache(maxsize=1024)
+def _method_frame(channel: int, exchange: str, routing_key: str, mandatory: bool) -> bytes:
+    """The basic.publish method frame: the same bytes for every message to one destination."""
+    method = struct.pack(">HHH", _BASIC_CLASS, _PUBLISH_METHOD, 0)  # reserved-1 (ticket)
+    method += _shortstr(exchange) + _shortstr(routing_key) + bytes((1 if mandatory else 0,))
+    return _frame(_FRAME_METHOD, channel, method)
+
+
+@lru_cache(maxsize=64)
+def _const_shortstr(value: str) -> bytes:
+    return _shortstr(value)
 
 
 def _properties(envelope: Envelope) -> bytes:
@@ -79,10 +116,10 @@ def _properties(envelope: Envelope) -> bytes:
     parts: list[bytes] = []
     if envelope.content_type is not None:
         flags |= _CONTENT_TYPE
-        parts.append(_shortstr(envelope.content_type))
+        parts.append(_const_shortstr(envelope.content_type))
     if envelope.content_encoding is not None:
         flags |= _CONTENT_ENCODING
-        parts.append(_shortstr(envelope.content_encoding))
+        parts.append(_const_shortstr(envelope.content_encoding))
     if envelope.headers:
         flags |= _HEADERS
         parts.append(encode_table(envelope.headers))
@@ -104,13 +141,20 @@ def _properties(envelope: Envelope) -> bytes:
     return struct.pack(">H", flags) + b"".join(parts)
 
 
+_CONTENT_HEAD = struct.Struct(">HHQ")
+
+
 def encode_publish(channel: int, envelope: Envelope, frame_max: int) -> bytes:
     """The method, content header and body frames of one ``basic.publish``, ready for the socket."""
-    method = struct.pack(">HHH", _BASIC_CLASS, _PUBLISH_METHOD, 0)  # reserved-1 (ticket)
-    method += _shortstr(envelope.exchange) + _shortstr(envelope.routing_key) + bytes((1 if envelope.mandatory else 0,))
     body = envelope.body
-    header = struct.pack(">HHQ", _BASIC_CLASS, 0, len(body)) + _properties(envelope)
-    frames = [_frame(_FRAME_METHOD, channel, method), _frame(_FRAME_HEADER, channel, header)]
+    header = _CONTENT_HEAD.pack(_BASIC_CLASS, 0, len(body)) + _properties(envelope)
+    frames = [
+        _method_frame(channel, envelope.exchange, envelope.routing_key, envelope.mandatory),
+        _frame(_FRAME_HEADER, channel, header),
+    ]
     step = frame_max - 8  # frame overhead: type, channel, size, end
-    frames.extend(_frame(_FRAME_BODY, channel, body[i : i + step]) for i in range(0, len(body), step))
+    if 0 < len(body) <= step:
+        frames.append(_frame(_FRAME_BODY, channel, body))
+    else:  # none for an empty body
+        frames.extend(_frame(_FRAME_BODY, channel, body[i : i + step]) for i in range(0, len(body), step))
     return b"".join(frames)

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from amqptasks.config.diagnostics import did_you_mean
 from amqptasks.config.tasks_model import Route
 from amqptasks.message.envelope import Envelope
+from amqptasks.message.ids import new_id
 from amqptasks.message.protocol import TaskMessage, to_envelope
 from amqptasks.message.serialize import Serializer
 from amqptasks.tasks.options import TaskOptions
@@ -42,6 +42,11 @@ class SendSettings:
     routes: Sequence[Route] = ()
     delays_enabled: bool = False
     max_message_size: int = 4 * 1024 * 1024
+    #: Resolved destinations by task and call routing options (see _destination); routes never change.
+    destinations: dict[tuple[Any, ...], Destination] = field(default_factory=dict, compare=False, repr=False)
+
+
+_DESTINATIONS_MAX = 4096
 
 
 def check_apply_options(options: Mapping[str, Any], task: str) -> None:
@@ -91,6 +96,21 @@ def _signature_dicts(value: Any) -> tuple[Mapping[str, Any], ...]:
     return tuple(dict(item) for item in items)
 
 
+_NOT_SET = RouteFields()
+
+
+def _destination(settings: SendSettings, task: TaskOptions, call: RouteFields) -> Destination:
+    """The route for this call (the same for every call that sets the same routing options: computed once)."""
+    key = (task.name, task.exchange, task.routing_key, task.queue, task.priority, call)
+    found = settings.destinations.get(key)
+    if found is None:
+        declared = RouteFields(task.exchange, task.routing_key, task.queue, task.priority)
+        found = resolve(task.name, call, find_route(settings.routes, task.name), declared)
+        if len(settings.destinations) < _DESTINATIONS_MAX:
+            settings.destinations[key] = found
+    return found
+
+
 def prepare(
     task: TaskOptions,
     args: tuple[Any, ...],
@@ -100,17 +120,19 @@ def prepare(
     now: datetime | None = None,
 ) -> Prepared:
     """Everything but the I/O of publishing a task: raises before anything could be sent."""
-    check_apply_options(options, task.name)
+    if options:
+        check_apply_options(options, task.name)
     now = now or datetime.now(UTC)
     eta = _eta(options, now)
     expires = _expires(options.get("expires", task.expires), now)
-    call = RouteFields(
-        options.get("exchange"), options.get("routing_key"), options.get("queue"), options.get("priority")
+    call = (
+        RouteFields(options.get("exchange"), options.get("routing_key"), options.get("queue"), options.get("priority"))
+        if options
+        else _NOT_SET
     )
-    declared = RouteFields(task.exchange, task.routing_key, task.queue, task.priority)
-    destination = resolve(task.name, call, find_route(settings.routes, task.name), declared)
+    destination = _destination(settings, task, call)
     serializer: Serializer = options.get("serializer") or task.serializer
-    task_id = str(options.get("task_id") or uuid.uuid4())
+    task_id = str(options.get("task_id") or new_id())
     time_limit = options.get("time_limit", task.time_limit)
     soft_limit = options.get("soft_time_limit", task.soft_time_limit)
     message = TaskMessage(
