@@ -26,6 +26,7 @@ from tests.worker_helpers import (
     queue_stats_when,
     ready,
     run_worker,
+    wait_until,
 )
 
 pytestmark = pytest.mark.broker
@@ -128,20 +129,27 @@ def test_acks_late_false_acknowledges_before_the_task_runs(
     app.send_task("other.late")
     seen: dict[str, Any] = {}
 
-    def both_running_and_observed() -> bool:
-        if len(started) < 2:
-            return False
-        seen["work"] = queue_stats_when(mgmt, vhost, "work", lambda q: acks(q) >= 1 and "messages" in q)
-        seen["other"] = queue_stats_when(mgmt, vhost, "other", lambda q: q.get("messages_unacknowledged") == 1)
-        seen["running"] = not release.is_set()
-        release.set()
-        return True
+    def observe() -> None:
+        # In a thread of its own: the worker's loop (which runs until()) must stay free to send the ack.
+        try:
+            wait_until(lambda: len(started) == 2, timeout=20, what="both tasks to start")
+            seen["work"] = queue_stats_when(mgmt, vhost, "work", lambda q: acks(q) >= 1 and "messages" in q)
+            seen["other"] = queue_stats_when(mgmt, vhost, "other", lambda q: q.get("messages_unacknowledged") == 1)
+            seen["running"] = not release.is_set()
+        except AssertionError as exc:
+            seen["error"] = exc
+        finally:
+            release.set()
+
+    observer = threading.Thread(target=observe, daemon=True)
+    observer.start()
 
     # When a worker runs them, and the broker's statistics are read while both still run
-    run_worker(app, ["work", "other"], until=both_running_and_observed, timeout=30)
+    run_worker(app, ["work", "other"], until=lambda: not observer.is_alive(), timeout=45)
     app.close()
 
     # Then the acks_late=False message was acknowledged while its task was still running
+    assert "error" not in seen, seen.get("error")
     assert seen["running"]
     assert seen["work"]["messages_unacknowledged"] == 0 and seen["work"]["messages"] == 0
     # And the acks_late=True one was held unacknowledged until its task returned

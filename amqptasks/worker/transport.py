@@ -45,6 +45,8 @@ log = logging.getLogger("amqptasks.worker")
 ACK_HOLD_S = 0.2
 #: Acks are sent at most this long after their task finished (sooner once a quarter of the prefetch waits).
 ACK_BATCH_S = 0.005
+#: A held ack this close to its ACK_HOLD_S is sent with the others rather than on a timer of its own.
+_TIMER_SLACK_S = 0.002
 RECONNECT_MIN_S, RECONNECT_MAX_S = 0.5, 5.0
 #: How long one step of connecting (open, channel, declare, consume) may take.
 STEP_TIMEOUT_S = 30.0
@@ -408,11 +410,17 @@ class Transport:
                 self._done.discard(tag)
             self._floor = top
         for tag, since in list(self._held.items()):
-            if final or now - since >= ACK_HOLD_S:
+            if final or now - since >= ACK_HOLD_S - _TIMER_SLACK_S:
                 channel.basic_ack(tag)
                 del self._held[tag]
-        if self._held and (self._hold_timer is None or self._hold_timer.when() <= now):
-            self._hold_timer = self._loop.call_later(ACK_HOLD_S, self._flush)
+        if self._held and self._hold_timer is None:
+            # Timers may fire a little early (uvloop counts in milliseconds): whatever is not due yet gets a
+            # timer again, so no held ack is left waiting for some later settlement to send it.
+            self._hold_timer = self._loop.call_at(min(self._held.values()) + ACK_HOLD_S, self._on_hold_timer)
+
+    def _on_hold_timer(self) -> None:
+        self._hold_timer = None
+        self._flush()
 
 
 def _resolve(future: asyncio.Future[Any], result: Any) -> None:
