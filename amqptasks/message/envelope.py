@@ -10,7 +10,7 @@ from typing import Any
 PERSISTENT = 2
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Envelope:
     exchange: str
     routing_key: str
