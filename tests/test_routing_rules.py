@@ -115,6 +115,31 @@ def test_unknown_apply_option_is_a_type_error_with_a_hint() -> None:
         prepared(countdwn=3)
 
 
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"routing_key": ["billing"]}, TypeError, "routing_key must be a string, got ['billing']"),
+        ({"exchange": 5}, TypeError, "exchange must be a string, got 5"),
+        ({"priority": 300}, ValueError, "priority must be an integer from 0 to 255, got 300"),
+        ({"priority": "high"}, ValueError, "priority must be an integer from 0 to 255, got 'high'"),
+    ],
+)
+def test_routing_options_of_the_wrong_type_are_refused_naming_the_option(
+    options: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=re.escape(message)):
+        prepared(**options)
+
+
+def test_repeated_calls_with_other_routing_options_each_get_their_own_destination() -> None:
+    settings = SendSettings()
+    first = prepare(PLAIN, (), {}, {"routing_key": "a"}, settings, now=NOW)
+    second = prepare(PLAIN, (), {}, {"routing_key": "b"}, settings, now=NOW)
+    again = prepare(PLAIN, (), {}, {"routing_key": "a"}, settings, now=NOW)
+    plain = prepare(PLAIN, (), {}, {}, settings, now=NOW)
+    assert [p.envelope.routing_key for p in (first, second, again, plain)] == ["a", "b", "a", "default"]
+
+
 def test_non_serializable_argument_is_named_at_publish_time() -> None:
     with pytest.raises(EncodeError, match=r"argument 2 \(object\) cannot be sent as json"):
         prepared(1, object())

@@ -70,7 +70,7 @@ _SCALARS = frozenset({str, int, bool, type(None)})
 _PAIRS_MAX = 1024
 #: key -> (type, value, encoded field) of the last scalar value seen under that key. Task headers mostly repeat
 #: from one message to the next (task name, origin, retries, argsrepr...): those are encoded once. The type is
-#: part of the match because ``True == 1`` and ``"a" == "a"`` alike must not be mixed up.
+#: part of the match because ``True == 1``, yet the two are encoded differently (``t`` and ``I``).
 _PAIRS: dict[str, tuple[type, Any, bytes]] = {}
 
 

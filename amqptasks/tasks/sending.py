@@ -55,6 +55,15 @@ def check_apply_options(options: Mapping[str, Any], task: str) -> None:
             raise TypeError(f"apply_async() of {task!r}: unknown option {key!r}{did_you_mean(key, APPLY_OPTIONS)}")
     if "countdown" in options and "eta" in options and options["countdown"] is not None and options["eta"]:
         raise TypeError(f"apply_async() of {task!r}: give countdown or eta, not both")
+    for name in ("exchange", "routing_key", "queue"):
+        value = options.get(name)
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"apply_async() of {task!r}: {name} must be a string, got {value!r}")
+    priority = options.get("priority")
+    if priority is not None and (
+        isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority < 256
+    ):
+        raise ValueError(f"apply_async() of {task!r}: priority must be an integer from 0 to 255, got {priority!r}")
 
 
 def _aware(value: datetime, name: str) -> datetime:
