@@ -9,6 +9,7 @@ from typing import Any
 
 from amqptasks.config.diagnostics import did_you_mean
 from amqptasks.config.tasks_model import Route
+from amqptasks.constants import MAX_PRIORITY_LIMIT
 from amqptasks.message.envelope import Envelope
 from amqptasks.message.ids import new_id
 from amqptasks.message.protocol import TaskMessage, to_envelope
@@ -61,9 +62,11 @@ def check_apply_options(options: Mapping[str, Any], task: str) -> None:
             raise TypeError(f"apply_async() of {task!r}: {name} must be a string, got {value!r}")
     priority = options.get("priority")
     if priority is not None and (
-        isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority < 256
+        isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= MAX_PRIORITY_LIMIT
     ):
-        raise ValueError(f"apply_async() of {task!r}: priority must be an integer from 0 to 255, got {priority!r}")
+        raise ValueError(
+            f"apply_async() of {task!r}: priority must be an integer from 0 to {MAX_PRIORITY_LIMIT}, got {priority!r}"
+        )
 
 
 def _aware(value: datetime, name: str) -> datetime:
