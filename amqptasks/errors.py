@@ -6,6 +6,11 @@ transport library's exceptions.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from amqptasks.result import AsyncResult
+
 
 class AmqpTasksError(Exception):
     """Base class of every error amqptasks raises."""
@@ -75,6 +80,34 @@ class BatchUnroutableError(UnroutableError):
         self.args = (
             f"message #{self.position} of {total}: {self.args[0]}; {confirmed} of the {total} messages were "
             f"confirmed, {len(positions)} returned (positions {shown})",
+        )
+
+
+class BatchInterrupted(PublishError):
+    """``publish_many`` stopped at item ``position``: taking it from the caller's iterable, or building its message
+    (``publish_many(stream=True)``), raised the exception that is this error's ``__cause__``.
+
+    The ``position`` items before it were sent and settled before this was raised: ``confirmed`` of them are on
+    the broker, and ``failed`` is the error for the others (returned as unroutable, or nacked), or None. Nothing
+    from ``position`` on was sent, so a batch can be resumed from there. ``results``: the ``AsyncResult`` of each
+    item sent, in order (filled in by ``App.publish_many``; empty when publishing envelopes).
+    """
+
+    def __init__(self, position: int, *, confirmed: int, failed: PublishError | None, cause: BaseException) -> None:
+        self.position = position
+        self.confirmed = confirmed
+        self.failed = failed
+        self.results: list[AsyncResult] = []
+        text = str(cause).rstrip(".")
+        problem = f"{type(cause).__name__}: {text}" if text else type(cause).__name__
+        if position == 0:
+            sent = "nothing was sent"
+        else:
+            sent = f"the {position} before it were sent and {confirmed} of them confirmed"
+            if failed is not None:
+                sent += f" ({failed})"
+        super().__init__(
+            f"publish_many stopped at item #{position}: {problem}; {sent}; nothing from #{position} on was sent"
         )
 
 

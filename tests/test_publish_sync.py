@@ -324,10 +324,34 @@ def test_publish_many_to_a_missing_exchange_raises_and_the_publisher_keeps_worki
 
 
 def test_publish_many_rejects_items_that_are_not_envelopes(publisher: SyncPublisher, topology: Any) -> None:
-    with pytest.raises(TypeError, match="item #1 is a str, not an Envelope"):
-        publisher.publish_many([task(n=0), "oops"])  # type: ignore[list-item]
+    with pytest.raises(errors.BatchInterrupted, match="stopped at item #1: TypeError: item #1 is a str") as caught:
+        publisher.publish_many([task(n=0), "oops", task(n=2)])  # type: ignore[list-item]
 
-    # The message before the bad item was still confirmed
+    # The message before the bad item was still confirmed; nothing after it was taken
+    assert isinstance(caught.value.__cause__, TypeError) and caught.value.confirmed == 1
+    assert count(topology) == 1
+
+
+def test_publish_many_from_a_failing_generator_reports_the_failures_before_it(
+    publisher: SyncPublisher, topology: Any
+) -> None:
+    # Given a generator that yields a good message, an unroutable one, then fails
+    def batch() -> Iterator[Envelope]:
+        yield task(n=0)
+        yield task("work.x", exchange="no-binding-here", n=1)
+        raise ValueError("the database cursor went away")
+
+    topology.exchange_declare("no-binding-here", "topic", durable=True)
+
+    # When it is published
+    with pytest.raises(errors.BatchInterrupted) as caught:
+        publisher.publish_many(batch())
+
+    # Then the error says where it stopped and why, and reports the unroutable message sent before it
+    error = caught.value
+    assert error.position == 2 and error.confirmed == 1 and isinstance(error.__cause__, ValueError)
+    assert isinstance(error.failed, errors.BatchUnroutableError) and error.failed.positions == (1,)
+    assert "ValueError: the database cursor went away" in str(error) and "unroutable" in str(error)
     assert count(topology) == 1
 
 

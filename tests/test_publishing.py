@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from amqptasks import App, UnroutableError
+from amqptasks import App, UnroutableError, errors
 from amqptasks.broker import BrokerURL, ManagementClient
+from amqptasks.message.errors import EncodeError
 from tests.topology_helpers import drain
 
 TOPOLOGY = """
@@ -155,6 +156,53 @@ def test_publish_many_confirms_every_message(app: App, mgmt: ManagementClient, v
     results = app.publish_many(send.s(f"user{i}") for i in range(2000))
     assert len({r.id for r in results}) == 2000
     assert channel.queue_declare("emails", passive=True).method.message_count == 2000
+
+
+def test_publish_many_with_a_bad_signature_raises_naming_it_and_sends_nothing(app: App, channel: Any) -> None:
+    # Given a batch whose signature #50 lacks an argument
+    send = app.tasks["emails.send"]
+    batch = [send.s(f"user{i}") for i in range(100)]
+    batch[50] = send.s()
+
+    # When it is published the default way, Then it raises the call's own error, naming the signature
+    with pytest.raises(TypeError) as caught:
+        app.publish_many(batch)
+    assert "publish_many: raised for signature #50 (task 'emails.send')" in caught.value.__notes__
+
+    # And nothing was sent: the batch can be fixed and published again without duplicates
+    assert channel.queue_declare("emails", passive=True).method.message_count == 0
+
+
+def test_publish_many_streamed_confirms_every_message_of_a_generator(app: App, channel: Any) -> None:
+    send = app.tasks["emails.send"]
+    results = app.publish_many((send.s(f"user{i}") for i in range(3000)), stream=True)
+
+    arrived = [properties.correlation_id for _, properties, _ in drain(channel, "emails")]
+    assert arrived == [result.id for result in results] and len(set(arrived)) == 3000
+
+
+def test_publish_many_streamed_stops_at_a_bad_signature_after_settling_the_ones_before(app: App, channel: Any) -> None:
+    # Given a streamed batch whose signature #50 cannot be serialized
+    send = app.tasks["emails.send"]
+    batch = [send.s(f"user{i}") for i in range(100)]
+    batch[50] = send.s(object())
+
+    # When it is published
+    with pytest.raises(errors.BatchInterrupted) as caught:
+        app.publish_many(batch, stream=True)
+
+    # Then the error says where it stopped and why, and what became of the messages before it
+    error = caught.value
+    assert (error.position, error.confirmed, error.failed) == (50, 50, None)
+    assert isinstance(error.__cause__, EncodeError) and "argument 1 (object) cannot be sent as json" in str(error)
+    assert "stopped at item #50" in str(error) and "the 50 before it were sent and 50 of them confirmed" in str(error)
+    # The first 50 are on the broker, with the results the caller needs to track them; nothing after #49 was sent
+    arrived = [properties.correlation_id for _, properties, _ in drain(channel, "emails")]
+    assert arrived == [result.id for result in error.results] and len(arrived) == 50
+
+    # And the rest can be published by resuming after the bad one
+    rest = app.publish_many(batch[error.position + 1 :], stream=True)
+    assert len(rest) == 49 and channel.queue_declare("emails", passive=True).method.message_count == 49
 
 
 @pytest.mark.parametrize(

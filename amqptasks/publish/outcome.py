@@ -35,8 +35,20 @@ class Outcome:
     #: (exchange, routing key) of returns that matched no message in flight (should not happen; still a failure).
     stray_returns: list[tuple[str, str]] = field(default_factory=list)
 
+    #: (position, exception) when taking an item from the caller's iterable raised: the batch stopped there.
+    interrupted: tuple[int, Exception] | None = None
+
     def error(self) -> errors.PublishError | None:
         """The error to raise for the failures recorded, or None when every message was confirmed."""
+        failed = self._failed()
+        if self.interrupted is None:
+            return failed
+        position, cause = self.interrupted
+        error = errors.BatchInterrupted(position, confirmed=self.confirmed, failed=failed, cause=cause)
+        error.__cause__ = cause
+        return error
+
+    def _failed(self) -> errors.PublishError | None:
         if self.nacked:
             return self._nacked_error()
         if self.returned:

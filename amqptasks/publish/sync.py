@@ -120,7 +120,9 @@ class SyncPublisher:
 
         The same guarantees as ``publish``, per message. Every message is attempted: if some are returned as
         unroutable, ``BatchUnroutableError`` names the first and lists all (``positions``) after the others
-        were confirmed; ``PublishNacked`` likewise for nacks.
+        were confirmed; ``PublishNacked`` likewise for nacks. ``envelopes`` is consumed as it is sent (a generator
+        is never held whole); if taking an item from it raises, the messages before it are settled first and
+        ``BatchInterrupted`` says how far the batch got.
         """
         outcome = Outcome(batch=True)
         self._run(_numbered(envelopes, outcome), outcome, retry_policy, "a batch of messages")
@@ -140,6 +142,8 @@ class SyncPublisher:
                     f"cannot publish {what}: {BLOCKED_HINT}; the connection stayed blocked for more than "
                     f"{self._blocked_connection_timeout:g} s (blocked_connection_timeout){outcome.progress()}"
                 ) from None
+            except _SourceFailed:  # the pipeline settled what was sent before; outcome.error() reports it
+                break
             except ConfirmTimeout:
                 self._discard(link)
                 raise errors.PublishTimeout(
@@ -245,12 +249,26 @@ class SyncPublisher:
         self.close()
 
 
+class _SourceFailed(Exception):
+    """Internal: the caller's iterable failed (recorded in ``Outcome.interrupted``); stops the pipeline."""
+
+
 def _numbered(envelopes: Iterable[Envelope], outcome: Outcome) -> Iterator[Item]:
-    for position, envelope in enumerate(envelopes):
-        if not isinstance(envelope, Envelope):
-            raise TypeError(f"publish_many: item #{position} is a {type(envelope).__name__}, not an Envelope")
+    source = iter(envelopes)
+    position = 0
+    while True:
+        try:
+            envelope = next(source)
+            if not isinstance(envelope, Envelope):
+                raise TypeError(f"item #{position} is a {type(envelope).__name__}, not an Envelope")
+        except StopIteration:
+            return
+        except Exception as exc:  # the caller's generator failed (or gave a non-envelope): nothing more is taken
+            outcome.interrupted = (position, exc)
+            raise _SourceFailed from exc
         outcome.taken = position + 1
         yield position, envelope
+        position += 1
 
 
 def _describe(exc: BaseException) -> str:
