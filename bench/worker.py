@@ -542,8 +542,8 @@ def run_table(bench: Bench, args: argparse.Namespace) -> int:
 #: (category, frame patterns): a main-thread sample goes to the first category with a frame in its stack,
 #: scanning from the innermost frame out; samples matching none are the event loop's own work.
 PROFILE_CATEGORIES: list[tuple[str, list[str]]] = [
-    ("send: acks (batched), socket writes", [r"_on_socket_writable", r"_produce \(", r"Transport\._flush",
-                                             r"Worker\._settle"]),
+    ("send: acks (batched), socket writes", [r"_on_socket_writable", r"_produce \(", r"Acks\.flush",
+                                             r"Acks\.settle", r"Worker\._settle"]),
     ("receive: socket reads, AMQP frame parsing (pika)", [r"_on_socket_readable", r"_proto_data_received",
                                                          r"Transport\._hand_over", r"on_message \(.*transport"]),
     ("decode: body and headers to TaskMessage (`from_amqp`)", [r"^from_amqp ", r"^decode \(", r"serialize"]),
@@ -553,9 +553,10 @@ PROFILE_CATEGORIES: list[tuple[str, list[str]]] = [
     ("slot: `_slot()`", [r"Worker\._slot"]),
     ("thread hop, loop side: submit, results delivered in batches, self-pipe read",
      [r"Executor\.", r"TaskThreads\.", r"_read_from_self"]),
-    ("request: `Request(...)`, headers copied", [r"Worker\._request"]),
-    ("checks: redelivered / expired / early", [r"_redelivered_too_often", r"Worker\._expired", r"Worker\._early"]),
-    ("worker's own code: `_on_batch`, `_process`, `_handle`, `_execute`", [r"Worker\.", r"Delivery"]),
+    ("request: `Request(...)`, headers copied", [r"^request_for "]),
+    ("checks: redelivered / expired / early", [r"Admission\."]),
+    ("worker's own code: `_on_batch`, `_process`, `_handle`, `_execute`, failures and retries",
+     [r"Worker\.", r"Delivery", r"^failed \(", r"^republish \("]),
 ]  # fmt: skip
 LOOP_CATEGORY = "event loop: epoll, running callbacks and task steps"
 STARTUP = re.compile(r"_find_and_load|provision|load_app|banner|plan_worker")

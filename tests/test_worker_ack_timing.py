@@ -1,4 +1,4 @@
-"""When the worker's acknowledgements reach the broker (transport.py's coalescing), with the broker's side
+"""When the worker's acknowledgements reach the broker (acks.py's coalescing), with the broker's side
 replaced by a recorder of the frames the channel would send: what is checked is the timing logic alone."""
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def test_an_ack_above_a_gap_is_sent_even_when_its_timer_fires_early() -> None:
         await asyncio.sleep(0.05)
         assert channel.sent == []
         # When the hold timer fires before the ack is due (event loops round timers, uvloop to milliseconds)
-        timer = transport._hold_timer
+        timer = transport._acks._hold_timer
         assert timer is not None
         fire = timer._callback  # type: ignore[attr-defined]
         timer.cancel()

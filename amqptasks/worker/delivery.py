@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -52,3 +53,7 @@ class Delivery:
         if exchange == "":
             return {"queue": self.raw.routing_key or self.queue}
         return {"exchange": exchange, "routing_key": self.raw.routing_key or ""}
+
+
+#: How the worker settles a delivery, exactly once: ``settle(delivery, "ack" | "reject" | "requeue", why)``.
+Settle = Callable[[Delivery, str, str], None]

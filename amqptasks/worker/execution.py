@@ -32,7 +32,7 @@ import asyncio
 import ctypes
 import inspect
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from amqptasks.errors import SoftTimeLimitExceeded, Terminated, TimeLimitExceeded
@@ -50,6 +50,15 @@ POOLS = ("threads", "asyncio", "processes")
 
 def _raise_in_thread(thread_id: int, exc_type: type[BaseException]) -> None:
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exc_type))
+
+
+def time_limits(header: Sequence[Any], soft: float | None, hard: float | None) -> tuple[float | None, float | None]:
+    """The message's ``timelimit`` [soft, hard] (``apply_async(time_limit=...)``, Celery clients) over the task's."""
+
+    def given(value: Any) -> float | None:
+        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) and value > 0 else None
+
+    return given(header[0]) or soft, given(header[1]) or hard
 
 
 class Executor:

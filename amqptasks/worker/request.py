@@ -6,9 +6,12 @@ import contextvars
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from amqptasks.message.protocol import TaskMessage
+
+if TYPE_CHECKING:
+    from amqptasks.worker.delivery import Delivery
 
 
 @dataclass(frozen=True)
@@ -36,3 +39,17 @@ class Request:
 
 #: The request of the task running in this context (asyncio task or thread); None outside a task.
 current: contextvars.ContextVar[Request | None] = contextvars.ContextVar("amqptasks_request", default=None)
+
+
+def request_for(d: Delivery, hostname: str) -> Request:
+    """The request of the task a delivery runs, on worker *hostname* (its message decoded)."""
+    m, raw = d.message, d.raw
+    assert m is not None
+    return Request(
+        id=m.id, task=m.task, args=m.args, kwargs=m.kwargs, retries=m.retries,
+        delivery_info={"exchange": d.exchange, "routing_key": raw.routing_key, "queue": d.queue,
+                       "priority": raw.priority, "redelivered": raw.redelivered},
+        headers=dict(raw.headers or {}), reply_to=m.reply_to, eta=m.eta, expires=m.expires,
+        hostname=hostname, redelivered=bool(raw.redelivered), root_id=m.root_id,
+        parent_id=m.parent_id, message=m,
+    )  # fmt: skip
