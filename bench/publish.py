@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import os
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package: it runs as a script
 
@@ -97,20 +99,31 @@ def amqptasks_publish_many(stream: bool) -> Callable[[BrokerURL, Sizes], Row]:
     return run
 
 
-def broker_ceiling(url: BrokerURL, sizes: Sizes) -> Row:
+#: Header tables for the ``--header-probe`` rows: what the broker's ceiling is with fewer headers than the Celery
+#: protocol's (Dramatiq's messages carry none).
+HEADER_PROBES: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
+    "only the `id` and `task` headers": lambda headers: {"id": headers["id"], "task": headers["task"]},
+    "no headers": lambda headers: {},
+}
+
+
+def broker_ceiling(url: BrokerURL, sizes: Sizes, probe: str | None = None) -> Row:
     """The broker's own limit for this workload: publish_many's messages, encoded *before* the clock starts, written
-    256 to a send(2) with up to 10,000 confirms outstanding. No client does less work per message than this."""
+    256 to a send(2) with up to 10,000 confirms outstanding. No client does less work per message than this.
+    ``probe`` names a HEADER_PROBES entry: the same messages with a smaller header table."""
     with amqptasks_app(url) as app:
         task = app.tasks[TASK]
         app.publish_many([task.s(*ARGS) for _ in range(sizes.warmup)])  # declares the queue, warms the broker up
         settle_warmup(url, sizes.warmup)
-        prepared = [app._prepare(task.options, ARGS, {}, {}) for _ in range(sizes.n)]
+        envelopes = [app._prepare(task.options, ARGS, {}, {}).envelope for _ in range(sizes.n)]
+    if probe is not None:
+        envelopes = [replace(e, headers=HEADER_PROBES[probe](e.headers)) for e in envelopes]
     connection = open_blocking(url, connection_name="amqptasks bench ceiling")
     try:
         channel = connection.channel()
         impl = channel._impl
         frame_max = impl.connection._body_max_length + 8
-        frames = [encode_publish(impl.channel_number, p.envelope, frame_max) for p in prepared]
+        frames = [encode_publish(impl.channel_number, e, frame_max) for e in envelopes]
         confirmed = [0]
         impl.confirm_delivery(ack_nack_callback=lambda f: confirmed.__setitem__(0, f.method.delivery_tag))
         connection.process_data_events(time_limit=0.5)
@@ -127,7 +140,8 @@ def broker_ceiling(url: BrokerURL, sizes: Sizes) -> Row:
         seconds = time.perf_counter() - start
     finally:
         connection.close()
-    return Row("(broker)", "pre-encoded frames, pipelined confirms: no client work", True, sizes.n, seconds)
+    mode = "pre-encoded frames, pipelined confirms: no client work"
+    return Row("(broker)", f"{mode}; {probe}" if probe else mode, True, sizes.n, seconds)
 
 
 def amqptasks_adelay(url: BrokerURL, sizes: Sizes) -> Row:
@@ -245,6 +259,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--warmup", type=int, default=1_000, help="warm-up messages per row (default 1,000)")
     parser.add_argument("--broker", default=os.environ.get(ENV_BROKER_URL) or DEFAULT_BROKER_URL)
+    parser.add_argument(
+        "--header-probe",
+        action="store_true",
+        help="add broker-ceiling rows for the same messages with fewer headers (what the header table costs)",
+    )
     args = parser.parse_args(argv)
     if min(args.n, args.per_call_n, args.warmup) < 1:
         parser.error("--n, --per-call-n and --warmup must be at least 1")
@@ -252,7 +271,12 @@ def main(argv: list[str] | None = None) -> int:
 
     broker = BrokerURL.parse(args.broker)
     sizes = Sizes(args.n, args.per_call_n, args.warmup)
-    rows = {name: measure(name, bench, broker, sizes) for name, bench in ROWS}
+    benches = list(ROWS)
+    if args.header_probe:
+        benches += [
+            (f"broker ceiling, {probe}", functools.partial(broker_ceiling, probe=probe)) for probe in HEADER_PROBES
+        ]
+    rows = {name: measure(name, bench, broker, sizes) for name, bench in benches}
 
     print(markdown_table(list(rows.values())))
     print()
