@@ -187,7 +187,7 @@ class App:
         """Publish many signatures with pipelined confirms; each one confirmed, as with ``delay()``.
 
         By default every signature is checked and its message built before the first one is sent, so a bad one
-        raises (``TypeError``, ``SerializationError``...; a note names its position) with nothing sent.
+        raises (``TypeError``, ``EncodeError``...; a note names its position) with nothing sent.
 
         ``stream=True`` sends each message as soon as it is built: the broker stores the first messages while the
         rest are prepared (faster for large batches, see bench/README.md), and a generator is consumed as it goes
