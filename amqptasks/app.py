@@ -114,7 +114,7 @@ class App:
     @functools.cached_property
     def send_settings(self) -> SendSettings:
         """Computed once: the configuration does not change after the app is built."""
-        return SendSettings(self.config.routes, self.config.delays.enabled)
+        return SendSettings(self.config.routes, self.config.delays.enabled, self.config.broker.max_message_size)
 
     def _prepare(
         self, options: TaskOptions, args: tuple[Any, ...], kwargs: Mapping[str, Any], call: Mapping[str, Any]

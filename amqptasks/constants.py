@@ -38,6 +38,15 @@ RESERVED_PREFIX = "amq."
 #: Largest x-max-priority RabbitMQ accepts.
 MAX_PRIORITY_LIMIT = 255
 
+#: Default ``broker.max_message_size``: the largest body (as sent, after compression) published or accepted.
+DEFAULT_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
+#: RabbitMQ's own default ``max_message_size`` (3.8+), and the most it can be set to.
+RABBITMQ_MAX_MESSAGE_SIZE = 128 * 1024 * 1024
+RABBITMQ_MAX_MESSAGE_SIZE_LIMIT = 512 * 1024 * 1024
+#: A compressed body may inflate to this many times ``max_message_size``; beyond, a worker refuses it as a
+#: decompression bomb (zlib can inflate a few KiB to GiBs).
+DECOMPRESSED_SIZE_FACTOR = 16
+
 
 def dlq_name(queue: str) -> str:
     return queue + DLQ_SUFFIX

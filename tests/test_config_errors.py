@@ -768,7 +768,35 @@ CASES = [
           heartbeat: -1
         """,
     ),
+    case(
+        "max-message-size-over-rabbitmq-limit",
+        "2:21",
+        "broker: max_message_size must be between 1 byte and 512MiB (RabbitMQ's own limit), not 1,073,741,824",
+        """\
+        broker:
+          max_message_size: 1GiB
+        """,
+    ),
+    case(
+        "max-message-size-zero",
+        "2:21",
+        "broker: max_message_size must be between 1 byte and 512MiB",
+        """\
+        broker:
+          max_message_size: 0
+        """,
+    ),
     # --- warnings: the file loads, but probably does not do what was meant ----------------------------------------
+    case(
+        "max-message-size-over-rabbitmq-default-warns",
+        "2:21",
+        "broker: max_message_size 268,435,456 is over RabbitMQ's default max_message_size (128MiB)",
+        """\
+        broker:
+          max_message_size: 256MiB
+        """,
+        "warning",
+    ),
     case(
         "max-priority-above-10-warns",
         "4:21",

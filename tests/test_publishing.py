@@ -158,6 +158,25 @@ def test_publish_many_confirms_every_message(app: App, mgmt: ManagementClient, v
     assert channel.queue_declare("emails", passive=True).method.message_count == 2000
 
 
+def test_a_body_over_the_configured_max_message_size_is_refused_before_sending(
+    vhost: BrokerURL, tmp_path: Path, channel: Any
+) -> None:
+    # Given an app whose YAML caps message bodies at 1 KiB
+    path = tmp_path / "app.yaml"
+    path.write_text("broker: {max_message_size: 1KiB}\n" + textwrap.dedent(TOPOLOGY))
+    with App.from_config(path, broker_url=vhost.to_url()) as app:
+        send = app.task(name="emails.send", queue="emails")(lambda to: None)
+
+        # When a task's body is bigger, Then the call raises, saying what to do, and nothing is sent
+        with pytest.raises(EncodeError, match=r"message body is 2,0\d\d bytes, over the limit of 1,024"):
+            send.delay("x" * 2000)
+        assert channel.queue_declare("emails", passive=True).method.message_count == 0
+
+        # And compressed, the same task fits and is sent
+        send.apply_async(("x" * 2000,), compression="zlib")
+    assert channel.queue_declare("emails", passive=True).method.message_count == 1
+
+
 def test_publish_many_with_a_bad_signature_raises_naming_it_and_sends_nothing(app: App, channel: Any) -> None:
     # Given a batch whose signature #50 lacks an argument
     send = app.tasks["emails.send"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,7 +18,7 @@ import pytest
 from amqptasks import App
 from amqptasks.broker import BrokerURL
 from amqptasks.worker.consumer import REDELIVERIES_HEADER, Worker
-from tests.worker_helpers import celery_headers, death, get_all, make_app, publish_raw, ready, run_worker
+from tests.worker_helpers import YAML, celery_headers, death, get_all, make_app, publish_raw, ready, run_worker
 
 pytestmark = pytest.mark.broker
 
@@ -55,7 +56,27 @@ BAD_INPUTS = [
         "eta-not-a-date", "bad-header: eta header 'tomorrow' is not an ISO 8601 date-time", headers={"eta": "tomorrow"}
     ),
     BadInput("unknown-compression", "compression: unsupported compression 'rar'", headers={"compression": "rar"}),
+    BadInput(
+        "too-big-body",  # over this test's broker.max_message_size of 64KiB
+        "oversized: body is 70,014 bytes, over the limit of 65,536 (broker.max_message_size)",
+        body='[["' + "x" * 70_000 + '"], {}, {}]',
+    ),
+    BadInput(
+        "decompression-bomb",  # ~1 KiB that would inflate to 8 MiB, over 16 x 64KiB
+        "oversized: body inflates (application/x-gzip) to over 1,048,576 bytes",
+        body=zlib.compress(b"[[2, 3], {}, {}" + b" " * (8 * 1024 * 1024) + b"]", 9),
+        headers={"compression": "application/x-gzip"},
+    ),
+    BadInput(
+        "truncated-compression",
+        "undecodable: cannot decompress (application/x-gzip): the data is truncated",
+        body=zlib.compress(GOOD_BODY.encode())[:-8],
+        headers={"compression": "application/x-gzip"},
+    ),
 ]
+
+#: A limit small enough for the oversized cases above to stay small.
+LIMITED = "broker: {max_message_size: 64KiB}\n" + YAML
 
 
 def test_bad_inputs_are_dead_lettered_with_a_reason_and_the_worker_goes_on(
@@ -63,13 +84,14 @@ def test_bad_inputs_are_dead_lettered_with_a_reason_and_the_worker_goes_on(
 ) -> None:
     # Given a queue holding one message of each bad kind, then a good task
     caplog.set_level(logging.INFO, logger="amqptasks")
-    app = make_app(vhost)
+    app = make_app(vhost, LIMITED)
     results: list[int] = []
 
     @app.task(name="math.add")
     def add(x: int, y: int) -> None:
         results.append(x + y)
 
+    add.apply_async((1, 1), compression="zlib")  # compressed and under the limit: runs
     for case in BAD_INPUTS:
         headers = celery_headers(case.task, case.name) if case.task else {"id": case.name, "lang": "py"}
         publish_raw(channel, "work", case.body, headers={**headers, **case.headers},
@@ -80,8 +102,8 @@ def test_bad_inputs_are_dead_lettered_with_a_reason_and_the_worker_goes_on(
     worker = run_worker(app)
     app.close()
 
-    # Then the good task ran after all of them
-    assert results == [42] and worker.processed == len(BAD_INPUTS) + 1
+    # Then the good tasks ran, the last one after all of them
+    assert results == [2, 42] and worker.processed == len(BAD_INPUTS) + 2
     # And every bad message is in the DLQ, rejected, with a log line saying why
     dead = {props.correlation_id: props for _, props, _ in get_all(channel, "work.dlq")}
     assert sorted(dead) == sorted(case.name for case in BAD_INPUTS)

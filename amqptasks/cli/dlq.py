@@ -59,8 +59,10 @@ def dlq_group() -> None:
 def list_command(queue: str, config_path: str | None, broker_url: str | None, limit: int, as_json: bool) -> None:
     """List dead letters, with the last error from the failure records. Messages stay in the queue (they are
     briefly unacked, and come back marked redelivered)."""
-    with reader.connect(load(config_path, broker_url), "list") as connection:
-        letters = reader.with_records(connection, reader.peek(connection, queue, limit))
+    config = load(config_path, broker_url)
+    with reader.connect(config, "list") as connection:
+        letters = reader.peek(connection, queue, limit, config.broker.max_message_size)
+        letters = reader.with_records(connection, letters)
     rows = [_summary(d) for d in letters]
     if as_json:
         output.echo_json(rows)
@@ -76,8 +78,9 @@ def list_command(queue: str, config_path: str | None, broker_url: str | None, li
 @config_options
 def show_command(task_id: str, queue: str, config_path: str | None, broker_url: str | None) -> None:
     """One dead letter in full: headers, x-death, decoded body and failure record."""
-    with reader.connect(load(config_path, broker_url), "show") as connection:
-        found = [d for d in reader.peek(connection, queue) if d.id == task_id]
+    config = load(config_path, broker_url)
+    with reader.connect(config, "show") as connection:
+        found = [d for d in reader.peek(connection, queue, None, config.broker.max_message_size) if d.id == task_id]
         if not found:
             raise click.ClickException(f"no message with id {task_id!r} in {queue_names(queue)[1]!r}")
         letter = reader.with_records(connection, found[:1])[0]

@@ -13,7 +13,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from amqptasks.config.located import Located
 from amqptasks.config.tasks_model import Beat, Results, Route, TaskSettings, WorkerProfile
-from amqptasks.constants import DEFAULT_BROKER_URL
+from amqptasks.constants import DECOMPRESSED_SIZE_FACTOR, DEFAULT_BROKER_URL, DEFAULT_MAX_MESSAGE_SIZE
 
 
 class Unit:
@@ -68,6 +68,14 @@ class Broker(Located):
         metadata=_doc("Management HTTP API URL; derived from url when omitted.", secret=True),
     )
     tls: TLS | None = field(default=None, metadata=_doc("TLS options for amqps:// URLs."))
+    max_message_size: Bytes = field(
+        default=DEFAULT_MAX_MESSAGE_SIZE,
+        metadata=_doc(
+            "Largest message body, as sent (after compression): publishing a bigger one raises before anything is "
+            "sent, and workers dead-letter bigger ones unread. A compressed body may inflate to "
+            f"{DECOMPRESSED_SIZE_FACTOR} times this. Bytes or '4MiB'."
+        ),
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

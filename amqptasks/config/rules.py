@@ -18,6 +18,8 @@ from amqptasks.constants import (
     DELAY_LEVELS,
     DLX_EXCHANGE,
     MAX_PRIORITY_LIMIT,
+    RABBITMQ_MAX_MESSAGE_SIZE,
+    RABBITMQ_MAX_MESSAGE_SIZE_LIMIT,
     RESERVED_PREFIX,
     UNROUTABLE_EXCHANGE,
     delay_tier_name,
@@ -130,6 +132,7 @@ class _Checker:
             self.diags.error(broker.where("heartbeat"), "broker: heartbeat must be 0 (off) or a number of seconds")
         if broker.management_url is not None and not broker.management_url.startswith(("http://", "https://")):
             self.diags.error(broker.where("management_url"), "broker: management_url must start with http(s)://")
+        self.message_size(broker)
         tls = broker.tls
         if tls is None:
             return
@@ -227,6 +230,20 @@ class _Checker:
         topology = self.config.topology
         bound = any(qb.exchange == exchange for q in topology.queues for qb in q.bindings)
         return bound or any(b.exchange == exchange and b.queue is not None for b in topology.bindings)
+
+    def message_size(self, broker: Broker) -> None:
+        size, where = broker.max_message_size, broker.where("max_message_size")
+        if not 1 <= size <= RABBITMQ_MAX_MESSAGE_SIZE_LIMIT:
+            self.diags.error(
+                where,
+                f"broker: max_message_size must be between 1 byte and 512MiB (RabbitMQ's own limit), not {size:,}",
+            )
+        elif size > RABBITMQ_MAX_MESSAGE_SIZE:
+            self.diags.warning(
+                where,
+                f"broker: max_message_size {size:,} is over RabbitMQ's default max_message_size (128MiB): the broker "
+                "closes the channel of a bigger publish unless its own max_message_size is raised as well",
+            )
 
     def limits(self, queue: Queue, what: str) -> None:
         checks = (

@@ -20,7 +20,14 @@ import pika.exceptions
 from amqptasks.broker import BrokerURL
 from amqptasks.broker.connection import open_blocking, tls_options
 from amqptasks.config.model import Config
-from amqptasks.constants import DELAY_TARGET_HEADER, DLQ_SUFFIX, FAILURES_QUEUE, dlq_name, is_delay_name
+from amqptasks.constants import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    DELAY_TARGET_HEADER,
+    DLQ_SUFFIX,
+    FAILURES_QUEUE,
+    dlq_name,
+    is_delay_name,
+)
 from amqptasks.errors import BrokerError
 from amqptasks.message.errors import MessageError
 from amqptasks.message.protocol import DEATH_HEADERS
@@ -122,9 +129,14 @@ def queue_names(queue: str) -> tuple[str, str]:
     return queue, dlq_name(queue)
 
 
-def dead_letter(source: str, tag: int, props: pika.BasicProperties, body: bytes) -> DeadLetter:
+def dead_letter(
+    source: str, tag: int, props: pika.BasicProperties, body: bytes, max_size: int = DEFAULT_MAX_MESSAGE_SIZE
+) -> DeadLetter:
+    """A dead letter, decoded as a worker would (``max_size``: broker.max_message_size; an oversized body or a
+    decompression bomb is shown as not a task, not inflated)."""
     try:
-        decoded = decode(body, props.headers, props.content_type, props.content_encoding, props.correlation_id)
+        decoded = decode(body, props.headers, props.content_type, props.content_encoding, props.correlation_id,
+                         max_size=max_size)  # fmt: skip
         return DeadLetter(body, props, source, tag, decoded)
     except MessageError as exc:
         return DeadLetter(body, props, source, tag, None, f"<not a task: {exc}>")
@@ -159,7 +171,12 @@ def depth(connection: pika.BlockingConnection, queue: str) -> int:
             channel.close()
 
 
-def peek(connection: pika.BlockingConnection, queue: str, limit: int | None = None) -> list[DeadLetter]:
+def peek(
+    connection: pika.BlockingConnection,
+    queue: str,
+    limit: int | None = None,
+    max_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+) -> list[DeadLetter]:
     """Up to *limit* dead letters of *queue* (source or DLQ name), oldest first, left in the queue."""
     source, dlq = queue_names(queue)
     available = depth(connection, dlq)
@@ -171,7 +188,7 @@ def peek(connection: pika.BlockingConnection, queue: str, limit: int | None = No
             method, props, body = channel.basic_get(dlq, auto_ack=False)
             if method is None:
                 break
-            found.append(dead_letter(source, method.delivery_tag, props, body))
+            found.append(dead_letter(source, method.delivery_tag, props, body, max_size))
     finally:
         if channel.is_open:
             channel.close()  # every message goes back, unacked, in order

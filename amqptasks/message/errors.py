@@ -10,6 +10,7 @@ class MessageError(AmqpTasksError):
 
     def __init__(self, reason: str, detail: str) -> None:
         self.reason = reason
+        self.detail = detail
         super().__init__(f"{reason}: {detail}")
 
 

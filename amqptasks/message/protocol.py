@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from amqptasks.constants import DECOMPRESSED_SIZE_FACTOR
 from amqptasks.message.envelope import Envelope
 from amqptasks.message.errors import EncodeError, MessageError
 from amqptasks.message.serialize import (
@@ -199,9 +200,12 @@ def from_amqp(
     """Decode a received message; :class:`MessageError` says why it is not a task we can run."""
     headers = dict(headers or {})
     if max_size is not None and len(body) > max_size:
-        raise MessageError("oversized", f"body is {len(body):,} bytes, over the limit of {max_size:,}")
+        raise MessageError(
+            "oversized", f"body is {len(body):,} bytes, over the limit of {max_size:,} (broker.max_message_size)"
+        )
     if "compression" in headers:
-        body = decompress(body, str(headers["compression"]))
+        inflated = None if max_size is None else max_size * DECOMPRESSED_SIZE_FACTOR
+        body = decompress(body, str(headers["compression"]), inflated)
     for required in ("task", "id"):
         if not headers.get(required) and not (required == "id" and correlation_id):
             raise MessageError("missing-header", f"no {required!r} header: not a Celery protocol v2 task message")

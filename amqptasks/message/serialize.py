@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import gzip
 import json
 import uuid
 import zlib
@@ -12,6 +11,7 @@ from datetime import date, datetime, time
 from decimal import Decimal
 from typing import Any, Literal
 
+from amqptasks.constants import DECOMPRESSED_SIZE_FACTOR
 from amqptasks.message.errors import EncodeError, MessageError
 
 Serializer = Literal["json", "msgpack"]
@@ -27,11 +27,13 @@ _CONTENT_TYPE_OF: dict[Serializer, str] = {"json": "application/json", "msgpack"
 # kombu (Celery) means zlib by both "zlib" and "gzip" and marks the body "application/x-gzip"; a Celery
 # worker cannot read anything else (it acks and drops it), so both names write that. Real gzip is read.
 _COMPRESSION_HEADER: dict[Compression, str] = {"zlib": "application/x-gzip"}
-_DECOMPRESS: dict[str, Callable[[bytes], bytes]] = {
-    "application/x-gzip": lambda data: gzip.decompress(data) if data[:2] == b"\x1f\x8b" else zlib.decompress(data),
-    "application/gzip": gzip.decompress,
-    "zlib": zlib.decompress,
-    "gzip": gzip.decompress,
+# zlib's window bits for each marker: 15 a zlib stream, 31 gzip, 47 either (told apart by the gzip magic).
+_GZIP_WBITS = 16 + zlib.MAX_WBITS
+_WBITS: dict[str, int] = {
+    "application/x-gzip": 32 + zlib.MAX_WBITS,
+    "application/gzip": _GZIP_WBITS,
+    "zlib": zlib.MAX_WBITS,
+    "gzip": _GZIP_WBITS,
 }
 
 
@@ -111,13 +113,34 @@ def compress(body: bytes, method: Compression) -> tuple[bytes, str]:
     return zlib.compress(body), _COMPRESSION_HEADER["zlib"]
 
 
-def decompress(body: bytes, header: str) -> bytes:
-    method = _DECOMPRESS.get(header)
-    if method is None:
+def decompress(body: bytes, header: str, limit: int | None = None) -> bytes:
+    """The body inflated, as the ``compression`` header says; at most ``limit`` bytes of it, so that a small
+    body that inflates to gigabytes (a decompression bomb) is refused before it is in memory."""
+    wbits = _WBITS.get(header)
+    if wbits is None:
         raise MessageError("compression", f"unsupported compression {header!r}")
+    parts: list[bytes] = []
+    size, data = 0, body
     try:
-        return method(body)
-    except (OSError, zlib.error, EOFError) as exc:
+        while True:  # a gzip body may hold several members, one after the other
+            inflater = zlib.decompressobj(wbits)
+            part = inflater.decompress(data, 0 if limit is None else limit - size + 1)
+            size += len(part)
+            if limit is not None and size > limit:
+                raise MessageError(
+                    "oversized",
+                    (
+                        f"body inflates ({header}) to over {limit:,} bytes, the most a compressed body may hold "
+                        f"({DECOMPRESSED_SIZE_FACTOR} x broker.max_message_size)"
+                    ),
+                )
+            parts.append(part)
+            if not inflater.eof:
+                raise MessageError("undecodable", f"cannot decompress ({header}): the data is truncated")
+            data = inflater.unused_data
+            if not data or wbits == zlib.MAX_WBITS:  # zlib, like zlib.decompress(), ignores what follows
+                return b"".join(parts)
+    except zlib.error as exc:
         raise MessageError("undecodable", f"cannot decompress ({header}): {exc}") from None
 
 

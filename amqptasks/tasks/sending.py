@@ -9,7 +9,7 @@ from typing import Any
 
 from amqptasks.config.diagnostics import did_you_mean
 from amqptasks.config.tasks_model import Route
-from amqptasks.constants import MAX_PRIORITY_LIMIT
+from amqptasks.constants import DEFAULT_MAX_MESSAGE_SIZE, MAX_PRIORITY_LIMIT
 from amqptasks.message.envelope import Envelope
 from amqptasks.message.ids import new_id
 from amqptasks.message.protocol import TaskMessage, to_envelope
@@ -42,7 +42,7 @@ class SendSettings:
 
     routes: Sequence[Route] = ()
     delays_enabled: bool = False
-    max_message_size: int = 4 * 1024 * 1024
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     #: Resolved destinations by task and call routing options (see _destination); routes never change.
     destinations: dict[tuple[Any, ...], Destination] = field(default_factory=dict, compare=False, repr=False)
 

@@ -81,6 +81,8 @@ class Worker:
         self.hooks = Hooks(self.middleware)
         #: The redelivery, expiry and eta checks a message passes before it runs.
         self._admission = Admission(app, settings, self.hooks, self._settle)
+        #: Bigger bodies are dead-lettered unread (broker.max_message_size; compressed ones may inflate 16x).
+        self._max_message_size = app.config.broker.max_message_size
         #: Tasks running now, by task id: their delivery, and the asyncio task handling it (for control).
         self.active: dict[str, tuple[Delivery, asyncio.Task[Any] | None]] = {}
         self.executor = Executor(
@@ -220,9 +222,9 @@ class Worker:
         raw = d.raw
         try:
             d.message = decode(raw.body, raw.headers, raw.content_type, raw.content_encoding, raw.correlation_id,
-                               raw.reply_to)  # fmt: skip
+                               raw.reply_to, self._max_message_size)  # fmt: skip
         except MessageError as exc:
-            await self._admission.reject(d, exc.reason, str(exc))
+            await self._admission.reject(d, exc.reason, exc.detail)
             return
         if self.control.is_revoked(d.message.id):
             log.info("%s revoked: acknowledged, not run", d.label)
@@ -239,7 +241,7 @@ class Worker:
         try:
             d.task = find_task(self.app, d.message)
         except MessageError as exc:
-            await checks.reject(d, exc.reason, str(exc))
+            await checks.reject(d, exc.reason, exc.detail)
             return
         if not await self._slot():
             self._settle(d, "requeue", "shutdown before it started")
