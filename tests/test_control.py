@@ -224,26 +224,38 @@ def _alive(pid: int) -> bool:
         return f.read().rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def recording_task(app: App, name: str) -> tuple[Any, list[int]]:
+    """A task on *app* that records the numbers it ran with, and the list it records them in."""
+    ran: list[int] = []
+
+    @app.task(name=name)
+    def record(n: int) -> None:
+        ran.append(n)
+
+    return record, ran
+
+
+def revoked_arrives_then_another_runs(caplog: pytest.LogCaptureFixture, task: Any, ran: list[int]) -> None:
+    """Wait until the worker acknowledged a revoked task, then check that another call of *task* still runs."""
+    wait_until(lambda: "revoked: acknowledged" in caplog.text, timeout=10, what="the revoked task to arrive")
+    task.delay(2)
+    wait_until(lambda: ran == [2], what="the other task")
+
+
 def test_revoked_countdown_task_never_runs_and_is_logged_as_revoked(
     vhost: BrokerURL, channel: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Given a task sent with a 2 s countdown and a running worker
     app = make_app(vhost)
-    ran: list[int] = []
-
-    @app.task(name="m.later")
-    def later(n: int) -> None:
-        ran.append(n)
+    later, ran = recording_task(app, "m.later")
 
     caplog.set_level(logging.INFO, logger="amqptasks.worker")
     with running_worker(app):
         result = later.apply_async((1,), countdown=2)
         # When it is revoked while it waits in the delay tiers
         replies = result.revoke(timeout=0.5)
-        # Then it arrives, is acknowledged without running, and the log says so
-        wait_until(lambda: "revoked: acknowledged" in caplog.text, timeout=10, what="the revoked task to arrive")
-        later.delay(2)  # another task still runs
-        wait_until(lambda: ran == [2], what="the other task")
+        # Then it arrives, is acknowledged without running, and the log says so; another task still runs
+        revoked_arrives_then_another_runs(caplog, later, ran)
     assert replies[0]["ok"] == "revoked"
     assert f"m.later[{result.id}] revoked" in caplog.text
     assert ready(channel, "work") == 0 and ready(channel, "work.dlq") == 0
@@ -280,11 +292,7 @@ def test_task_revoked_while_no_worker_runs_is_not_run_by_a_worker_started_afterw
 ) -> None:
     # Given two tasks waiting in their queue, with the rpc result backend, and no worker running
     app = make_app(vhost, YAML_RPC)
-    ran: list[int] = []
-
-    @app.task(name="m.job")
-    def job(n: int) -> None:
-        ran.append(n)
+    job, ran = recording_task(app, "m.job")
 
     revoked, kept = job.delay(1), job.delay(2)
     wait_until(lambda: ready(channel, "work") == 2, what="both tasks in the queue")
@@ -309,20 +317,14 @@ def test_countdown_task_revoked_before_a_worker_starts_never_runs_when_due(
 ) -> None:
     # Given a task sent with a 2 s countdown, revoked while no worker runs
     app = make_app(vhost)
-    ran: list[int] = []
-
-    @app.task(name="m.later")
-    def later(n: int) -> None:
-        ran.append(n)
+    later, ran = recording_task(app, "m.later")
 
     result = later.apply_async((1,), countdown=2)
     result.revoke(timeout=0.2)
     caplog.set_level(logging.INFO, logger="amqptasks.worker")
-    # When a worker starts afterwards and the task falls due
+    # When a worker starts afterwards and the task falls due (another task still runs)
     with running_worker(app):
-        wait_until(lambda: "revoked: acknowledged" in caplog.text, timeout=10, what="the revoked task to arrive")
-        later.delay(2)  # another task still runs
-        wait_until(lambda: ran == [2], what="the other task")
+        revoked_arrives_then_another_runs(caplog, later, ran)
     # Then it was acknowledged without running
     assert ran == [2]
     assert f"m.later[{result.id}] revoked: acknowledged, not run" in caplog.text
@@ -332,11 +334,7 @@ def test_countdown_task_revoked_before_a_worker_starts_never_runs_when_due(
 def test_stored_revocations_older_than_the_revoked_ttl_are_not_applied(vhost: BrokerURL, channel: Any) -> None:
     # Given a task revoked 2 s ago, and another revoked just now, both still queued, and no worker running
     app = make_app(vhost)
-    ran: list[int] = []
-
-    @app.task(name="m.job")
-    def job(n: int) -> None:
-        ran.append(n)
+    job, ran = recording_task(app, "m.job")
 
     old, recent = job.delay(1), job.delay(2)
     old.revoke(timeout=0)
