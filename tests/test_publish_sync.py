@@ -323,6 +323,21 @@ def test_publish_many_to_a_missing_exchange_raises_and_the_publisher_keeps_worki
     assert count(topology) >= 2  # #0 (before the failure) and #3; #2 may or may not have been sent
 
 
+def test_a_long_batch_to_a_missing_exchange_says_so_and_is_not_retried_as_a_lost_connection(
+    publisher: SyncPublisher, topology: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a batch long enough that the broker's channel.close arrives while later messages are still being sent
+    batch = [task(n=n) for n in range(5000)]
+    batch[0] = task("k", exchange="no-such-exchange", n=0)
+
+    # When it is published, Then the error is the broker's, with the hint, and no reconnect was attempted
+    caplog.set_level(logging.WARNING, logger="amqptasks.publish")
+    with pytest.raises(errors.PublishError, match=r"no exchange 'no-such-exchange'.*declare it first"):
+        publisher.publish_many(batch)
+    assert not [r for r in caplog.records if "retry" in r.getMessage()]
+    publisher.publish_many([task(n=5000)])  # and the publisher still works
+
+
 def test_publish_many_rejects_items_that_are_not_envelopes(publisher: SyncPublisher, topology: Any) -> None:
     with pytest.raises(errors.BatchInterrupted, match="stopped at item #1: TypeError: item #1 is a str") as caught:
         publisher.publish_many([task(n=0), "oops", task(n=2)])  # type: ignore[list-item]

@@ -36,9 +36,6 @@ _STREAM_EVERY = 256
 
 Item = tuple[int, Envelope]  # (position in the caller's batch, envelope)
 
-#: Exceptions from ``basic_publish`` that mean the channel or connection is gone (the message was not sent).
-_CLOSED = (pika.exceptions.ChannelWrongStateError, pika.exceptions.ConnectionWrongStateError)
-
 
 class ConfirmTimeout(Exception):
     """Internal: confirms did not come within the timeout (the caller turns it into PublishTimeout)."""
@@ -127,12 +124,10 @@ class ConfirmChannel:
             inflight[tag] = item
             self._next_tag = tag + 1
             self._inflight_bytes += size
+            if not self._impl.is_open:  # closed while we handed messages over: unsettled() keeps this one too
+                raise self._closed_reason()
             try:
                 frames = encode_publish(channel_number, envelope, frame_max)
-                if not self._impl.is_open:
-                    raise pika.exceptions.ChannelWrongStateError("channel is closed")
-            except _CLOSED:
-                raise
             except Exception as exc:  # pika cannot encode it (header type, long routing key): nothing was sent
                 del inflight[tag]
                 self._next_tag = tag
@@ -161,6 +156,14 @@ class ConfirmChannel:
             self._emit([b"".join(self._pending)])
             self._pending.clear()
             self._pending_bytes = 0
+
+    def _closed_reason(self) -> Exception:
+        """Why the channel is closed: the broker's ChannelClosedByBroker (404, 403, 406...) when it closed it, so the
+        caller reports it with its hint instead of taking it for a lost connection and retrying."""
+        reason = self._channel._closing_reason  # private but stable across pika 1.x, like _flush_output
+        if isinstance(reason, pika.exceptions.ChannelClosedByBroker):
+            return reason
+        return pika.exceptions.ChannelWrongStateError("channel is closed")
 
     def unsettled(self) -> list[Item]:
         """Messages sent but not settled, in publish order (after a lost connection: send them again)."""
