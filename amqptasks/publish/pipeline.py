@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 import pika
 import pika.channel
@@ -125,7 +125,7 @@ class ConfirmChannel:
             self._next_tag = tag + 1
             self._inflight_bytes += size
             if not self._impl.is_open:  # closed while we handed messages over: unsettled() keeps this one too
-                raise self._closed_reason()
+                self._raise_closed()
             try:
                 frames = encode_publish(channel_number, envelope, frame_max)
             except Exception as exc:  # pika cannot encode it (header type, long routing key): nothing was sent
@@ -157,13 +157,13 @@ class ConfirmChannel:
             self._pending.clear()
             self._pending_bytes = 0
 
-    def _closed_reason(self) -> Exception:
-        """Why the channel is closed: the broker's ChannelClosedByBroker (404, 403, 406...) when it closed it, so the
-        caller reports it with its hint instead of taking it for a lost connection and retrying."""
-        reason = self._channel._closing_reason  # private but stable across pika 1.x, like _flush_output
+    def _raise_closed(self) -> NoReturn:
+        """Raise why the channel is closed: the broker's ChannelClosedByBroker (404, 403, 406...) when it closed it,
+        so the caller reports it with its hint instead of taking it for a lost connection and retrying."""
+        reason: object = self._channel._closing_reason  # private but stable across pika 1.x, like _flush_output
         if isinstance(reason, pika.exceptions.ChannelClosedByBroker):
-            return reason
-        return pika.exceptions.ChannelWrongStateError("channel is closed")
+            raise reason
+        raise pika.exceptions.ChannelWrongStateError("channel is closed")
 
     def unsettled(self) -> list[Item]:
         """Messages sent but not settled, in publish order (after a lost connection: send them again)."""
