@@ -331,6 +331,27 @@ def test_countdown_task_revoked_before_a_worker_starts_never_runs_when_due(
     assert ready(channel, "work") == 0 and ready(channel, "work.dlq") == 0
 
 
+def test_cli_revoke_with_no_worker_running_says_it_is_stored_and_succeeds(
+    vhost: BrokerURL, channel: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a queued task and no worker running
+    app = make_app(vhost)
+    job, ran = recording_task(app, "m.job")
+    result = job.delay(1)
+
+    # When the CLI revokes it, Then it succeeds, saying the revocation is stored
+    config, env = project_yaml(tmp_path), {"AMQPTASKS_BROKER_URL": vhost.to_url()}
+    revoked = run(["control", "revoke", result.id, config, "--timeout", "0.3"], cwd=tmp_path, env=env)
+    assert revoked.code == 0, revoked
+    assert f"no worker replied: the revocation of {result.id} is stored" in revoked.stderr
+
+    # And a worker started afterwards does not run it
+    caplog.set_level(logging.INFO, logger="amqptasks.worker")
+    with running_worker(app):
+        revoked_arrives_then_another_runs(caplog, job, ran)
+    assert ran == [2]
+
+
 def test_stored_revocations_older_than_the_revoked_ttl_are_not_applied(vhost: BrokerURL, channel: Any) -> None:
     # Given a task revoked 2 s ago, and another revoked just now, both still queued, and no worker running
     app = make_app(vhost)

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 import click
 
 from amqptasks.cli.common import config_options, load
+from amqptasks.control import client
 from amqptasks.control.client import broadcast
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -23,8 +24,8 @@ def _json(func: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="The replies as a JSON list.")(func)
 
 
-def _show(replies: list[dict[str, Any]], as_json: bool) -> None:
-    """One block per worker, by hostname; exit 1 when no worker answered."""
+def _show(replies: list[dict[str, Any]], as_json: bool, nobody: str | None = None) -> None:
+    """One block per worker, by hostname; exit 1 when no worker answered (unless *nobody* says why that is fine)."""
     if as_json:
         click.echo(json.dumps(replies, indent=2, sort_keys=True, default=str))
     for reply in sorted(replies, key=lambda r: str(r.get("hostname"))):
@@ -44,7 +45,9 @@ def _show(replies: list[dict[str, Any]], as_json: bool) -> None:
         for key, item in items:
             text = json.dumps(item, sort_keys=True, default=str) if isinstance(item, dict | list) else str(item)
             click.echo(f"  {text}" if isinstance(value, list) else f"  {key}: {text}")
-    if not replies:
+    if not replies and nobody is not None:
+        click.echo(nobody, err=True)
+    elif not replies:
         raise click.ClickException("no worker replied (is one running on this broker and vhost?)")
 
 
@@ -83,8 +86,8 @@ def rate_limit_command(
     task: str, rate: str, config_path: str | None, broker_url: str | None, timeout: float, as_json: bool
 ) -> None:
     """Set TASK's rate limit (10/s, 100/m, 1000/h; "none" goes back to the task's own) in running workers."""
-    arguments = {"task": task, "rate": None if rate.lower() == "none" else rate}
-    _show(broadcast(load(config_path, broker_url), "rate_limit", arguments, timeout=timeout), as_json)
+    config = load(config_path, broker_url)
+    _show(client.rate_limit(config, task, None if rate.lower() == "none" else rate, timeout=timeout), as_json)
 
 
 @control_group.command("revoke")
@@ -98,5 +101,6 @@ def revoke_command(
 ) -> None:
     """Never run TASK_ID: the workers running now are told, and the revocation is stored on the broker for 3 hours
     so that workers started later honour it too."""
-    arguments = {"task_id": task_id, "terminate": terminate}
-    _show(broadcast(load(config_path, broker_url), "revoke", arguments, timeout=timeout), as_json)
+    replies = client.revoke(load(config_path, broker_url), task_id, terminate=terminate, timeout=timeout)
+    nobody = f"no worker replied: the revocation of {task_id} is stored, and workers started within 3 hours honour it"
+    _show(replies, as_json, nobody)

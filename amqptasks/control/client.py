@@ -3,7 +3,8 @@
 Replies come back over RabbitMQ's direct reply-to: the sender consumes ``amq.rabbitmq.reply-to`` (no-ack)
 *before* publishing, on the same channel, so no queue is declared and a reply cannot arrive unheard.
 
-A ``revoke`` is also stored (control/stored.py) before it is broadcast, so that workers started later know it.
+``revoke()`` also stores the revocation (control/stored.py) before it is broadcast, so that workers started
+later know it.
 """
 
 from __future__ import annotations
@@ -27,11 +28,8 @@ def broadcast(
 ) -> list[dict[str, Any]]:
     """Send *command* to every running worker; the replies that arrive within *timeout* seconds, in arrival order.
 
-    Each reply is ``{"hostname": ..., "ok": ...}`` or ``{"hostname": ..., "error": ...}``. A ``revoke`` is
-    stored on the broker first (raising :class:`~amqptasks.errors.PublishError`, nothing sent, if it cannot be).
+    Each reply is ``{"hostname": ..., "ok": ...}`` or ``{"hostname": ..., "error": ...}``.
     """
-    if command == "revoke":
-        stored.store(config, str((arguments or {})["task_id"]))
     connection = connect(config.broker, f"control {command}")
     try:
         channel = connection.channel()
@@ -68,8 +66,10 @@ def revoke(config: Config, task_id: str, *, terminate: bool = False, timeout: fl
 
     The revocation is stored on the broker (the ``amqptasks.revoked`` stream) and broadcast: a worker started later
     reads it back when it starts. Every worker honours it for 3 hours from now (as Celery), so a task still queued
-    or delayed past that runs. No reply means no worker runs now, not that the revoke was lost.
+    or delayed past that runs. No reply means no worker runs now, not that the revoke was lost. Raises
+    :class:`~amqptasks.errors.PublishError`, with nothing broadcast, when it cannot be stored.
     """
+    stored.store(config, task_id)
     return broadcast(config, "revoke", {"task_id": task_id, "terminate": terminate}, timeout=timeout)
 
 
