@@ -155,7 +155,9 @@ class App:
         else:
             self.publisher.publish(prepared.envelope, retry_policy=_retry_policy(call))
         self.signals.after_publish.send(message=prepared.message, envelope=prepared.envelope)
-        return _added_to_parent(AsyncResult(prepared.message.id, options.name, app=self, backend=backend), call)
+        return lineage.added(
+            AsyncResult(prepared.message.id, options.name, app=self, backend=backend), call.get("add_to_parent", True)
+        )
 
     async def apublish_task(
         self, options: TaskOptions, args: tuple[Any, ...], kwargs: Mapping[str, Any], call: Mapping[str, Any]
@@ -174,7 +176,9 @@ class App:
         else:
             await publisher.publish(prepared.envelope, retry_policy=_retry_policy(call))
         self.signals.after_publish.send(message=prepared.message, envelope=prepared.envelope)
-        return _added_to_parent(AsyncResult(prepared.message.id, options.name, app=self, backend=backend), call)
+        return lineage.added(
+            AsyncResult(prepared.message.id, options.name, app=self, backend=backend), call.get("add_to_parent", True)
+        )
 
     def send_task(
         self, name: str, args: Iterable[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Any
@@ -310,14 +314,7 @@ class App:
 
 
 def _results(sent: Iterable[tuple[str, str, Mapping[str, Any]]]) -> list[AsyncResult]:
-    return [_added_to_parent(AsyncResult(task_id, name), call) for task_id, name, call in sent]
-
-
-def _added_to_parent(result: AsyncResult, call: Mapping[str, Any]) -> AsyncResult:
-    """Celery's ``add_to_parent``: a task published by a running task is one of its children (unless False)."""
-    if call.get("add_to_parent", True):
-        lineage.add(result.as_tuple())
-    return result
+    return [lineage.added(AsyncResult(task_id, name), call.get("add_to_parent", True)) for task_id, name, call in sent]
 
 
 def _retry_policy(call: Mapping[str, Any]) -> Any:

@@ -17,7 +17,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from amqptasks.message.ids import new_id as _new_id
 from amqptasks.result import AsyncResult, GroupResult
@@ -34,8 +34,6 @@ STARMAP = "amqptasks.starmap"
 #: The names a group and a chord carry as dicts (never published as tasks).
 GROUP = "amqptasks.group"
 CHORD = "amqptasks.chord"
-
-R = TypeVar("R", AsyncResult, GroupResult)
 
 
 def _signature(item: Any) -> Signature:
@@ -148,7 +146,7 @@ class group:  # Celery's (lowercase) name
             task.apply_async(tuple(args or ()), kwargs, group_index=index, **member)
             for index, task in enumerate(self.tasks)
         ]
-        return _added_to_parent(GroupResult(group_id, results), add_to_parent)
+        return lineage.added(GroupResult(group_id, results), add_to_parent)
 
     def frozen(self) -> group:
         """A copy with its group id and every member's task id chosen."""
@@ -205,7 +203,7 @@ class chord:  # Celery's (lowercase) name
                                           **options)  # fmt: skip
         app.send_task(CHORD_UNLOCK, (group_id, len(self.header), embed), **_unlock_options(callback, options))
         result = AsyncResult(callback_id, callback.task, app=app, backend=backend, parent=members)
-        return _added_to_parent(result, add_to_parent)
+        return lineage.added(result, add_to_parent)
 
     def frozen(self, then: Sequence[Step] = ()) -> chord:
         """A copy with every id chosen; *then* (frozen steps) run after the callback, as its chain."""
@@ -301,13 +299,6 @@ def _backend(result: AsyncResult | GroupResult) -> ResultBackend | None:
     if isinstance(result, AsyncResult):
         return result.backend
     return result.results[0].backend if result.results else None
-
-
-def _added_to_parent(result: R, add: Any) -> R:
-    """Celery's ``add_to_parent``: a group or chord started by a running task is one child, not one per member."""
-    if add:
-        lineage.add(result.as_tuple())
-    return result
 
 
 def xmap(task: Signature, items: Iterable[Any]) -> Signature:

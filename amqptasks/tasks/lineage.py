@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from amqptasks.worker import request as request_context
 
@@ -31,15 +31,24 @@ def inherit(call: Mapping[str, Any]) -> Mapping[str, Any]:
     return {**call, "parent_id": request.id, "root_id": call.get("root_id") or request.root_id or request.id}
 
 
-def add(child: Any) -> None:
-    """Record *child* (a result tuple, see ``AsyncResult.as_tuple``) for the task running in this context."""
+class _Result(Protocol):
+    def as_tuple(self) -> Any: ...
+
+
+R = TypeVar("R", bound=_Result)
+
+
+def added(result: R, add_to_parent: Any = True) -> R:
+    """*result* (an AsyncResult or GroupResult), recorded as a child of the task running in this context unless
+    *add_to_parent* is false (Celery's option). Its result tuple is built only when a run is recording."""
     request = request_context.current.get()
-    if request is None:
-        return
+    if request is None or not add_to_parent:
+        return result
     with _lock:
         record = _children.get(request.id)
         if record is not None:
-            record.append(child)
+            record.append(result.as_tuple())
+    return result
 
 
 def begin(task_id: str) -> None:
