@@ -103,8 +103,9 @@ class chain:  # Celery's (lowercase) name
             task_id = str(options.pop("task_id", None) or first.options.get("task_id") or _new_id())
             result = first.apply_async(tuple(args or ()), kwargs, task_id=task_id, chain=_embedded(then) or None,
                                        **options)  # fmt: skip
+        backend = _app_backend(first) if then else None
         for step in then:
-            result = result_of(step, _backend(result), parent=result)
+            result = result_of(step, backend, parent=result)
         return result
 
 
@@ -295,10 +296,12 @@ def result_of(
     return result_of(step.body, backend, parent=result_of(step.header, backend, parent))
 
 
-def _backend(result: AsyncResult | GroupResult) -> ResultBackend | None:
-    if isinstance(result, AsyncResult):
-        return result.backend
-    return result.results[0].backend if result.results else None
+def _app_backend(first: Signature | chord) -> ResultBackend | None:
+    """The result backend of the app a published chain's first step is bound to (each later step's own
+    ``ignore_result`` still applies, in :func:`result_of`)."""
+    signature = first.body if isinstance(first, chord) else first
+    assert signature is not None  # a chord without a callback raised when it was published
+    return signature._bound().result_backend
 
 
 def xmap(task: Signature, items: Iterable[Any]) -> Signature:

@@ -118,6 +118,9 @@ def test_a_chord_with_redis_results_runs_its_callback_with_every_result(vhost: B
         assert isinstance(result.parent, GroupResult) and result.parent.get(timeout=5) == [i * 2 for i in range(10)]
         with pytest.raises(ChordError, match="no 2"):
             chord([t["add"].s(1, 1), t["fail"].s(2)], t["tsum"].s()).delay().get(timeout=30)
+        # And a chain whose first step ignores its result still gives the later steps' results
+        quiet = chain(t["add"].s(1, 2).set(ignore_result=True), t["mul"].s(10)).delay()
+        assert quiet.get(timeout=10) == 30
 
 
 def test_map_starmap_and_chunks(app: App) -> None:
