@@ -11,6 +11,7 @@ import pika
 import pika.exceptions
 
 from amqptasks import errors
+from amqptasks.broker import pika_floats  # noqa: F401  (pika decodes float headers as ints without it)
 from amqptasks.broker.url import BrokerURL, query_options
 from amqptasks.config.model import Broker
 

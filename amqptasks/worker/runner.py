@@ -123,9 +123,6 @@ def serve(app: App, settings: WorkerSettings, *, beat: bool = False) -> None:
     """One consuming process (blocks until shutdown); with *beat*, the periodic-task scheduler in a thread."""
     if app.config.topology.provision:
         app.provision()
-    import sys as _sys
-
-    _sys.setswitchinterval(float(os.environ.get("AMQPTASKS_SWITCH", "0.005")))
     with _beat_thread(app, beat):
         still_running = run_loop(_serve(app, settings))
     if still_running:

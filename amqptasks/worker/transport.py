@@ -30,7 +30,6 @@ import pika.channel
 import pika.exceptions
 from pika.adapters.asyncio_connection import AsyncioConnection
 
-from amqptasks.broker import pika_floats  # noqa: F401  (float headers)
 from amqptasks.broker.connection import connect_error, pika_parameters, tls_options
 from amqptasks.broker.url import BrokerURL
 from amqptasks.config.model import Broker
