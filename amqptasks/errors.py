@@ -109,6 +109,7 @@ class BatchInterrupted(PublishError):
         super().__init__(
             f"publish_many stopped at item #{position}: {problem}; {sent}; nothing from #{position} on was sent"
         )
+        self.__cause__ = cause
 
 
 class PublishNacked(PublishError):

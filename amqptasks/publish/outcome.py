@@ -44,9 +44,7 @@ class Outcome:
         if self.interrupted is None:
             return failed
         position, cause = self.interrupted
-        error = errors.BatchInterrupted(position, confirmed=self.confirmed, failed=failed, cause=cause)
-        error.__cause__ = cause
-        return error
+        return errors.BatchInterrupted(position, confirmed=self.confirmed, failed=failed, cause=cause)
 
     def _failed(self) -> errors.PublishError | None:
         if self.nacked:
