@@ -77,8 +77,7 @@ class Results(Middleware):
         if m is None:
             return None
         if not (m.callbacks or m.chain or m.chord) and (self.app.result_backend is None or m.ignore_result):
-            lineage.take(m.id)
-            return None
+            return None  # before_execute opened no record of children
         return self._succeeded(delivery, m, result)
 
     async def _succeeded(self, delivery: Delivery, m: TaskMessage, result: Any) -> None:
@@ -161,19 +160,6 @@ class Results(Middleware):
                 log.error("%s[%s]: could not publish %s (%r)", m.task, m.id, data.get("task"), exc)
         return steps
 
-    async def publish_next(
-        self, data: Mapping[str, Any], prefix: tuple[Any, ...], parent: TaskMessage, **extra: Any
-    ) -> None:
-        """Publish the step *data* with *prefix* prepended (unless immutable), as a child of *parent*."""
-        from amqptasks.canvas import from_dict
-
-        try:
-            step = from_dict(data, self.app)
-        except Exception as exc:
-            log.error("%s[%s]: could not publish %s (%r)", parent.task, parent.id, data.get("task"), exc)
-            return
-        await self._publish_step(step, prefix, parent, **extra)
-
     async def _publish_step(self, step: Step, prefix: tuple[Any, ...], parent: TaskMessage, **extra: Any) -> None:
         from amqptasks.canvas import chord
 
@@ -207,7 +193,11 @@ class Results(Middleware):
     async def _errback(self, data: Mapping[str, Any], m: TaskMessage, payload: dict[str, Any]) -> None:
         """Celery 5: ``errback(request, exc, traceback)`` when the errback takes three arguments, else
         ``errback(task_id)``. The request and the exception travel as JSON data (never pickled)."""
-        sig = Signature.from_dict(data, self.app)
+        try:
+            sig = Signature.from_dict(data, self.app)
+        except Exception as error:
+            log.error("%s[%s]: could not publish %s (%r)", m.task, m.id, data.get("task"), error)
+            return
         request = {
             "id": m.id, "task": m.task, "args": list(m.args), "kwargs": dict(m.kwargs), "retries": m.retries,
             "root_id": m.root_id, "parent_id": m.parent_id, "group": m.group,
@@ -216,7 +206,7 @@ class Results(Middleware):
         full: tuple[Any, ...] = (request, exc, payload["traceback"])
         if not _accepts(self.app, sig, full):
             full = (m.id,)
-        await self.publish_next(data, full, m)
+        await self._publish_step(sig, full, m)
 
 
 def _accepts(app: App, sig: Signature, prefix: tuple[Any, ...]) -> bool:
