@@ -35,6 +35,9 @@ MANAGEMENT_TLS_PORT = 15671
 
 #: RabbitMQ rejects user-declared names with this prefix (ACCESS_REFUSED).
 RESERVED_PREFIX = "amq."
+#: A redelivered message on a classic queue counts its redeliveries in this header (quorum queues count
+#: with x-delivery-count and enforce x-delivery-limit themselves).
+REDELIVERIES_HEADER = "x-amqptasks-redeliveries"
 #: Largest x-max-priority RabbitMQ accepts.
 MAX_PRIORITY_LIMIT = 255
 

@@ -16,6 +16,7 @@ import pytest
 
 from amqptasks import App, control
 from amqptasks.broker import BrokerURL
+from amqptasks.control import stored
 from amqptasks.control.client import broadcast
 from amqptasks.control.revoked import RevokedIds
 from amqptasks.errors import TaskRevoked, Terminated
@@ -368,3 +369,9 @@ def test_stored_revocations_older_than_the_revoked_ttl_are_not_applied(vhost: Br
     # Then the revocation older than that was not applied: that task ran; the recent one did not
     assert sorted(ran) == [1, 3]
     assert ready(channel, "work") == 0 and ready(channel, "work.dlq") == 0
+
+
+@pytest.mark.parametrize("when", ["NaN", "Infinity", "-Infinity"])
+def test_a_stored_revocation_with_a_time_that_is_not_a_number_is_skipped(when: str) -> None:
+    assert stored.decode(f'{{"task_id": "t1", "time": {when}}}'.encode()) is None
+    assert stored.decode(b'{"task_id": "t1", "time": 1700000000.5}') == ("t1", 1700000000.5)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 
 from amqptasks.config.model import Broker
-from amqptasks.worker.transport import ACK_HOLD_S, Incoming, Transport
+from amqptasks.worker.acks import ACK_HOLD_S
+from amqptasks.worker.transport import Incoming, Transport
 
 
 class RecordingChannel:

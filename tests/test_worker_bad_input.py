@@ -17,7 +17,8 @@ import pytest
 
 from amqptasks import App
 from amqptasks.broker import BrokerURL
-from amqptasks.worker.consumer import REDELIVERIES_HEADER, Worker
+from amqptasks.constants import REDELIVERIES_HEADER
+from amqptasks.worker.consumer import Worker
 from tests.worker_helpers import YAML, celery_headers, death, get_all, make_app, publish_raw, ready, run_worker
 
 pytestmark = pytest.mark.broker

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -57,7 +58,8 @@ def decode(body: bytes) -> tuple[str, float] | str | None:
         record = json.loads(body)
         if "marker" in record:
             return str(record["marker"])
-        return str(record["task_id"]), float(record["time"])
+        at = float(record["time"])
+        return (str(record["task_id"]), at) if math.isfinite(at) else None  # NaN would stall the expiry order
     except (ValueError, KeyError, TypeError):
         return None
 

@@ -11,7 +11,8 @@ import logging
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from amqptasks.worker.republish import REDELIVERIES_HEADER, republish
+from amqptasks.constants import REDELIVERIES_HEADER
+from amqptasks.worker.republish import republish
 
 if TYPE_CHECKING:
     from amqptasks.app import App

@@ -32,14 +32,13 @@ from amqptasks.worker.delivery import Delivery
 from amqptasks.worker.execution import Executor, time_limits
 from amqptasks.worker.failure import failed
 from amqptasks.worker.middleware import Hooks, Middleware
-from amqptasks.worker.republish import REDELIVERIES_HEADER
 from amqptasks.worker.request import request_for
 from amqptasks.worker.transport import Incoming, Transport
 
 if TYPE_CHECKING:
     from amqptasks.app import App
 
-__all__ = ["REDELIVERIES_HEADER", "Worker", "WorkerSettings"]
+__all__ = ["Worker", "WorkerSettings"]
 
 log = logging.getLogger("amqptasks.worker")
 

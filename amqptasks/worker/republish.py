@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from amqptasks.constants import REDELIVERIES_HEADER
 from amqptasks.tasks.sending import prepare
 
 if TYPE_CHECKING:
@@ -12,10 +13,6 @@ if TYPE_CHECKING:
     from amqptasks.worker.delivery import Delivery
 
 log = logging.getLogger("amqptasks.worker")
-
-#: A redelivered message on a classic queue counts its redeliveries in this header (quorum queues count
-#: with x-delivery-count and enforce x-delivery-limit themselves).
-REDELIVERIES_HEADER = "x-amqptasks-redeliveries"
 
 
 async def republish(

@@ -34,10 +34,10 @@ from amqptasks.broker.connection import connect_error, pika_parameters, tls_opti
 from amqptasks.broker.url import BrokerURL
 from amqptasks.config.model import Broker
 from amqptasks.errors import AmqpTasksError
-from amqptasks.worker.acks import ACK_HOLD_S, Acks
+from amqptasks.worker.acks import Acks
 from amqptasks.worker.pika_steps import STEP_TIMEOUT_S, Lost, Steps, queue_exists, resolve
 
-__all__ = ["ACK_HOLD_S", "RECONNECT_MAX_S", "RECONNECT_MIN_S", "STEP_TIMEOUT_S", "Incoming", "Transport"]
+__all__ = ["Incoming", "Transport"]
 
 log = logging.getLogger("amqptasks.worker")
 
