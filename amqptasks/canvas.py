@@ -248,8 +248,10 @@ def from_dict(data: Mapping[str, Any], app: App | None = None) -> Step:
         return group(*(Signature.from_dict(t, app) for t in kwargs.get("tasks") or ()), **options)
     if kind == "chord":
         header = from_dict(kwargs.get("header") or {"subtask_type": "group"}, app)
+        if not isinstance(header, group):  # not silently an empty group: its callback would run with []
+            raise TypeError(f"a chord's header must be a group, not {header!r}")
         body = Signature.from_dict(kwargs["body"], app) if kwargs.get("body") else None
-        return chord(header if isinstance(header, group) else group(), body, **options)
+        return chord(header, body, **options)
     return Signature.from_dict(data, app)
 
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from amqptasks import App
+from amqptasks.canvas import chord, from_dict
 from amqptasks.tasks.signature import Signature
 
 
@@ -73,3 +76,12 @@ def test_delay_type_checks_against_the_function_signature(tmp_path: Path) -> Non
     assert ours == [
         f'{snippet}:7: error: Argument 1 to "delay" of "Task" has incompatible type "str"; expected "int"  [arg-type]'
     ], out
+
+
+def test_a_chord_whose_header_is_not_a_group_is_refused_not_read_as_an_empty_group() -> None:
+    header = {"task": "m.add", "args": [1, 2], "kwargs": {}, "options": {}, "subtask_type": None}
+    body = {"task": "m.total", "args": [], "kwargs": {}, "options": {}}
+    with pytest.raises(TypeError, match="a chord's header must be a group"):
+        from_dict({"subtask_type": "chord", "kwargs": {"header": header, "body": body}})
+    ok = from_dict({"subtask_type": "chord", "kwargs": {"header": {"subtask_type": "group"}, "body": body}})
+    assert isinstance(ok, chord) and len(ok.header) == 0
