@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from amqptasks.constants import REDELIVERIES_HEADER
-from amqptasks.delays import MAX_DELAY_MS
 from amqptasks.worker.republish import republish
 
 if TYPE_CHECKING:
@@ -44,7 +43,7 @@ class Admission:
         if count > self.settings.max_redeliveries:
             await self.reject(d, "poison", f"redelivered {count} times (it may kill its worker)")
             return True
-        await republish(self.app, d, 0, retries_delta=0, redeliveries=count)  # counted copy to the back of the queue
+        await republish(self.app, d, redeliveries=count)  # counted copy to the back of the queue
         self.settle(d, "ack", f"redelivered: counted ({count}/{self.settings.max_redeliveries})")
         return True
 
@@ -78,8 +77,7 @@ class Admission:
             log.warning("%s: its eta is %.1f s ahead, but without 'delays: {enabled: true}' it cannot wait: runs now",
                         d.label, wait)  # fmt: skip
             return False
-        # Beyond the tiers' longest delay (~49.7 days) it waits that long, comes back early and waits again.
-        await republish(self.app, d, min(wait, MAX_DELAY_MS / 1000), retries_delta=0)
+        await republish(self.app, d)  # its eta kept: through the tiers until then (in rounds past ~49.7 days)
         log.info("%s: %.1f s before its eta: sent back through the delay tiers", d.label, wait)
         self.settle(d, "ack", "delayed until its eta")
         return True
