@@ -11,7 +11,9 @@ are counted from outside the worker, whatever the worker believes it did.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import resource
 import signal
 import subprocess
 import time
@@ -28,6 +30,7 @@ from amqptasks import App
 from amqptasks.broker import BrokerURL, ManagementClient
 from amqptasks.config import load_config_text
 from amqptasks.constants import ENV_BROKER_URL, ENV_CONFIG
+from amqptasks.worker.journal import ENV_JOURNAL_DIR
 from tests.broker_node import BrokerNode, private_node
 from tests.cli_helpers import console_script
 
@@ -47,7 +50,10 @@ topology:
   provision: true
   queues:
     - name: {QUEUE}
+      dead_letter: auto
 """
+#: Crashes a task can cause: the whole process it runs in dies, and it can write nothing afterwards.
+CRASH_TASK = "faults.crash"
 
 
 # --- the app the worker subprocesses run ----------------------------------------------------------------------
@@ -69,7 +75,22 @@ def make_app(broker_url: str, management_url: str | None = None) -> App:
         time.sleep(seconds)
         record.write("done", task_id)
 
+    @app.task(name=CRASH_TASK, queue=QUEUE, bind=True)
+    def crash(self: Any, how: str) -> None:
+        Record(Path(os.environ[ENV_RECORD])).write("start", self.request.id)
+        die(how)
+
     return app
+
+
+def die(how: str) -> None:
+    """The process dies: SIGKILL, os._exit(1) or a segfault (no core file)."""
+    if how == "sigkill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif how == "exit":
+        os._exit(1)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    ctypes.string_at(0)  # SIGSEGV
 
 
 def __getattr__(name: str) -> App:
@@ -130,7 +151,9 @@ class WorkerProcess:
         self.connection_name = f"amqptasks worker {self.hostname}"
         self.log = log
         env = {k: v for k, v in os.environ.items() if k not in (ENV_BROKER_URL, ENV_CONFIG, ENV_MANAGEMENT)}
-        env.update({ENV_BROKER_URL: broker_url, ENV_RECORD: str(record.path)})
+        # Each test's own journals: another test's dead workers are none of its business.
+        journals = str(record.path.parent / "journals")
+        env.update({ENV_BROKER_URL: broker_url, ENV_RECORD: str(record.path), ENV_JOURNAL_DIR: journals})
         if management is not None:
             env[ENV_MANAGEMENT] = management
         command = [console_script(), "worker", "-A", "tests.test_worker_faults:worker_app", "-Q", QUEUE,
@@ -213,11 +236,11 @@ def publish(app: App, calls: list[dict[str, Any]]) -> list[str]:
     return [result.id for result in app.publish_many([task.s(**kwargs) for kwargs in calls])]
 
 
-def ready_count(url: str) -> int:
+def ready_count(url: str, queue: str = QUEUE) -> int:
     """Messages ready in the queue, as the broker counts them right now (the management API lags by seconds)."""
     connection = pika.BlockingConnection(pika.URLParameters(url))
     try:
-        return int(connection.channel().queue_declare(QUEUE, passive=True).method.message_count)
+        return int(connection.channel().queue_declare(queue, passive=True).method.message_count)
     finally:
         connection.close()
 

@@ -35,6 +35,8 @@ def load_app(spec: str) -> App:
 @click.option("--pool", type=click.Choice(["asyncio", "threads", "processes"]), help="Where sync tasks run [threads].")
 @click.option("--processes", type=click.IntRange(min=1), help="Consuming processes [1].")
 @click.option("--max-tasks-per-child", type=click.IntRange(min=1), help="Recycle pool children after N tasks.")
+@click.option("--max-redeliveries", type=click.IntRange(min=0),
+              help="Runs more for a task that killed its worker, then the DLQ [5].")  # fmt: skip
 @click.option("--grace", type=click.FloatRange(min=0), help="Warm shutdown: seconds for running tasks [30].")
 @click.option("--burst", is_flag=True, help="Drain the queues, then exit 0.")
 @click.option("-n", "--hostname", help="Worker name [amqptasks@HOST].")

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -21,17 +21,20 @@ import aio_pika
 import aio_pika.abc
 
 from amqptasks.broker.aio import open_robust
+from amqptasks.constants import REDELIVERIES_HEADER
 from amqptasks.control.worker import WorkerControl
 from amqptasks.errors import Ignore, Reject
 from amqptasks.message.errors import MessageError
 from amqptasks.tasks.dispatch import decode, find_task
 from amqptasks.worker import events
-from amqptasks.worker.admission import Admission
+from amqptasks.worker.admission import Admission, journal_key
 from amqptasks.worker.burst import drained
 from amqptasks.worker.delivery import Delivery
 from amqptasks.worker.execution import Executor, time_limits
 from amqptasks.worker.failure import failed
+from amqptasks.worker.journal import Journal
 from amqptasks.worker.middleware import Hooks, Middleware
+from amqptasks.worker.processes import WorkerLostError
 from amqptasks.worker.request import request_for
 from amqptasks.worker.transport import Incoming, Transport
 
@@ -79,7 +82,7 @@ class Worker:
         ]
         self.hooks = Hooks(self.middleware)
         #: The redelivery, expiry and eta checks a message passes before it runs.
-        self._admission = Admission(app, settings, self.hooks, self._settle)
+        self._admission = Admission(app, settings, self.hooks, self._settle, self._flush)
         #: Bigger bodies are dead-lettered unread (broker.max_message_size; compressed ones may inflate 16x).
         self._max_message_size = app.config.broker.max_message_size
         #: Tasks running now, by task id: their delivery, and the asyncio task handling it (for control).
@@ -88,6 +91,7 @@ class Worker:
             settings.concurrency, pool=settings.pool, app=app, max_tasks_per_child=settings.max_tasks_per_child
         )
         self._slots = asyncio.Semaphore(settings.concurrency)
+        self._solo = asyncio.Lock()  # one charged task at a time gathers every slot
         self._inflight: set[asyncio.Task[None]] = set()
         self._running = 0
         self._stop = asyncio.Event()
@@ -97,6 +101,8 @@ class Worker:
         self._transport: Transport | None = None
         #: For control commands, the burst watch and publishing: consuming has its own (see transport.py).
         self._connection: aio_pika.abc.AbstractRobustConnection | None = None
+        #: Which tasks this process has started: what tells a crasher from the innocents after a crash.
+        self.journal: Journal | None = None
         self.processed = 0
 
     @property
@@ -116,11 +122,13 @@ class Worker:
         name = self.app.config.broker.connection_name or f"amqptasks worker {self.settings.hostname}"
         prefetch = self.settings.prefetch or self.settings.concurrency * 4
         loop = asyncio.get_running_loop()
+        self.journal = Journal(self.settings.hostname)
         # Control first: it reads back the stored revocations, which every message is checked against.
         self._connection = await open_robust(self.app.config.broker, f"{name} (control)")
         await self.control.start(self._connection)
         self._transport = Transport(self.app.config.broker, name, self.settings.queues, prefetch, self._on_batch, loop)
         await self._transport.start()
+        self.journal.ready()
         log.info("ready: consuming %s", ", ".join(self.settings.queues))
 
     async def run(self) -> None:
@@ -159,6 +167,8 @@ class Worker:
             await self._transport.close()
         if self._connection is not None:
             await self._connection.close()
+        if self.journal is not None:
+            self.journal.close()  # a clean exit: what it abandoned did not kill it
 
     async def _wait_inflight(self, timeout: float) -> None:
         """Until every message in hand is settled, *timeout* passes, or a second stop request goes cold."""
@@ -170,6 +180,28 @@ class Worker:
                 await asyncio.wait({*self._inflight, cold}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
         finally:
             cold.cancel()
+
+    async def _take_slots(self, task_id: str, headers: Mapping[str, Any]) -> int:
+        """The slots a message runs in (0: a shutdown began). A task charged with killing its worker runs *alone*
+        in a thread pool: if it kills the process again, it is the only task the journal names, and no innocent
+        running beside it is charged twice (a child of the processes pool dies alone anyway)."""
+        if REDELIVERIES_HEADER not in headers:
+            return 1 if await self._slot() else 0
+        await self._admission.charged(task_id)
+        if self.settings.concurrency == 1 or self.settings.pool == "processes":
+            return 1 if await self._slot() else 0
+        async with self._solo:
+            taken = 0
+            while taken < self.settings.concurrency:
+                if not await self._slot():
+                    self._release(taken)
+                    return 0
+                taken += 1
+            return taken
+
+    def _release(self, slots: int) -> None:
+        for _ in range(slots):
+            self._slots.release()
 
     async def _slot(self) -> bool:
         """A free execution slot; False once a shutdown starts: a message still waiting then goes back at once."""
@@ -234,7 +266,7 @@ class Worker:
         m, checks = d.message, self._admission
         # The usual message (first delivery, no expiry, no eta) needs none of the three checks' coroutines.
         if (raw.redelivered or m.expires is not None or m.eta is not None) and (
-            await checks.redelivered_too_often(d) or await checks.expired(d) or await checks.early(d)
+            await checks.charge_redelivery(d) or await checks.expired(d) or await checks.early(d)
         ):
             return
         try:
@@ -242,20 +274,21 @@ class Worker:
         except MessageError as exc:
             await checks.reject(d, exc.reason, exc.detail)
             return
-        if not await self._slot():
+        slots = await self._take_slots(m.id, m.extra_headers)
+        if not slots:
             self._settle(d, "requeue", "shutdown before it started")
             return
         if self._transport is None or self._transport.is_stale(d.raw):
             # Its channel closed while it waited (connection lost, channel closed by the broker): the broker
             # has already requeued it and will deliver it again; running it here would run it twice.
-            self._slots.release()
+            self._release(slots)
             d.settled = "requeue"
             log.info("%s: its channel closed before it started; the broker redelivers it", d.label)
             return
         try:
             await self._execute(d)
         finally:
-            self._slots.release()
+            self._release(slots)
 
     async def _execute(self, d: Delivery) -> None:
         assert d.message is not None and d.task is not None
@@ -267,6 +300,9 @@ class Worker:
         d.started = time.monotonic()
         self._running += 1
         self.active[message.id] = (d, asyncio.current_task())
+        journal, key = self.journal, journal_key(message.id, message.extra_headers)
+        if journal is not None:
+            journal.started(key)
         try:
             soft, hard = time_limits(message.timelimit, options.soft_time_limit, options.time_limit)
             result = await self.executor.run(d.task.run_callable(), message.args, dict(message.kwargs), d.request,
@@ -276,14 +312,22 @@ class Worker:
         except Reject as exc:
             self._settle(d, "requeue" if exc.requeue else "reject", exc.reason or "rejected by the task")
             await self.hooks.run("after_reject", d, exc.reason or "rejected by the task", reverse=True)
+        except WorkerLostError as exc:  # its pool child process died under it (processes pool)
+            await self._admission.charge(d, str(exc))
         except Exception as exc:
             await failed(d, exc, self.app, self.hooks, self._settle)
         else:
             await self.hooks.run("after_success", d, result, reverse=True)
             self._settle(d, "ack", "succeeded")
         finally:
+            if journal is not None:
+                journal.finished(key)
             self._running -= 1
             self.active.pop(message.id, None)
+
+    def _flush(self) -> None:
+        if self._transport is not None:
+            self._transport.flush()
 
     def _settle(self, d: Delivery, how: str, why: str) -> None:
         # No I/O here: the transport sends it (batched), so no coroutine on the per-message path.

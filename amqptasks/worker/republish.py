@@ -29,7 +29,8 @@ def again(
     """
     assert d.message is not None
     m = d.message
-    headers = {k: v for k, v in m.extra_headers.items() if k != REDELIVERIES_HEADER}
+    # x-delivery-count is the quorum queue's count of the received copy; the fresh one starts from zero.
+    headers = {k: v for k, v in m.extra_headers.items() if k not in (REDELIVERIES_HEADER, "x-delivery-count")}
     if redeliveries is not None:
         headers[REDELIVERIES_HEADER] = redeliveries
     if countdown is None:

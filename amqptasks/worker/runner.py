@@ -6,7 +6,6 @@ import asyncio
 import importlib.util
 import json
 import logging
-import multiprocessing
 import os
 import signal
 import sys
@@ -18,6 +17,7 @@ from amqptasks.broker.url import BrokerURL
 from amqptasks.constants import ENV_EVENT_LOOP, dlq_name, is_delay_name
 from amqptasks.topology.desired import desired
 from amqptasks.worker.consumer import Worker, WorkerSettings
+from amqptasks.worker.supervise import Supervisor
 
 if TYPE_CHECKING:
     from amqptasks.app import App
@@ -134,28 +134,17 @@ def serve(app: App, settings: WorkerSettings, *, beat: bool = False) -> None:
 
 
 def serve_many(app: App, settings: WorkerSettings, processes: int, *, beat: bool = False) -> int:
-    """N forked consuming processes; signals go to all of them; returns the worst exit status.
+    """N forked consuming processes, each replaced when it dies (:mod:`amqptasks.worker.supervise`); signals go
+    to all of them; returns the worst exit status of the shutdown, or 1 when they keep dying at start.
 
     With *beat*, the scheduler runs in a thread of this (parent) process, started after the fork.
     """
     if app.config.topology.provision:
         app.provision()
-    context = multiprocessing.get_context("fork")
-    children = [context.Process(target=serve, args=(app, settings), name=f"worker-{i + 1}") for i in range(processes)]
-    for child in children:
-        child.start()
-
-    def forward(signum: int, _frame: Any) -> None:
-        for child in children:
-            if child.pid and child.is_alive():
-                os.kill(child.pid, signum)
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
-        signal.signal(sig, forward)
+    supervisor = Supervisor(lambda: serve(app, settings), processes)
+    supervisor.start()
     with _beat_thread(app, beat):
-        for child in children:
-            child.join()
-    return max((child.exitcode or 0) for child in children)
+        return supervisor.watch()
 
 
 @contextmanager

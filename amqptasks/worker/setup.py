@@ -9,7 +9,7 @@ from amqptasks.config.model import Config
 from amqptasks.errors import AmqpTasksError
 from amqptasks.worker.consumer import WorkerSettings
 
-DEFAULTS: dict[str, Any] = {"concurrency": 8, "pool": "threads", "processes": 1, "grace": 30.0}
+DEFAULTS: dict[str, Any] = {"concurrency": 8, "pool": "threads", "processes": 1, "grace": 30.0, "max_redeliveries": 5}
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ def plan_worker(config: Config, queues: list[str], profile: str | None, options:
         p = config.workers[profile]
         chosen = {
             "concurrency": p.concurrency, "prefetch": p.prefetch, "pool": p.pool, "processes": p.processes,
-            "max_tasks_per_child": p.max_tasks_per_child, "grace": p.grace,
+            "max_tasks_per_child": p.max_tasks_per_child, "grace": p.grace, "max_redeliveries": p.max_redeliveries,
         }  # fmt: skip
         queues = queues or list(p.queues)
     if not queues:
@@ -56,6 +56,7 @@ def plan_worker(config: Config, queues: list[str], profile: str | None, options:
         grace=pick("grace"),
         pool=pool,
         max_tasks_per_child=max_tasks_per_child,
+        max_redeliveries=pick("max_redeliveries"),
         metrics_port=options.get("metrics_port"),
         events=bool(options.get("events")),
     )
