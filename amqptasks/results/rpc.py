@@ -150,6 +150,13 @@ class RpcBackend(ResultBackend):
     def wait(
         self, task_id: str, timeout: float | None, interval: float, on_message: OnMessage | None
     ) -> dict[str, Any]:
+        if self._thread is None and self.book.latest(task_id) is None:
+            # No reply channel was ever opened here: nothing published from this process, so no state can come.
+            raise errors.ResultUnavailable(
+                f"task {task_id}: rpc:// results go only to the process that published the task, and this process "
+                "has published none, so this result can never arrive here. Wait for it where it was published, or "
+                "keep results in a store readable from anywhere (YAML 'results: {backend: redis://...}')"
+            )
         return self.book.wait(task_id, timeout, on_message)
 
     def forget(self, task_id: str) -> None:
@@ -172,6 +179,31 @@ class RpcBackend(ResultBackend):
         if reply_to:
             publisher = await self.app.aio_publisher()
             await publisher.publish(_reply(task_id, meta, reply_to))
+
+
+class Unreachable(ResultBackend):
+    """The backend of results that cannot come back by rpc:// (``publish_many`` does not publish on the reply
+    channel): reading one says why at once instead of waiting for a timeout."""
+
+    uses_reply_to = True
+    url = "rpc://"
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def peek(self, task_id: str) -> dict[str, Any] | None:
+        return None
+
+    def wait(
+        self, task_id: str, timeout: float | None, interval: float, on_message: OnMessage | None
+    ) -> dict[str, Any]:
+        raise errors.ResultUnavailable(f"task {task_id}: {self.reason}")
+
+    def forget(self, task_id: str) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
 
 
 def _reply(task_id: str, meta: dict[str, Any], reply_to: str) -> Envelope:
