@@ -1,7 +1,7 @@
 """The example project's tasks: import this module as ``tasks:app`` to run them.
 
-    amqptasks worker -A tasks:app --profile orders      (from this directory)
-    amqptasks worker -A tasks:app --profile emails
+amqptasks worker -A tasks:app --profile orders      (from this directory)
+amqptasks worker -A tasks:app --profile emails
 """
 
 from __future__ import annotations
