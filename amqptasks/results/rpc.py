@@ -16,6 +16,7 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Any
 
+from amqptasks import errors
 from amqptasks.broker import forks
 from amqptasks.message.envelope import Envelope
 from amqptasks.results.backend import OnMessage, ResultBackend, StateBook
@@ -34,6 +35,8 @@ class RpcBackend(ResultBackend):
     def __init__(self, app: App) -> None:
         self.app = app
         self.book = StateBook()
+        #: Whether this process published a task on the reply channel: if not, no result can ever arrive here.
+        self._published = False
         forks.on_fork_in_child(self._forget_inherited)
 
     def _on_reply(self, body: bytes, correlation_id: str | None) -> None:
@@ -45,10 +48,12 @@ class RpcBackend(ResultBackend):
     def _forget_inherited(self) -> None:
         # A forked child: a thread of the parent's may have held the book's lock at the fork.
         self.book.changed = threading.Condition()
+        self._published = False  # the parent's replies go to the parent's channel
 
     # --- caller side -------------------------------------------------------------------------------------
 
     def publish(self, envelope: Envelope) -> None:
+        self._published = True
         self.app.connections.reply_channel(self._on_reply).publish(envelope)
 
     def peek(self, task_id: str) -> dict[str, Any] | None:
@@ -57,7 +62,7 @@ class RpcBackend(ResultBackend):
     def wait(
         self, task_id: str, timeout: float | None, interval: float, on_message: OnMessage | None
     ) -> dict[str, Any]:
-        if self._thread is None and self.book.latest(task_id) is None:
+        if not self._published and self.book.latest(task_id) is None:
             # No reply channel was ever opened here: nothing published from this process, so no state can come.
             raise errors.ResultUnavailable(
                 f"task {task_id}: rpc:// results go only to the process that published the task, and this process "
