@@ -62,7 +62,8 @@ class Admission:
         if isinstance(delivered, int) and delivered > 0:
             # A quorum queue counts every redelivery, innocent ones too, up to its x-delivery-limit: a fresh
             # copy (its own count kept) starts the broker's count again, so innocents never reach the limit.
-            await republish(self.app, d, redeliveries=_charges(d) or None)
+            charges = _charges(d)
+            await republish(self.app, d, headers={REDELIVERIES_HEADER: charges} if charges else None)
             self.settle(d, "ack", "redelivered, not charged: sent again as a fresh copy")
             return True
         return False
@@ -79,7 +80,7 @@ class Admission:
         assert d.message is not None
         done = self._charging[d.message.id] = asyncio.Event()
         try:
-            await republish(self.app, d, redeliveries=count)
+            await republish(self.app, d, headers={REDELIVERIES_HEADER: count})
             self.settle(d, "ack", f"worker lost: counted ({count}/{most})")
             # Sent now, not batched: were this process to die running the copy before the ack left, the original
             # would come back too, and the crasher would be in the queue twice.

@@ -31,7 +31,7 @@ from amqptasks.worker.admission import Admission, journal_key
 from amqptasks.worker.burst import drained
 from amqptasks.worker.delivery import Delivery
 from amqptasks.worker.execution import Executor, time_limits
-from amqptasks.worker.failure import failed
+from amqptasks.worker.failure import failed, succeeded
 from amqptasks.worker.journal import Journal
 from amqptasks.worker.middleware import Hooks, Middleware
 from amqptasks.worker.processes import WorkerLostError
@@ -318,7 +318,7 @@ class Worker:
             await failed(d, exc, self.app, self.hooks, self._settle)
         else:
             await self.hooks.run("after_success", d, result, reverse=True)
-            self._settle(d, "ack", "succeeded")
+            await succeeded(d, self.app, self._settle)
         finally:
             if journal is not None:
                 journal.finished(key)
