@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,9 @@ log = logging.getLogger("amqptasks.worker")
 
 #: Early by less than this, a message runs now rather than making another trip through the delay tiers.
 ETA_TOLERANCE = 0.05
+#: How long a redelivered message still running in a live process's journal waits for that process to be seen
+#: dead (a connection merely cut: it stays alive, and the message runs again uncharged after this wait).
+DYING_WAIT_S = 0.5
 #: How long a charge waits for a supervisor to record how the dead worker process died.
 HOW_WAIT_S = 0.3
 #: An eta further ahead than this (ten years) is taken for a bad header (9999-12-31, a unit mix-up), not waited for.
@@ -38,11 +42,15 @@ class Admission:
     """The checks, with what they need of the worker: its app, settings and hooks, and how it settles."""
 
     def __init__(
-        self, app: App, settings: WorkerSettings, hooks: Hooks, settle: Settle, flush: Callable[[], None]
-    ) -> None:
+        self, app: App, settings: WorkerSettings, hooks: Hooks, settle: Settle, flush: Callable[[], None],
+        alone: Callable[[], AbstractAsyncContextManager[bool]],
+    ) -> None:  # fmt: skip
         self.app, self.settings, self.hooks, self.settle, self.flush = app, settings, hooks, settle, flush
+        #: Runs the charge of a redelivered crasher while no task runs in this process: a task crashing it
+        #: between the counted copy's confirm and the original's ack would leave the crasher queued twice.
+        self.alone = alone
         self.crashes = Crashes()
-        self._charging: dict[str, asyncio.Event] = {}
+        self._charging: dict[str, list[asyncio.Event]] = {}
 
     async def charge_redelivery(self, d: Delivery) -> bool:
         """A redelivered message is charged one "killed its worker" attempt only if it was *running* when its
@@ -50,13 +58,24 @@ class Admission:
         merely cut, runs again uncharged."""
         if not d.raw.redelivered or d.message is None:
             return False
-        found = self.crashes.claim(journal_key(d.message.id, d.message.extra_headers))
+        key = journal_key(d.message.id, d.message.extra_headers)
+        found = self.crashes.claim(key)
+        waited = 0.0
+        while found is None and waited < DYING_WAIT_S and self.crashes.running_in_a_live_process(key):
+            await asyncio.sleep(0.02)  # its process may be dying this very moment
+            waited += 0.02
+            found = self.crashes.claim(key)
         if found is not None:  # claimed at once: a duplicate of it arriving meanwhile is not charged as well
             note, path = found
             if note.how is None:  # its supervisor may be writing how it died: the charge is the better for it
                 await asyncio.sleep(HOW_WAIT_S)
                 note = self.crashes.how(path, note)
-            await self.charge(d, str(note))
+            async with self.alone() as ok:
+                if not ok:  # shutting down: its claim lapses with this process's clean exit
+                    self.settle(d, "requeue", "shutdown before it was charged")
+                    return True
+                await self.charge(d, str(note))
+            self.crashes.done(key, path)
             return True
         delivered = (d.raw.headers or {}).get("x-delivery-count")
         if isinstance(delivered, int) and delivered > 0:
@@ -78,7 +97,8 @@ class Admission:
             return
         log.warning("%s killed its worker: %s; it runs again (run %d of at most %d)", d.label, how, count + 1, most + 1)
         assert d.message is not None
-        done = self._charging[d.message.id] = asyncio.Event()
+        done = asyncio.Event()
+        self._charging.setdefault(d.message.id, []).append(done)
         try:
             await republish(self.app, d, headers={REDELIVERIES_HEADER: count})
             self.settle(d, "ack", f"worker lost: counted ({count}/{most})")
@@ -87,13 +107,15 @@ class Admission:
             self.flush()
         finally:
             done.set()
-            del self._charging[d.message.id]
+            waiting = self._charging[d.message.id]
+            waiting.remove(done)
+            if not waiting:
+                del self._charging[d.message.id]
 
     async def charged(self, task_id: str) -> None:
         """Until this process has finished charging *task_id*: its counted copy can arrive here (even before the
         publish is confirmed) and must not run, and maybe kill the process, before the original is acked."""
-        done = self._charging.get(task_id)
-        if done is not None:
+        for done in list(self._charging.get(task_id, ())):
             await done.wait()
 
     async def expired(self, d: Delivery) -> bool:

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -82,7 +82,7 @@ class Worker:
         ]
         self.hooks = Hooks(self.middleware)
         #: The redelivery, expiry and eta checks a message passes before it runs.
-        self._admission = Admission(app, settings, self.hooks, self._settle, self._flush)
+        self._admission = Admission(app, settings, self.hooks, self._settle, self._flush, self._alone)
         #: Bigger bodies are dead-lettered unread (broker.max_message_size; compressed ones may inflate 16x).
         self._max_message_size = app.config.broker.max_message_size
         #: Tasks running now, by task id: their delivery, and the asyncio task handling it (for control).
@@ -123,6 +123,7 @@ class Worker:
         prefetch = self.settings.prefetch or self.settings.concurrency * 4
         loop = asyncio.get_running_loop()
         self.journal = Journal(self.settings.hostname)
+        self._admission.crashes.claimer = self.journal.path.name
         # Control first: it reads back the stored revocations, which every message is checked against.
         self._connection = await open_robust(self.app.config.broker, f"{name} (control)")
         await self.control.start(self._connection)
@@ -188,8 +189,12 @@ class Worker:
         if REDELIVERIES_HEADER not in headers:
             return 1 if await self._slot() else 0
         await self._admission.charged(task_id)
-        if self.settings.concurrency == 1 or self.settings.pool == "processes":
+        if self.settings.pool == "processes":
             return 1 if await self._slot() else 0
+        return await self._all_slots()
+
+    async def _all_slots(self) -> int:
+        """Every slot (once the tasks running now are done), or 0 once a shutdown began."""
         async with self._solo:
             taken = 0
             while taken < self.settings.concurrency:
@@ -198,6 +203,15 @@ class Worker:
                     return 0
                 taken += 1
             return taken
+
+    @contextlib.asynccontextmanager
+    async def _alone(self) -> AsyncIterator[bool]:
+        """Nothing else runs in this process meanwhile (False: a shutdown began first)."""
+        slots = await self._all_slots()
+        try:
+            yield slots > 0
+        finally:
+            self._release(slots)
 
     def _release(self, slots: int) -> None:
         for _ in range(slots):
@@ -313,7 +327,7 @@ class Worker:
             self._settle(d, "requeue" if exc.requeue else "reject", exc.reason or "rejected by the task")
             await self.hooks.run("after_reject", d, exc.reason or "rejected by the task", reverse=True)
         except WorkerLostError as exc:  # its pool child process died under it (processes pool)
-            await self._admission.charge(d, str(exc))
+            await self._admission.charge(d, f"worker {self.settings.hostname}: {exc}")
         except Exception as exc:
             await failed(d, exc, self.app, self.hooks, self._settle)
         else:

@@ -143,7 +143,7 @@ class Supervisor:
             append(path, f"X {how}")
             dead = read_dead(path)
             if dead is not None:
-                running += sorted(key.partition("~")[0] for key in dead.suspects)
+                running += sorted(key.partition("~")[0] for key in dead.running)
                 ready = ready or dead.ready
         lived = time.monotonic() - slot.started
         slot.start_failures = 0 if ready else slot.start_failures + 1
