@@ -37,7 +37,7 @@ async def republish(
         "headers": headers,
         "expires": m.expires, "link": list(m.callbacks) or None, "link_error": list(m.errbacks) or None,
         "priority": d.raw.priority, "group_id": m.group, "group_index": m.group_index, "reply_to": m.reply_to,
-        "soft_time_limit": m.timelimit[0], "time_limit": m.timelimit[1],
+        "time_limit": m.timelimit[0], "soft_time_limit": m.timelimit[1],
         "countdown": countdown if countdown > 0 else None, **d.destination(),
     }  # fmt: skip
     prepared = prepare(options, m.args, m.kwargs, call_options, app.send_settings)
