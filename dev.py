@@ -2,7 +2,7 @@
 """Developer bootstrap for amqptasks. Standard library only: it runs with a bare Python (3.7+ to start).
 
     python3 dev.py demo                  topology demo against RabbitMQ
-    python3 dev.py test [pytest args]    ruff, mypy --strict, pytest
+    python3 dev.py test [pytest args]    ruff, mypy --strict, mkdocs build --strict, pytest
 
 Both make sure of Python >= 3.11 (re-running with a newer python3.x on PATH), a .venv with
 `pip install -e '.[test]'` (skipped while pyproject.toml is unchanged) and a reachable RabbitMQ with its
@@ -55,7 +55,7 @@ DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672/%2F"
 MANAGEMENT_PORT = 15672
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 USAGE = """usage: python3 dev.py demo                  run the topology demo (validate, plan, apply, graph)
-       python3 dev.py test [pytest args]    run ruff, mypy --strict and pytest
+       python3 dev.py test [pytest args]    run ruff, mypy --strict, mkdocs build --strict and pytest
 
 Environment: AMQPTASKS_BROKER_URL (default amqp://guest:guest@localhost:5672/%2F)"""
 
@@ -327,14 +327,24 @@ def run_step(title: str, cmd: list[str], env: dict[str, str] | None = None) -> i
 
 def cmd_test(extra: list[str]) -> int:
     dirs = [d for d in ("amqptasks", "tests", "bench") if os.path.isdir(os.path.join(ROOT, d))]
+    site = tempfile.mkdtemp(prefix="amqptasks-site-")  # the built site is thrown away: only its warnings matter
     steps = [
         ("ruff check", [venv_exe("ruff"), "check", *dirs]),
         ("ruff format", [venv_exe("ruff"), "format", "--check", *dirs]),
         ("mypy", [venv_exe("mypy"), "--strict", "amqptasks"]),
+        # a broken link or anchor, or a docs page missing from mkdocs.yml's nav, fails this step
+        ("mkdocs build --strict", [venv_exe("mkdocs"), "build", "--strict", "--site-dir", site]),
         ("pytest", [venv_exe("pytest"), *extra]),
     ]
+    try:
+        return run_steps(steps)
+    finally:
+        shutil.rmtree(site, ignore_errors=True)
+
+
+def run_steps(steps: list[tuple[str, list[str]]]) -> int:
     for title, cmd in steps:
-        rc = run_step(title, cmd)
+        rc = run_step(title, cmd, {"NO_MKDOCS_2_WARNING": "1"})
         if rc != 0:
             hint = " (no tests were collected)" if title == "pytest" and rc == 5 else ""
             say(f"\ntest: FAILED at {title} (exit {rc}){hint}")
