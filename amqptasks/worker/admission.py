@@ -43,7 +43,7 @@ class Admission:
         if count > self.settings.max_redeliveries:
             await self.reject(d, "poison", f"redelivered {count} times (it may kill its worker)")
             return True
-        await republish(self.app, d, redeliveries=count)  # counted copy to the back of the queue
+        await republish(self.app, d, headers={REDELIVERIES_HEADER: count})  # counted copy to the back of the queue
         self.settle(d, "ack", f"redelivered: counted ({count}/{self.settings.max_redeliveries})")
         return True
 
