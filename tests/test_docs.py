@@ -43,7 +43,7 @@ def quickstart() -> str:
     return (DOCS / "quickstart.md").read_text(encoding="utf-8")
 
 
-VALIDATED = [(where, text) for where, text in yaml_blocks() if re.match(r"# validate\b", text)]
+VALIDATED = [(where, text) for where, text in yaml_blocks() if re.match(r"# (validate\b|file: )", text)]
 
 
 def test_yaml_reference_is_generated_from_the_current_model() -> None:
