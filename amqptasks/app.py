@@ -235,7 +235,7 @@ class App:
             sent_here: list[tuple[str, str, Mapping[str, Any]]] = []
             batch = list(self._envelopes(signatures, sent_here))
             deferred.defer(loop, asyncio.to_thread(self._publish_many_now, batch), f"a batch of {len(batch)}")
-            return _results(sent_here)
+            return self._results(sent_here)
         self._ensure_provisioned()
         # Only what publishing and the results need is kept per message (not the TaskMessage): fewer live
         # objects for the garbage collector to walk while a large batch is prepared (~10 µs a message at 20,000).

@@ -15,7 +15,7 @@ from amqptasks.results.exceptions import TaskError
 from tests.worker_helpers import YAML, Project, get_all, wait_until, worker_process
 
 TASKS = """
-import asyncio, time
+import asyncio, threading, time
 
 PUBLISHED = []
 
@@ -26,31 +26,40 @@ def sink(i):
 @app.task(name="tasks.publisher", bind=True)
 async def publisher(self, i):
     self.update_state(state="PROGRESS", meta={"i": i})
-    sent = sink.delay(i)
+    sent = [sink.delay(i), sink.apply_async((i,), countdown=None)]
     PUBLISHED.append(i)
     await asyncio.sleep(0)
-    return sent.id
+    return [each.id for each in sent]
 
 @app.task(name="tasks.strands")
 async def strands():
     sink.apply_async((1,), exchange="tasks", routing_key="nobody.binds.this")
     return "returned before the confirm"
 
+def runqueue_wait():
+    # Seconds this thread has spent runnable but not running (waiting for a CPU the OS gave to other processes):
+    # on a shared 2-core machine that is not the loop's doing, and it is subtracted from what the probe blames
+    # the loop for. Time blocked on a socket, or waiting for the GIL, is not in it: that still counts.
+    with open(f"/proc/self/task/{threading.get_native_id()}/schedstat") as f:
+        return int(f.read().split()[1]) / 1e9
+
 @app.task(name="tasks.probe")
 async def probe(expected):
     # Sleeps 5 ms at a time; whatever it waits beyond that, the loop was busy elsewhere (or blocked).
     record(probe="started")
-    worst, turns, deadline = 0.0, 0, time.monotonic() + 60
-    tail = None
+    worst = worst_raw = 0.0
+    turns, deadline, tail = 0, time.monotonic() + 60, None
     while time.monotonic() < deadline:
-        before = time.monotonic()
+        before, queued = time.monotonic(), runqueue_wait()
         await asyncio.sleep(0.005)
-        worst, turns = max(worst, time.monotonic() - before - 0.005), turns + 1
+        late = time.monotonic() - before - 0.005
+        worst_raw, worst = max(worst_raw, late), max(worst, late - (runqueue_wait() - queued))
+        turns += 1
         if tail is None and len(PUBLISHED) >= expected:
             tail = time.monotonic() + 1.0  # and a second more, while the confirms and results come back
         if tail is not None and time.monotonic() > tail:
             break
-    record(probe="done", worst_ms=worst * 1000, turns=turns, published=len(PUBLISHED))
+    record(probe="done", worst_ms=worst * 1000, worst_raw_ms=worst_raw * 1000, turns=turns, published=len(PUBLISHED))
     return worst * 1000
 """
 
@@ -71,7 +80,7 @@ def test_async_tasks_that_publish_never_stall_the_loop(project: Project, channel
         try:
             probe = app.send_task("tasks.probe", (COUNT,))
             wait_until(lambda: any(r.get("probe") == "started" for r in project.records()), 15, "the probe to start")
-            # When 50 async tasks each report a state and publish a task
+            # When 50 async tasks each report a state and publish two tasks
             states: dict[int, list[str]] = {}
             results = [app.send_task("tasks.publisher", (i,)) for i in range(COUNT)]
             sent = [
@@ -81,12 +90,15 @@ def test_async_tasks_that_publish_never_stall_the_loop(project: Project, channel
             worst_ms = probe.get(timeout=60)
         finally:
             app.close()
-    # Then every publish was confirmed (the sink tasks are in their queue) and every state arrived in order
-    assert sorted(props.correlation_id for _, props, _ in get_all(channel, "other")) == sorted(sent)
-    assert all(states[i] == ["PROGRESS", "SUCCESS"] for i in range(COUNT)), states
-    # And the probe on the same loop never waited more than 50 ms for its turn
     [done] = [r for r in project.records() if r.get("probe") == "done"]
-    print(f"probe: worst stall {worst_ms:.1f} ms over {done['turns']} turns")
+    print(f"probe: worst stall {worst_ms:.1f} ms ({done['worst_raw_ms']:.1f} ms with the time the OS kept the loop's "
+          f"thread waiting for a CPU) over {done['turns']} turns")  # fmt: skip
+    # Then every publish was confirmed (the sink tasks are in their queue) and every state arrived in order
+    assert sorted(props.correlation_id for _, props, _ in get_all(channel, "other")) == sorted(
+        i for pair in sent for i in pair
+    )
+    assert all(states[i] == ["PROGRESS", "SUCCESS"] for i in range(COUNT)), states
+    # And the probe on the same loop never waited more than 50 ms for its turn (beyond what the OS kept it from a CPU)
     assert done["published"] == COUNT
     assert worst_ms < MAX_STALL_MS
 

@@ -104,7 +104,7 @@ class Executor:
     ) -> Any:  # fmt: skip
         """The coroutine task, then the publishes it deferred (``delay()`` in an ``async def`` task does not wait
         for its confirm on the loop: the run does, here, so a failed publish fails the task)."""
-        publishes: list[asyncio.Task[Any]] = []
+        publishes: list[asyncio.Future[Any]] = []
         token, owned = request_context.current.set(request), deferred.owner.set(publishes)
         try:
             task = asyncio.ensure_future(fn(*args, **kwargs))
