@@ -138,6 +138,12 @@ class TasksRunByTheWorker(ShopTestCase):
         self.assertEqual(result.return_value, 5)
         self.assertEqual(add_numbers.get_result(result.id).return_value, 5)
 
+    def test_a_process_pool_worker_uses_the_database_from_its_children(self) -> None:
+        # The worker forks its pool children after loading the project: each must open its own connection.
+        self.start("worker", "-Q", "shop", "-l", "info", "--pool", "processes", "-c", "2").wait_for(r"ready|consuming")
+        orders = [Client().post("/orders/", {"item": f"item {n}"}).json()["order"] for n in range(6)]
+        until(lambda: Order.objects.filter(pk__in=orders, confirmed=True).count() == 6, 30, "6 orders confirmed")
+
 
 class ScheduleEditedInTheAdmin(ShopTestCase):
     def test_an_entry_added_in_the_admin_fires_within_10_s_and_stops_when_disabled(self) -> None:
