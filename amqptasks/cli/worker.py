@@ -35,17 +35,33 @@ BROKER_HELP = "Broker URL (vhost included); overrides the YAML and AMQPTASKS_BRO
 
 
 def _import_app(spec: str | None) -> App:
+    """The App named by ``-A MODULE:ATTRIBUTE`` (``-A MODULE`` means ``MODULE:app``), or a UsageError saying
+    what was found instead and how to write the option."""
     if not spec:
         return _django_app()
-    module_name, _, attribute = spec.partition(":")
+    module_name, colon, attribute = spec.partition(":")
+    if not module_name or (colon and not attribute):
+        raise click.BadParameter(f"{spec!r}: write it as MODULE:ATTRIBUTE, e.g. -A tasks:app", param_hint="-A")
     sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise click.BadParameter(f"cannot import {module_name!r}: {exc}", param_hint="-A") from None
-    app = getattr(module, attribute or "app", None)
+    apps = sorted(name for name, value in vars(module).items() if isinstance(value, App))
+    found = f"it defines {', '.join(apps)}, so write -A {module_name}:{apps[0]}" if apps else "it defines no App"
+    name = attribute or "app"
+    if not hasattr(module, name):
+        if not attribute:
+            raise click.BadParameter(
+                f"module {module_name!r} has no attribute 'app' ({found}); -A takes MODULE:ATTRIBUTE, "
+                "the ATTRIBUTE being the App object (MODULE alone means MODULE:app)",
+                param_hint="-A",
+            )
+        raise click.BadParameter(f"module {module_name!r} has no attribute {name!r} ({found})", param_hint="-A")
+    app = getattr(module, name)
     if not isinstance(app, App):
-        raise click.BadParameter(f"{module_name}:{attribute or 'app'} is not an amqptasks App", param_hint="-A")
+        kind = type(app).__name__
+        raise click.BadParameter(f"{module_name}:{name} is a {kind}, not an amqptasks App ({found})", param_hint="-A")
     return app
 
 
