@@ -153,6 +153,14 @@ def test_a_chord_inside_a_chain_goes_on_after_retried_steps(app: App, t: dict[st
     assert workflow.delay().get(timeout=20) == 1009
 
 
+def test_chains_inside_a_chord_and_a_group_go_on_after_a_retried_step(app: App, t: dict[str, Any]) -> None:
+    # Given chord and group members that are chains whose first step fails once
+    members = [chain(t["flaky"].s(i, i), t["add"].s(100)) for i in range(3)]
+    # Then each member chain completes and the chord's callback gets every chain's last result, in order
+    assert chord(members, t["tsum"].s()).delay().get(timeout=20) == (0 + 2 + 4) + 300
+    assert group(chain(t["flaky"].s(i, 1), t["add"].s(10)) for i in range(3)).delay().get(timeout=20) == [11, 12, 13]
+
+
 def test_errbacks_fire_once_after_the_last_retry(app: App, t: dict[str, Any], project: Project) -> None:
     # Given a task retried twice by autoretry_for, with an errback
     errback = t["on_error"].s().set(task_id=f"eb-{uuid.uuid4().hex[:8]}")
