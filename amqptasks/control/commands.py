@@ -93,7 +93,7 @@ class Commands:
         s, w = self.worker.settings, self.worker
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return {
-            "pid": os.getpid(), "clock": "0", "uptime": int(time.time() - self.control.started),
+            "pid": os.getpid(), "ppid": os.getppid(), "clock": "0", "uptime": int(time.time() - self.control.started),
             "total": dict(self.control.totals),
             "pool": {"implementation": f"amqptasks:{s.pool}", "max-concurrency": s.concurrency,
                      "processes": [os.getpid()], "max-tasks-per-child": s.max_tasks_per_child or "N/A"},

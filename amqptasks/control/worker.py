@@ -22,6 +22,7 @@ import collections
 import json
 import logging
 import time
+import uuid
 from typing import TYPE_CHECKING
 
 import aio_pika
@@ -78,8 +79,12 @@ class WorkerControl:
         await self.stored.start()
         channel = self._channel = await connection.channel()
         exchange = await channel.declare_exchange(pidbox.EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=False)
-        queue = await channel.declare_queue(pidbox.queue_name(self.worker.settings.hostname), exclusive=True,
-                                            auto_delete=True, arguments=dict(pidbox.QUEUE_ARGUMENTS))  # fmt: skip
+        # One queue per process (its name made unique), not Celery's one per name: the processes of
+        # 'worker --processes N' share a name, and each answers for itself (worker/names.py warns of other workers
+        # sharing it).
+        name = pidbox.queue_name(f"{self.worker.settings.hostname}.{uuid.uuid4().hex[:8]}")
+        queue = await channel.declare_queue(name, exclusive=True, auto_delete=True,
+                                            arguments=dict(pidbox.QUEUE_ARGUMENTS))  # fmt: skip
         await queue.bind(exchange)
         await queue.consume(self._on_command, no_ack=True)
         if self.events is not None:
