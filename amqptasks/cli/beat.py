@@ -7,14 +7,14 @@ from typing import Any
 
 import click
 
-from amqptasks.cli.worker import load_app
+from amqptasks.cli.worker import APP_HELP, load_app
 
 
 @click.command("beat")
-@click.option("-A", "--app", "app_spec", required=True, help="The app: pkg.module:app")
+@click.option("-A", "--app", "app_spec", help=APP_HELP)
 @click.option("-l", "--loglevel", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))  # fmt: skip
-def beat_command(app_spec: str, loglevel: str) -> None:
+def beat_command(app_spec: str | None, loglevel: str) -> None:
     """Send periodic tasks (beat.entries in the YAML, amqptasks.beat.periodic() in code).
 
     Start several for availability: one leads, the others stand by and take over within about a second.

@@ -13,7 +13,10 @@ import click
 from amqptasks.app import App
 
 
-def load_app(spec: str) -> App:
+def load_app(spec: str | None) -> App:
+    """The app ``-A`` names; without ``-A``, the Django project's when ``DJANGO_SETTINGS_MODULE`` is set."""
+    if not spec:
+        return _django_app()
     module_name, _, attribute = spec.partition(":")
     sys.path.insert(0, os.getcwd())
     try:
@@ -26,8 +29,32 @@ def load_app(spec: str) -> App:
     return app
 
 
+def _django_app() -> App:
+    settings_module = os.environ.get("DJANGO_SETTINGS_MODULE")
+    if not settings_module:
+        raise click.UsageError(
+            "no app given: pass -A pkg.module:app (or set DJANGO_SETTINGS_MODULE for a Django project)"
+        )
+    sys.path.insert(0, os.getcwd())
+    try:
+        from django.core.exceptions import ImproperlyConfigured
+
+        from amqptasks.contrib.django.app import project_app
+    except ImportError as exc:
+        raise click.UsageError(
+            f"DJANGO_SETTINGS_MODULE is set but Django cannot be imported ({exc}): pip install 'amqptasks[django]'"
+        ) from None
+    try:
+        return project_app()
+    except (ImportError, ImproperlyConfigured) as exc:
+        raise click.UsageError(f"cannot load the Django project of {settings_module!r}: {exc}") from None
+
+
+APP_HELP = "The app: pkg.module:app [the Django project's, when DJANGO_SETTINGS_MODULE is set]"
+
+
 @click.command("worker")
-@click.option("-A", "--app", "app_spec", required=True, help="The app: pkg.module:app")
+@click.option("-A", "--app", "app_spec", help=APP_HELP)
 @click.option("-Q", "--queues", help="Comma-separated queues to consume.")
 @click.option("--profile", help="A named setup from the YAML's workers: section.")
 @click.option("-c", "--concurrency", type=click.IntRange(min=1), help="Tasks run at once per process [8].")
@@ -48,7 +75,9 @@ def load_app(spec: str) -> App:
 @click.option("--log-tasks", is_flag=True,
               help="Log each task's received/started/succeeded lines (off by default: they halve the throughput "
               "of short tasks; failures, retries and dead-letters are always logged).")  # fmt: skip
-def worker_command(app_spec: str, queues: str | None, profile: str | None, embed_beat: bool, **options: Any) -> None:
+def worker_command(
+    app_spec: str | None, queues: str | None, profile: str | None, embed_beat: bool, **options: Any
+) -> None:
     """Consume queues and run their tasks: ack after success, retry, or dead-letter."""
     from amqptasks.worker.runner import banner, serve, serve_many, setup_logging
     from amqptasks.worker.setup import plan_worker

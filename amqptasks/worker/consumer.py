@@ -30,7 +30,7 @@ from amqptasks.worker.admission import Admission
 from amqptasks.worker.burst import drained
 from amqptasks.worker.delivery import Delivery
 from amqptasks.worker.execution import Executor, time_limits
-from amqptasks.worker.failure import failed
+from amqptasks.worker.failure import failed, succeeded
 from amqptasks.worker.middleware import Hooks, Middleware
 from amqptasks.worker.request import request_for
 from amqptasks.worker.transport import Incoming, Transport
@@ -300,7 +300,10 @@ class Worker:
         else:
             if (pending := self.hooks.fire("after_success", d, result, reverse=True)) is not None:
                 await pending
-            self._settle(d, "ack", "succeeded")
+            if d.handoff_error is None:  # the usual case, without a coroutine
+                self._settle(d, "ack", "succeeded")
+            else:
+                await succeeded(d, self.app, self._settle)
         finally:
             self._running -= 1
             self.active.pop(message.id, None)
