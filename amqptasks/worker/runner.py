@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from amqptasks.broker.connection import open_blocking, tls_options
 from amqptasks.broker.url import BrokerURL
-from amqptasks.constants import ENV_EVENT_LOOP, dlq_name, is_delay_name
+from amqptasks.constants import ENV_EVENT_LOOP, REVOKED_STREAM, REVOKED_STREAM_ARGUMENTS, dlq_name, is_delay_name
 from amqptasks.errors import AmqpTasksError
 from amqptasks.topology.desired import desired
 from amqptasks.topology.observe import Prober
@@ -159,7 +159,7 @@ def serve_many(app: App, settings: WorkerSettings, processes: int, *, beat: bool
     """
     if app.config.topology.provision:
         app.provision()
-    _check_queues(app, settings.queues)  # one clear error here rather than one per process
+    _prepare_broker(app, settings.queues)
     context = multiprocessing.get_context("fork")
     children = [
         context.Process(
@@ -183,16 +183,25 @@ def serve_many(app: App, settings: WorkerSettings, processes: int, *, beat: bool
     return max((child.exitcode or 0) for child in children)
 
 
-def _check_queues(app: App, queues: Sequence[str]) -> None:
+def _prepare_broker(app: App, queues: Sequence[str]) -> None:
+    """Before the fork: every queue exists (else one clear error, not one per process), and the stored revocations'
+    stream is declared, so that N processes starting at once do not all create it (RabbitMQ 3.10 answers
+    concurrent creations of one stream with INTERNAL_ERROR on all but one connection; see control/stored.py)."""
     broker = app.config.broker
     url = BrokerURL.parse(broker.url)
-    connection = open_blocking(url, connection_name="amqptasks worker (checking queues)", tls=tls_options(broker))
+    connection = open_blocking(url, connection_name="amqptasks worker (starting)", tls=tls_options(broker))
     try:
         prober = Prober(connection)
         for queue in queues:
             code, _ = prober.attempt(lambda channel, q=queue: channel.queue_declare(q, passive=True))  # type: ignore[misc]
             if code == 404:
                 raise missing_queue(queue)
+        # Its failure is not ours to report: each process retries reading the stream, and says so if it cannot.
+        prober.attempt(
+            lambda channel: channel.queue_declare(
+                REVOKED_STREAM, durable=True, arguments=dict(REVOKED_STREAM_ARGUMENTS)
+            )
+        )
     finally:
         connection.close()
 
@@ -204,6 +213,9 @@ def _serve_child(app: App, settings: WorkerSettings, parent: int) -> None:
     processes with it, so their messages go back to the queue instead of running on in orphans nobody stops.
     """
     _die_with(parent)
+    # Out of the parent's process group: a signal to the group (Ctrl-C in a terminal, ``kill -TERM -PGID``, most
+    # process managers) reaches the parent only, which forwards it once. Received twice, a SIGTERM means "cold".
+    os.setpgid(0, 0)
     try:
         serve(app, settings)
     except AmqpTasksError as exc:
