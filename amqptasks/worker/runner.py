@@ -66,6 +66,9 @@ def setup_logging(level: str, fmt: str, log_tasks: bool = False) -> None:
         logging.getLogger(TASKS_LOGGER).setLevel(logging.INFO)
     else:
         logging.getLogger(TASKS_LOGGER).setLevel(logging.NOTSET if level.upper() == "DEBUG" else logging.WARNING)
+    # pika warns of every channel the broker closes; the worker says so itself, with what to do (a missing
+    # queue, a consumer_timeout), so pika's line would only come first with a repr of its internals.
+    logging.getLogger("pika.channel").setLevel(logging.ERROR)
 
 
 def banner(app: App, settings: WorkerSettings, pool: str, processes: int) -> str:
