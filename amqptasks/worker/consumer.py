@@ -70,7 +70,7 @@ class WorkerSettings:
     pool: str = "threads"
     #: processes pool: a child is replaced after this many tasks (None: never).
     max_tasks_per_child: int | None = None
-    #: Serve Prometheus metrics on this port (0: any free port); publish task events to amqptasks.events.
+    #: Serve Prometheus metrics on this port (0: any free port); publish Celery-format events to celeryev.
     metrics_port: int | None = None
     events: bool = False
 
