@@ -182,15 +182,8 @@ class AsyncResult:
             raise value
         return value
 
-    def wait(
-        self,
-        timeout: float | None = None,
-        propagate: bool = True,
-        interval: float = 0.05,
-        on_message: Callable[[dict[str, Any]], Any] | None = None,
-    ) -> Any:
-        """Celery's alias of :meth:`get`."""
-        return self.get(timeout, propagate, interval, on_message)
+    #: Celery's alias of :meth:`get`.
+    wait = get
 
     async def aget(
         self,
@@ -204,7 +197,7 @@ class AsyncResult:
 
     def _value(self, meta: dict[str, Any]) -> Any:
         if meta.get("status") in EXCEPTION_STATES:
-            return rebuild(meta.get("result"), self._task_module())
+            return rebuild(meta.get("result"), self._task_module(), meta.get("traceback"))
         return meta.get("result")
 
     def _task_module(self) -> str | None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping
-from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -42,15 +41,12 @@ class Admission:
     """The checks, with what they need of the worker: its app, settings and hooks, and how it settles."""
 
     def __init__(
-        self, app: App, settings: WorkerSettings, hooks: Hooks, settle: Settle, flush: Callable[[], None],
-        alone: Callable[[], AbstractAsyncContextManager[bool]],
-    ) -> None:  # fmt: skip
+        self, app: App, settings: WorkerSettings, hooks: Hooks, settle: Settle, flush: Callable[[], None]
+    ) -> None:
+        # A redelivered message is handled with no task running beside it (Worker._slots_for): a task crashing
+        # the process between the counted copy's confirm and the original's ack would queue the crasher twice.
         self.app, self.settings, self.hooks, self.settle, self.flush = app, settings, hooks, settle, flush
-        #: Runs the charge of a redelivered crasher while no task runs in this process: a task crashing it
-        #: between the counted copy's confirm and the original's ack would leave the crasher queued twice.
-        self.alone = alone
         self.crashes = Crashes()
-        self._charging: dict[str, list[asyncio.Event]] = {}
 
     async def charge_redelivery(self, d: Delivery) -> bool:
         """A redelivered message is charged one "killed its worker" attempt only if it was *running* when its
@@ -70,11 +66,7 @@ class Admission:
             if note.how is None:  # its supervisor may be writing how it died: the charge is the better for it
                 await asyncio.sleep(HOW_WAIT_S)
                 note = self.crashes.how(path, note)
-            async with self.alone() as ok:
-                if not ok:  # shutting down: its claim lapses with this process's clean exit
-                    self.settle(d, "requeue", "shutdown before it was charged")
-                    return True
-                await self.charge(d, str(note))
+            await self.charge(d, str(note))
             self.crashes.done(key, path)
             return True
         delivered = (d.raw.headers or {}).get("x-delivery-count")
@@ -96,27 +88,11 @@ class Admission:
             await self.reject(d, "worker-lost", detail)
             return
         log.warning("%s killed its worker: %s; it runs again (run %d of at most %d)", d.label, how, count + 1, most + 1)
-        assert d.message is not None
-        done = asyncio.Event()
-        self._charging.setdefault(d.message.id, []).append(done)
-        try:
-            await republish(self.app, d, headers={REDELIVERIES_HEADER: count})
-            self.settle(d, "ack", f"worker lost: counted ({count}/{most})")
-            # Sent now, not batched: were this process to die running the copy before the ack left, the original
-            # would come back too, and the crasher would be in the queue twice.
-            self.flush()
-        finally:
-            done.set()
-            waiting = self._charging[d.message.id]
-            waiting.remove(done)
-            if not waiting:
-                del self._charging[d.message.id]
-
-    async def charged(self, task_id: str) -> None:
-        """Until this process has finished charging *task_id*: its counted copy can arrive here (even before the
-        publish is confirmed) and must not run, and maybe kill the process, before the original is acked."""
-        for done in list(self._charging.get(task_id, ())):
-            await done.wait()
+        await republish(self.app, d, headers={REDELIVERIES_HEADER: count})
+        self.settle(d, "ack", f"worker lost: counted ({count}/{most})")
+        # Sent now, not batched: were this process to die running the copy before the ack left, the original
+        # would come back too, and the crasher would be in the queue twice.
+        self.flush()
 
     async def expired(self, d: Delivery) -> bool:
         expires = d.message.expires if d.message else None

@@ -1,4 +1,4 @@
-"""The worker's built-in middleware: one log line per task event, user signals, rate limits."""
+"""The worker's built-in middleware: log lines for failures, retries and rejects, user signals, rate limits."""
 
 from __future__ import annotations
 
@@ -9,8 +9,12 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from amqptasks.dlq.records import FailureRecords
+from amqptasks.errors import Retry
+from amqptasks.tasks.einfo import ExceptionInfo
 from amqptasks.tasks.options import parse_rate
+from amqptasks.worker import tasklog
 from amqptasks.worker.middleware import Middleware
+from amqptasks.worker.tasklog import TaskProgress
 
 if TYPE_CHECKING:
     from amqptasks.app import App
@@ -24,20 +28,7 @@ def _ms(delivery: Delivery) -> float:
 
 
 class TaskLog(Middleware):
-    """received / started / succeeded in X ms / retried in Y s / failed / rejected to DLQ."""
-
-    # The INFO lines run three times per message: skip building their arguments when INFO is off.
-    def after_receive(self, delivery: Delivery) -> None:
-        if log.isEnabledFor(logging.INFO):
-            log.info("%s received", delivery.label, extra={"task_event": "received"})
-
-    def before_execute(self, delivery: Delivery) -> None:
-        if log.isEnabledFor(logging.INFO):
-            log.info("%s started", delivery.label, extra={"task_event": "started"})
-
-    def after_success(self, delivery: Delivery, result: Any) -> None:
-        if log.isEnabledFor(logging.INFO):
-            log.info("%s succeeded in %.1f ms", delivery.label, _ms(delivery), extra={"task_event": "succeeded"})
+    """retried in Y s / failed / rejected to DLQ (received, started, succeeded: :mod:`amqptasks.worker.tasklog`)."""
 
     def after_retry(self, delivery: Delivery, exc: BaseException | None, countdown: float) -> None:
         log.warning("%s retried in %.1f s: %r", delivery.label, countdown, exc, extra={"task_event": "retried"})
@@ -81,21 +72,28 @@ class SignalHooks(Middleware):
 
 
 class TaskHooks(Middleware):
-    """A custom ``base=`` class's on_success / on_failure / on_retry / after_return."""
+    """A custom ``base=`` class's on_success / on_failure / on_retry / after_return, called as Celery calls them."""
 
     def after_success(self, delivery: Delivery, result: Any) -> None:
-        if delivery.task is not None and delivery.request is not None:
-            delivery.task.on_success(result, delivery.request.id, delivery.request.args, delivery.request.kwargs)
-            delivery.task.after_return("SUCCESS", result, delivery.request)
+        task, request = delivery.task, delivery.request
+        if task is not None and request is not None:
+            task.on_success(result, request.id, request.args, request.kwargs)
+            task.after_return("SUCCESS", result, request.id, request.args, request.kwargs, None)
 
     def after_failure(self, delivery: Delivery, exc: BaseException) -> None:
-        if delivery.task is not None and delivery.request is not None:
-            delivery.task.on_failure(exc, delivery.request.id, delivery.request.args, delivery.request.kwargs)
-            delivery.task.after_return("FAILURE", exc, delivery.request)
+        task, request = delivery.task, delivery.request
+        if task is not None and request is not None:
+            einfo = ExceptionInfo(exc)
+            task.on_failure(exc, request.id, request.args, request.kwargs, einfo)
+            task.after_return("FAILURE", exc, request.id, request.args, request.kwargs, einfo)
 
     def after_retry(self, delivery: Delivery, exc: BaseException | None, countdown: float) -> None:
-        if delivery.task is not None and delivery.request is not None:
-            delivery.task.on_retry(exc, delivery.request.id, delivery.request.args, delivery.request.kwargs)
+        task, request = delivery.task, delivery.request
+        if task is not None and request is not None and exc is not None:
+            # As in Celery: exc is the exception given to retry() (autoretry_for: the one caught), einfo describes
+            # what the task raised (the Retry, whose traceback shows its cause).
+            cause = exc.exc if isinstance(exc, Retry) else exc
+            task.on_retry(cause, request.id, request.args, request.kwargs, ExceptionInfo(exc))
 
 
 class RateLimits(Middleware):
@@ -126,4 +124,5 @@ class RateLimits(Middleware):
 def builtin_middleware(app: App) -> list[Middleware]:
     from amqptasks.results.middleware import Results
 
-    return [RateLimits(), TaskLog(), SignalHooks(app), TaskHooks(), FailureRecords(app), Results(app)]
+    progress = [TaskProgress()] if tasklog.enabled() else []  # off by default: see amqptasks.worker.tasklog
+    return [RateLimits(), *progress, TaskLog(), SignalHooks(app), TaskHooks(), FailureRecords(app), Results(app)]

@@ -36,6 +36,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from amqptasks.errors import SoftTimeLimitExceeded, Terminated, TimeLimitExceeded
+from amqptasks.publish import deferred
 from amqptasks.worker import request as request_context
 from amqptasks.worker.processes import ProcessPool
 from amqptasks.worker.request import Request
@@ -53,12 +54,13 @@ def _raise_in_thread(thread_id: int, exc_type: type[BaseException]) -> None:
 
 
 def time_limits(header: Sequence[Any], soft: float | None, hard: float | None) -> tuple[float | None, float | None]:
-    """The message's ``timelimit`` [soft, hard] (``apply_async(time_limit=...)``, Celery clients) over the task's."""
+    """The message's ``timelimit`` over the task's, as ``(soft, hard)``. The header is Celery's
+    ``[time_limit, soft_time_limit]`` (hard first: celery/app/amqp.py), from our clients and Celery's alike."""
 
     def given(value: Any) -> float | None:
         return float(value) if isinstance(value, int | float) and not isinstance(value, bool) and value > 0 else None
 
-    return given(header[0]) or soft, given(header[1]) or hard
+    return given(header[1]) or soft, given(header[0]) or hard
 
 
 class Executor:
@@ -101,11 +103,27 @@ class Executor:
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], request: Request,
         soft: float | None, hard: float | None,
     ) -> Any:  # fmt: skip
-        token = request_context.current.set(request)
+        """The coroutine task, then the publishes it deferred (``delay()`` in an ``async def`` task does not wait
+        for its confirm on the loop: the run does, here, so a failed publish fails the task)."""
+        publishes: list[asyncio.Future[Any]] = []
+        token, owned = request_context.current.set(request), deferred.owner.set(publishes)
         try:
             task = asyncio.ensure_future(fn(*args, **kwargs))
         finally:
+            deferred.owner.reset(owned)
             request_context.current.reset(token)
+        try:
+            value = await self._limited(task, soft, hard)
+        except (asyncio.CancelledError, TimeLimitExceeded):
+            raise  # cancelled, or abandoned at its hard limit: no more waiting for anything of it
+        except BaseException:
+            await deferred.settle(publishes, raise_first=False)  # confirmed before the failure path runs
+            raise
+        await deferred.settle(publishes)
+        return value
+
+    @staticmethod
+    async def _limited(task: asyncio.Future[Any], soft: float | None, hard: float | None) -> Any:
         try:
             done, _ = await asyncio.wait({task}, timeout=soft if soft is not None else hard)
         except asyncio.CancelledError:  # the worker cancelled this call (revoke --terminate): the task goes with it

@@ -50,6 +50,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from amqptasks.errors import AmqpTasksError
+
 log = logging.getLogger("amqptasks.worker")
 
 #: Overrides where the journals live (tests; several workers that must not see each other's crashes).
@@ -82,9 +84,16 @@ class Journal:
 
     def __init__(self, hostname: str, directory: Path | None = None) -> None:
         self.directory = directory or journal_dir()
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = self.directory / f"{os.getpid()}-{secrets.token_hex(4)}.journal"
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise AmqpTasksError(
+                f"cannot keep the worker's crash journal in {self.directory}: {exc.strerror}; set "
+                f"{ENV_JOURNAL_DIR} to a writable local directory (it tells a task that killed its worker from "
+                "the innocent ones)"
+            ) from None
         fcntl.flock(self._fd, fcntl.LOCK_EX)  # blocking: a reader may hold it for a moment, never longer
         self._header = f"W {hostname} {os.getpid()}\n".encode()
         os.write(self._fd, self._header)

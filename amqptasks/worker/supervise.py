@@ -63,9 +63,10 @@ def describe(exitcode: int | None) -> str:
 
 
 class Supervisor:
-    """Runs ``target()`` in *processes* forked children and keeps them alive (see the module docstring)."""
+    """Runs ``target(n)`` in *processes* forked children (n = 1..processes) and keeps them alive (see the module
+    docstring)."""
 
-    def __init__(self, target: Callable[[], None], processes: int) -> None:
+    def __init__(self, target: Callable[[int], None], processes: int) -> None:
         self._context = multiprocessing.get_context("fork")
         self._target = target
         self._slots = [_Slot(i + 1) for i in range(processes)]
@@ -117,17 +118,19 @@ class Supervisor:
         # before any signal can reach it.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
         try:
-            slot.process = self._context.Process(target=self._child, name=f"worker-{slot.number}", args=(mask,))
+            slot.process = self._context.Process(
+                target=self._child, name=f"worker-{slot.number}", args=(slot.number, mask)
+            )
             slot.process.start()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         slot.started = time.monotonic()
 
-    def _child(self, mask: Any) -> None:
+    def _child(self, number: int, mask: Any) -> None:
         for sig in _SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        self._target()
+        self._target(number)
 
     def _ended(self, slot: _Slot) -> None:
         process, slot.process = slot.process, None
