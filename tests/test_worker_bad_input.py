@@ -32,6 +32,7 @@ from tests.worker_helpers import (
     publish_raw,
     ready,
     run_worker,
+    wait_until,
     worker_burst,
 )
 
@@ -328,7 +329,12 @@ def test_hostile_corpus_gets_specific_reasons_and_the_dlq_tools_read_every_row(
     assert replayed.code == 0 and f"replayed {len(hostile)} message(s)" in replayed.stdout, str(replayed)
     again = worker_burst(project, "-Q", "work")
     assert again.code == 0 and "Traceback" not in again.stderr, str(again)[-3000:]
-    assert ready(channel, "work.dlq") == len(hostile)
+    # (The replay resets the retries header to 0: the two whose only fault was that header now run.)
+    healed = {k for k, e in hostile.items() if e.name.startswith("retries-")}
+    # (RabbitMQ dead-letters asynchronously; a 20 MiB body takes a moment to land.)
+    wait_until(lambda: ready(channel, "work.dlq") == len(hostile) - len(healed), 15, "the others back in the DLQ")
+    assert ready(channel, "work") == 0
+    assert {r["id"] for r in project.records() if r.get("id") in healed} == healed
     purged = run(["dlq", "purge", "work", config, "--yes"], cwd=tmp_path, env=project.env)
-    assert purged.code == 0 and f"purged {len(hostile)} message(s)" in purged.stdout, str(purged)
+    assert purged.code == 0 and f"purged {len(hostile) - len(healed)} message(s)" in purged.stdout, str(purged)
     assert ready(channel, "work.dlq") == 0 and ready(channel, "work") == 0
