@@ -102,12 +102,16 @@ class Scheduler:
         due = self.next_runs(start)
         log.info("beat: leader; %d entr%s", len(due), "y" if len(due) == 1 else "ies")
         while not self._stop.is_set():
-            now = self._clock()
-            for name, entry in self.entries.items():
-                if due[name] <= now:
-                    due[name] = self._fire(entry, due[name], now)
+            self.fire_due(due, self._clock())
             wait = min((d - self._clock() for d in due.values()), default=timedelta(seconds=MAX_SLEEP))
             self._lock.wait(min(MAX_SLEEP, max(0.0, wait.total_seconds())))
+
+    def fire_due(self, due: dict[str, datetime], now: datetime) -> None:
+        """One step of the leader's loop: send each run of *due* (entry -> scheduled time) that has come by *now*,
+        moving the entry to its next run. ``amqptasks.testing.tick_beat`` drives it with a virtual clock."""
+        for name, entry in self.entries.items():
+            if due[name] <= now:
+                due[name] = self._fire(entry, due[name], now)
 
     def _fire(self, entry: Entry, scheduled: datetime, now: datetime) -> datetime:
         """Send the run at *scheduled* unless too late; returns the entry's next run time."""
