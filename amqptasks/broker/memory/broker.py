@@ -70,6 +70,14 @@ class MemoryBroker:
         #: Direct reply-to: address (``amq.rabbitmq.reply-to.<id>``) -> what takes (body, correlation_id).
         self.reply_sinks: dict[str, Callable[[bytes, str | None], None]] = {}
 
+    def reset(self) -> None:
+        """Back to an empty vhost (between tests): every queue, exchange, binding and revocation goes. Reply
+        channels stay registered: the apps holding them keep working."""
+        with self.lock:
+            self.exchanges = {name: MemoryExchange(name, kind) for name, kind in _PREDECLARED.items()}
+            self.queues.clear()
+            self.revocations.clear()
+
     def now(self) -> float:
         return self.clock.time()
 
