@@ -51,6 +51,8 @@ class App:
         else:
             self.config = load_config_text("{}", "<App()>", broker_url=broker_url)
         self.tasks: dict[str, Task[Any, Any]] = {}
+        #: The class ``@app.task`` builds when no ``base=`` is given (integrations such as Django's set their own).
+        self.task_base: type[Task[Any, Any]] = Task
         self._lock = threading.Lock()
         #: The one owner of this app's broker connections in this process (publishers, the rpc reply channel).
         self.connections = Connections(self.config.broker)
@@ -89,7 +91,7 @@ class App:
         def register(func: Callable[..., Any]) -> Task[Any, Any]:
             name = options.get("name") or f"{func.__module__}.{func.__qualname__}"
             check_declaration(options, f"@app.task for {name!r}")
-            base: type[Task[Any, Any]] = options.pop("base", Task)
+            base: type[Task[Any, Any]] = options.pop("base", self.task_base)
             if not (isinstance(base, type) and issubclass(base, Task)):
                 raise TypeError(f"@app.task for {name!r}: base must be a subclass of amqptasks.Task")
             declared = TaskOptions(**{**options, "name": name})
@@ -214,13 +216,35 @@ class App:
         envelopes = self._envelopes(signatures, sent)
         if not stream:
             self.publisher.publish_many(list(envelopes))
-            return _results(sent)
+            return self._results(sent)
         try:
             self.publisher.publish_many(envelopes)
         except errors.BatchInterrupted as interrupted:
-            interrupted.results = _results(sent[: interrupted.position])
+            interrupted.results = self._results(sent[: interrupted.position])
             raise
-        return _results(sent)
+        return self._results(sent)
+
+    def _results(self, sent: Iterable[tuple[str, str, Mapping[str, Any]]]) -> list[AsyncResult]:
+        """publish_many's results, bound to this app and its backend (none for a task that ignores its result)."""
+        backend = self.result_backend
+        if backend is not None and backend.uses_reply_to:
+            from amqptasks.results.rpc import Unreachable
+
+            backend = Unreachable(
+                "publish_many() does not publish on the rpc:// reply channel, so its results cannot come back: "
+                "use delay()/apply_async() for results by rpc://, or a result store (results: {backend: redis://...})"
+            )
+        results = []
+        for task_id, name, call in sent:
+            declared = self.tasks[name].declared if name in self.tasks else None
+            ignored = call.get("ignore_result", self.task_options(name, declared).ignore_result)
+            result = AsyncResult(task_id, name, app=self, backend=None if ignored else backend)
+            results.append(lineage.added(result, call.get("add_to_parent", True)))
+        return results
+
+    def AsyncResult(self, id: str, task_name: str = "") -> AsyncResult:
+        """Celery's ``app.AsyncResult(id)``: the result of task *id*, read from this app's result backend."""
+        return AsyncResult(id, task_name, app=self)
 
     def _envelopes(
         self, signatures: Iterable[Signature], sent: list[tuple[str, str, Mapping[str, Any]]]
@@ -310,10 +334,6 @@ class App:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _results(sent: Iterable[tuple[str, str, Mapping[str, Any]]]) -> list[AsyncResult]:
-    return [lineage.added(AsyncResult(task_id, name), call.get("add_to_parent", True)) for task_id, name, call in sent]
 
 
 def _retry_policy(call: Mapping[str, Any]) -> Any:

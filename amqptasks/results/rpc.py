@@ -16,6 +16,7 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Any
 
+from amqptasks import errors
 from amqptasks.broker import forks
 from amqptasks.message.envelope import Envelope
 from amqptasks.results.backend import OnMessage, ResultBackend, StateBook
@@ -34,6 +35,8 @@ class RpcBackend(ResultBackend):
     def __init__(self, app: App) -> None:
         self.app = app
         self.book = StateBook()
+        #: Whether this process published a task on the reply channel: if not, no result can ever arrive here.
+        self._published = False
         forks.on_fork_in_child(self._forget_inherited)
 
     def _on_reply(self, body: bytes, correlation_id: str | None) -> None:
@@ -45,10 +48,12 @@ class RpcBackend(ResultBackend):
     def _forget_inherited(self) -> None:
         # A forked child: a thread of the parent's may have held the book's lock at the fork.
         self.book.changed = threading.Condition()
+        self._published = False  # the parent's replies go to the parent's channel
 
     # --- caller side -------------------------------------------------------------------------------------
 
     def publish(self, envelope: Envelope) -> None:
+        self._published = True
         self.app.connections.reply_channel(self._on_reply).publish(envelope)
 
     def peek(self, task_id: str) -> dict[str, Any] | None:
@@ -57,6 +62,13 @@ class RpcBackend(ResultBackend):
     def wait(
         self, task_id: str, timeout: float | None, interval: float, on_message: OnMessage | None
     ) -> dict[str, Any]:
+        if not self._published and self.book.latest(task_id) is None:
+            # No reply channel was ever opened here: nothing published from this process, so no state can come.
+            raise errors.ResultUnavailable(
+                f"task {task_id}: rpc:// results go only to the process that published the task, and this process "
+                "has published none, so this result can never arrive here. Wait for it where it was published, or "
+                "keep results in a store readable from anywhere (YAML 'results: {backend: redis://...}')"
+            )
         return self.book.wait(task_id, timeout, on_message)
 
     def forget(self, task_id: str) -> None:
@@ -75,6 +87,31 @@ class RpcBackend(ResultBackend):
         if reply_to:
             publisher = await self.app.aio_publisher()
             await publisher.publish(_reply(task_id, meta, reply_to))
+
+
+class Unreachable(ResultBackend):
+    """The backend of results that cannot come back by rpc:// (``publish_many`` does not publish on the reply
+    channel): reading one says why at once instead of waiting for a timeout."""
+
+    uses_reply_to = True
+    url = "rpc://"
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def peek(self, task_id: str) -> dict[str, Any] | None:
+        return None
+
+    def wait(
+        self, task_id: str, timeout: float | None, interval: float, on_message: OnMessage | None
+    ) -> dict[str, Any]:
+        raise errors.ResultUnavailable(f"task {task_id}: {self.reason}")
+
+    def forget(self, task_id: str) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
 
 
 def _reply(task_id: str, meta: dict[str, Any], reply_to: str) -> Envelope:

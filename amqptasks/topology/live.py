@@ -6,6 +6,7 @@ import pika
 
 from amqptasks.broker.connection import connect as connect_blocking
 from amqptasks.broker.management import ManagementClient
+from amqptasks.broker.management_target import management_client as checked_management_client
 from amqptasks.broker.memory import is_memory_url
 from amqptasks.broker.url import BrokerURL
 from amqptasks.config.model import Broker, Config
@@ -22,8 +23,11 @@ def connect(broker: Broker, purpose: str) -> pika.BlockingConnection:
 
 
 def management_client(broker: Broker) -> ManagementClient | None:
-    url = BrokerURL.parse(broker.url)
-    client = ManagementClient.for_broker(url, broker.management_url)
+    """The broker's management API when it answers; None sends plan to AMQP probing."""
+    try:
+        client = checked_management_client(BrokerURL.parse(broker.url), broker.management_url)
+    except ManagementAPIError:  # none found for this broker's port: never read another broker's
+        return None
     return client if client.is_reachable() else None
 
 
