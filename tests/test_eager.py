@@ -106,13 +106,14 @@ def test_hooks_of_a_custom_base_run(app: App) -> None:
         def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
             events.append(("success", retval))
 
-        def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any) -> None:
+        def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
             events.append(("failure", type(exc).__name__))
+            assert "OSError: disk" in str(einfo)
 
-        def on_retry(self, exc: BaseException | None, task_id: str, args: Any, kwargs: Any) -> None:
+        def on_retry(self, exc: BaseException | None, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
             events.append(("retry", type(exc).__name__))
 
-        def after_return(self, status: str, retval: Any, request: Any) -> None:
+        def after_return(self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
             events.append(("after_return", status))
 
     @app.task(base=Tracked, autoretry_for=(OSError,), max_retries=1)

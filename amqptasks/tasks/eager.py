@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import socket
-import traceback
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +20,7 @@ from amqptasks.errors import Ignore, Reject, Retry
 from amqptasks.message.ids import new_id
 from amqptasks.message.protocol import TaskMessage
 from amqptasks.results.states import EXCEPTION_STATES, FAILURE, REJECTED, SUCCESS
+from amqptasks.tasks.einfo import ExceptionInfo
 from amqptasks.tasks.retrying import should_retry
 from amqptasks.worker import request as request_context
 from amqptasks.worker.request import Request
@@ -156,21 +156,23 @@ def apply(
         except Ignore:
             return _finish(task, request, IGNORED, None, None)
         except Reject as exc:
-            return _finish(task, request, REJECTED, exc, traceback.format_exc())
+            return _finish(task, request, REJECTED, exc, ExceptionInfo(exc))
         except Exception as exc:
             if should_retry(task.options, exc, attempt):
-                task.on_retry(exc.exc if isinstance(exc, Retry) else exc, task_id, args, kwargs)
+                cause = exc.exc if isinstance(exc, Retry) else exc
+                task.on_retry(cause, task_id, args, kwargs, ExceptionInfo(exc))
                 attempt += 1
                 continue
             cause = exc.exc if isinstance(exc, Retry) and exc.exc is not None else exc
             if throw:
                 raise cause from None
-            task.on_failure(cause, task_id, args, kwargs)
-            return _finish(task, request, FAILURE, cause, traceback.format_exc())
+            einfo = ExceptionInfo(cause)
+            task.on_failure(cause, task_id, args, kwargs, einfo)
+            return _finish(task, request, FAILURE, cause, einfo)
         task.on_success(value, task_id, args, kwargs)
         return _finish(task, request, SUCCESS, value, None)
 
 
-def _finish(task: Task[Any, Any], request: Request, state: str, value: Any, tb: str | None) -> EagerResult:
-    task.after_return(state, value, request)
-    return EagerResult(request.id, value, state, tb, task.name)
+def _finish(task: Task[Any, Any], request: Request, state: str, value: Any, einfo: ExceptionInfo | None) -> EagerResult:
+    task.after_return(state, value, request.id, request.args, request.kwargs, einfo)
+    return EagerResult(request.id, value, state, einfo.traceback if einfo is not None else None, task.name)
