@@ -22,6 +22,7 @@ from amqptasks.broker.memory import broker_for, is_memory_url
 from amqptasks.config.load import load_config, load_config_text, override_broker_url
 from amqptasks.config.model import Config
 from amqptasks.message.envelope import Envelope
+from amqptasks.publish import deferred
 from amqptasks.result import AsyncResult
 from amqptasks.results.states import DIRECT_REPLY_TO
 from amqptasks.signals import Signals
@@ -147,42 +148,61 @@ class App:
     def publish_task(
         self, options: TaskOptions, args: tuple[Any, ...], kwargs: Mapping[str, Any], call: Mapping[str, Any]
     ) -> AsyncResult:
-        self._ensure_provisioned()  # first, so that a countdown starts when the message can leave
-        call = lineage.inherit(call)
-        rpc, backend = self._via_reply_to(options, call)
-        if rpc:
-            call = {**call, "reply_to": DIRECT_REPLY_TO}
+        """``delay()``/``apply_async()``: returns once confirmed; on a running event loop it does not wait for the
+        confirm there (see :mod:`amqptasks.publish.deferred`)."""
+        loop = deferred.running_loop()
+        if loop is None:
+            self._ensure_provisioned()  # first, so that a countdown starts when the message can leave
+        call, rpc, backend = self._reply_route(options, call)
         prepared = self._prepare(options, args, kwargs, call)
         self.signals.before_publish.send(message=prepared.message, envelope=prepared.envelope)
-        if rpc and backend is not None:
-            backend.publish(prepared.envelope)  # on the channel that consumes the replies
+        if loop is not None:
+            deferred.defer(loop, self._send(prepared, rpc, call), prepared.envelope.describe())
         else:
-            self.publisher.publish(prepared.envelope, retry_policy=_retry_policy(call))
-        self.signals.after_publish.send(message=prepared.message, envelope=prepared.envelope)
-        return lineage.added(
-            AsyncResult(prepared.message.id, options.name, app=self, backend=backend), call.get("add_to_parent", True)
-        )
+            if rpc:
+                self._rpc_backend().publish(prepared.envelope)  # on the channel that consumes the replies
+            else:
+                self.publisher.publish(prepared.envelope, retry_policy=_retry_policy(call))
+            self.signals.after_publish.send(message=prepared.message, envelope=prepared.envelope)
+        return self._result(prepared, options, backend, call)
 
     async def apublish_task(
         self, options: TaskOptions, args: tuple[Any, ...], kwargs: Mapping[str, Any], call: Mapping[str, Any]
     ) -> AsyncResult:
-        if self._auto_provision and not self._provisioned:
-            await asyncio.to_thread(self._ensure_provisioned)
-        call = lineage.inherit(call)
-        rpc, backend = self._via_reply_to(options, call)
-        if rpc:
-            call = {**call, "reply_to": DIRECT_REPLY_TO}
-        publisher = await self.aio_publisher()
+        call, rpc, backend = self._reply_route(options, call)
         prepared = self._prepare(options, args, kwargs, call)
         self.signals.before_publish.send(message=prepared.message, envelope=prepared.envelope)
-        if rpc and backend is not None:
-            await asyncio.to_thread(backend.publish, prepared.envelope)  # the reply channel is a pika thread's
+        await self._send(prepared, rpc, call)
+        return self._result(prepared, options, backend, call)
+
+    def _reply_route(
+        self, options: TaskOptions, call: Mapping[str, Any]
+    ) -> tuple[Mapping[str, Any], bool, ResultBackend | None]:
+        call = lineage.inherit(call)
+        rpc, backend = self._via_reply_to(options, call)
+        return ({**call, "reply_to": DIRECT_REPLY_TO} if rpc else call), rpc, backend
+
+    async def _send(self, prepared: Prepared, rpc: bool, call: Mapping[str, Any]) -> None:
+        """Publish on the running loop without blocking it; returns once confirmed."""
+        if self._auto_provision and not self._provisioned:
+            await asyncio.to_thread(self._ensure_provisioned)
+        if rpc:
+            await asyncio.to_thread(self._rpc_backend().publish, prepared.envelope)  # the reply channel's thread
         else:
+            publisher = await self.aio_publisher()
             await publisher.publish(prepared.envelope, retry_policy=_retry_policy(call))
         self.signals.after_publish.send(message=prepared.message, envelope=prepared.envelope)
-        return lineage.added(
-            AsyncResult(prepared.message.id, options.name, app=self, backend=backend), call.get("add_to_parent", True)
-        )
+
+    def _rpc_backend(self) -> ResultBackend:
+        backend = self.result_backend
+        assert backend is not None  # _via_reply_to said rpc: there is one
+        return backend
+
+    def _result(
+        self, prepared: Prepared, options: TaskOptions, backend: ResultBackend | None, call: Mapping[str, Any]
+    ) -> AsyncResult:
+        result = AsyncResult(prepared.message.id, options.name, app=self, backend=backend)
+        return lineage.added(result, call.get("add_to_parent", True))
 
     def send_task(
         self, name: str, args: Iterable[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Any
@@ -208,7 +228,16 @@ class App:
         instead of being held whole. A bad signature then raises ``BatchInterrupted`` once the messages before it
         are settled: its ``position`` says where to resume, ``results`` holds the results of the messages sent,
         and ``__cause__`` is the original error.
+
+        On a running event loop (in a coroutine) the batch is built here and sent from a thread without waiting for
+        its confirms (see :mod:`amqptasks.publish.deferred`); ``stream`` makes no difference there.
         """
+        loop = deferred.running_loop()
+        if loop is not None:  # on an event loop: built here (a bad one raises here), sent by a thread, unwaited
+            sent_here: list[tuple[str, str, Mapping[str, Any]]] = []
+            batch = list(self._envelopes(signatures, sent_here))
+            deferred.defer(loop, asyncio.to_thread(self._publish_many_now, batch), f"a batch of {len(batch)}")
+            return self._results(sent_here)
         self._ensure_provisioned()
         # Only what publishing and the results need is kept per message (not the TaskMessage): fewer live
         # objects for the garbage collector to walk while a large batch is prepared (~10 µs a message at 20,000).
@@ -245,6 +274,10 @@ class App:
     def AsyncResult(self, id: str, task_name: str = "") -> AsyncResult:
         """Celery's ``app.AsyncResult(id)``: the result of task *id*, read from this app's result backend."""
         return AsyncResult(id, task_name, app=self)
+
+    def _publish_many_now(self, envelopes: list[Envelope]) -> None:
+        self._ensure_provisioned()
+        self.publisher.publish_many(envelopes)
 
     def _envelopes(
         self, signatures: Iterable[Signature], sent: list[tuple[str, str, Mapping[str, Any]]]
@@ -326,7 +359,9 @@ class App:
         self.connections.close()
 
     async def aclose(self) -> None:
-        """Close the running loop's publisher (``close()`` closes the threads' connections)."""
+        """Wait for the publishes still in flight on the running loop (``delay()`` called in a coroutine), then
+        close its publisher (``close()`` closes the threads' connections)."""
+        await deferred.drain()
         await self.connections.aclose()
 
     def __enter__(self) -> App:

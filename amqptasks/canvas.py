@@ -93,7 +93,11 @@ class chain:  # Celery's (lowercase) name
     def apply_async(
         self, args: Iterable[Any] | None = None, kwargs: Mapping[str, Any] | None = None, **options: Any
     ) -> AsyncResult | GroupResult:
-        """Publish the first step (with *options*); returns the last step's result (a GroupResult for a group)."""
+        """Publish the first step (with *options*); returns the last step's result (a GroupResult for a group).
+
+        Every step is checked to be routable first (:mod:`amqptasks.canvas_routes`): if one is not, nothing is sent.
+        """
+        _check_routes(self, options)
         first, then = self.tasks[0], _frozen_steps(self.tasks[1:])
         result: AsyncResult | GroupResult
         if isinstance(first, group):  # alone: a group followed by anything became a chord
@@ -139,8 +143,9 @@ class group:  # Celery's (lowercase) name
     def apply_async(
         self, args: Iterable[Any] | None = None, kwargs: Mapping[str, Any] | None = None, **options: Any
     ) -> GroupResult:
-        """Publish every member (with partial *args* and *options* applied to each)."""
+        """Publish every member (with partial *args* and *options* applied to each), once all are routable."""
         options = {**self.options, **options}
+        _check_routes(self, options)
         add_to_parent = options.pop("add_to_parent", True)
         group_id = str(options.pop("group_id", None) or _new_id())
         member = {**options, "group_id": group_id, "add_to_parent": False}
@@ -191,6 +196,7 @@ class chord:  # Celery's (lowercase) name
         if self.body is None:
             raise TypeError("chord() needs a callback: chord(header, callback) or chord(header)(callback)")
         options = {**self.options, **options}
+        _check_routes(self, options)
         add_to_parent = options.pop("add_to_parent", True)
         app = self.body._bound()
         callback_id = str(options.pop("task_id", None) or self.body.options.get("task_id") or _new_id())
@@ -223,6 +229,21 @@ class chord:  # Celery's (lowercase) name
 
 
 Step = Signature | group | chord
+
+
+def _check_routes(workflow: chain | group | chord, options: Mapping[str, Any]) -> None:
+    from amqptasks.canvas_routes import check
+
+    app = _any_app(workflow)
+    if app is not None:
+        check(app, workflow, options)
+
+
+def _any_app(step: Any) -> App | None:
+    if isinstance(step, Signature):
+        return step._app
+    members = step.tasks if isinstance(step, chain | group) else [step.header, step.body]
+    return next((app for m in members if m is not None and (app := _any_app(m)) is not None), None)
 
 
 def _unlock_options(app: App, callback: Signature, options: Mapping[str, Any]) -> dict[str, Any]:

@@ -61,6 +61,23 @@ class UnroutableError(PublishError):
         )
 
 
+class UnroutableStep(UnroutableError):
+    """A step of a workflow (chain, group, chord) that the topology cannot route: refused before anything of the
+    workflow was published. ``workflow`` and ``step`` name them; ``reason`` says what is missing."""
+
+    def __init__(self, workflow: str, step: str, exchange: str, routing_key: str, reason: str) -> None:
+        self.workflow, self.step, self.reason = workflow, step, reason
+        super().__init__(exchange, routing_key)
+        self.args = (
+            f"{workflow}: {step} cannot be routed: {reason}. Nothing of the workflow was published; declare it in "
+            "the topology YAML (and run 'amqptasks topology apply'), or route the task elsewhere (routes:, "
+            "@app.task(queue=...))",
+        )
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 class BatchUnroutableError(UnroutableError):
     """``publish_many``: some messages were returned as unroutable; all the others were confirmed.
 

@@ -182,15 +182,8 @@ class AsyncResult:
             raise value
         return value
 
-    def wait(
-        self,
-        timeout: float | None = None,
-        propagate: bool = True,
-        interval: float = 0.05,
-        on_message: Callable[[dict[str, Any]], Any] | None = None,
-    ) -> Any:
-        """Celery's alias of :meth:`get`."""
-        return self.get(timeout, propagate, interval, on_message)
+    #: Celery's alias of :meth:`get`.
+    wait = get
 
     async def aget(
         self,

@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 
 from amqptasks import App, AsyncResult, chain, chord, group
-from amqptasks.broker import BrokerURL, ManagementClient, open_blocking
+from amqptasks.broker import BrokerURL, open_blocking
+from amqptasks.errors import UnroutableStep
 from amqptasks.result import GroupResult
-from tests.worker_helpers import Project, WorkerProcess
+from tests.worker_helpers import Project, WorkerProcess, make_app, ready
 
 pytestmark = pytest.mark.broker
 
@@ -77,17 +78,6 @@ def on_error(request, exc, traceback):
     record(task="on_error", failed=request["id"], retries=request["retries"], type=exc["type"])
     return request["id"]
 """
-
-
-@pytest.fixture(scope="module")
-def module_vhost(broker: BrokerURL, mgmt: ManagementClient) -> Iterator[BrokerURL]:
-    name = f"amqptasks-test-{uuid.uuid4().hex[:8]}"
-    mgmt.create_vhost(name)
-    try:
-        mgmt.set_permissions(name, broker.username)
-        yield broker.with_vhost(name)
-    finally:
-        mgmt.delete_vhost(name)
 
 
 @pytest.fixture(scope="module")
@@ -198,3 +188,31 @@ def test_a_step_whose_next_step_cannot_be_published_runs_again_until_it_can(
     assert result.get(timeout=30) == 43
     runs = [r for r in project.records() if r["task"] == "counted" and r["x"] == 21]
     assert len(runs) >= 2
+
+
+def test_a_workflow_with_a_step_that_cannot_be_routed_publishes_nothing(vhost: BrokerURL, channel: Any) -> None:
+    # Given the one-queue topology, and workflows with one step routed where nothing is declared
+    app = make_app(vhost, YAML)
+    t: dict[str, Any] = {"__name__": "tasks", "app": app, "record": None}
+    exec(TASKS, t)
+    lost = t["add"].s(10).set(queue="default")
+    cases = [
+        (chain(t["flaky"].s(1, 1), lost), "step 2 tasks.add.s(10)", "queue 'default' is not declared"),
+        (group(t["add"].s(1, 1), t["add"].s(2, 2).set(exchange="nowhere")), "member 2 tasks.add.s(2, 2)",
+         "exchange 'nowhere' is not declared"),
+        (chord([t["add"].s(1, 1)], lost), "callback tasks.add.s(10)", "queue 'default'"),
+        (chain(t["add"].s(1, 1), group(t["add"].s(1), t["add"].s(2).set(link_error=lost))),
+         "step 2, member 2, link_error tasks.add.s(10)", "queue 'default'"),
+        (chain(t["add"].s(1, 1), t["add"].s(1).set(routing_key="other", exchange="late")),
+         "step 2 tasks.add.s(1)", "no binding of direct exchange 'late' takes routing key 'other'"),
+    ]  # fmt: skip
+    for workflow, step, reason in cases:
+        # When it is published
+        with pytest.raises(UnroutableStep) as refused:
+            workflow.delay()
+        # Then the error names the workflow and the step, and says why
+        assert refused.value.workflow == repr(workflow) and refused.value.step == step
+        assert reason in str(refused.value) and str(refused.value).startswith(repr(workflow))
+    # And nothing of any of them was published
+    assert ready(channel, "work") == 0
+    app.close()

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from amqptasks.errors import Reject
 from amqptasks.message.envelope import Envelope
+from amqptasks.publish import deferred
 from amqptasks.results.exceptions import describe, exception_payload, format_traceback, revoked_payload
 from amqptasks.results.states import (
     FAILURE,
@@ -258,4 +259,10 @@ def update_state(app: App, task_id: str | None, state: str, meta: Any) -> None:
         return
     target = task_id or (request.id if request is not None else "")
     reply_to = request.reply_to if request is not None else None
-    backend.store(target, state_message(target, state, meta), reply_to)
+    loop = deferred.running_loop()
+    if loop is not None:  # an async def task, or any coroutine: never wait for the broker on the event loop
+        deferred.defer(
+            loop, backend.astore(target, state_message(target, state, meta), reply_to), f"{state} of {target}"
+        )
+    else:
+        backend.store(target, state_message(target, state, meta), reply_to)

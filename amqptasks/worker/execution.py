@@ -36,6 +36,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from amqptasks.errors import SoftTimeLimitExceeded, Terminated, TimeLimitExceeded
+from amqptasks.publish import deferred
 from amqptasks.worker import request as request_context
 from amqptasks.worker.processes import ProcessPool
 from amqptasks.worker.request import Request
@@ -102,11 +103,27 @@ class Executor:
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], request: Request,
         soft: float | None, hard: float | None,
     ) -> Any:  # fmt: skip
-        token = request_context.current.set(request)
+        """The coroutine task, then the publishes it deferred (``delay()`` in an ``async def`` task does not wait
+        for its confirm on the loop: the run does, here, so a failed publish fails the task)."""
+        publishes: list[asyncio.Future[Any]] = []
+        token, owned = request_context.current.set(request), deferred.owner.set(publishes)
         try:
             task = asyncio.ensure_future(fn(*args, **kwargs))
         finally:
+            deferred.owner.reset(owned)
             request_context.current.reset(token)
+        try:
+            value = await self._limited(task, soft, hard)
+        except (asyncio.CancelledError, TimeLimitExceeded):
+            raise  # cancelled, or abandoned at its hard limit: no more waiting for anything of it
+        except BaseException:
+            await deferred.settle(publishes, raise_first=False)  # confirmed before the failure path runs
+            raise
+        await deferred.settle(publishes)
+        return value
+
+    @staticmethod
+    async def _limited(task: asyncio.Future[Any], soft: float | None, hard: float | None) -> Any:
         try:
             done, _ = await asyncio.wait({task}, timeout=soft if soft is not None else hard)
         except asyncio.CancelledError:  # the worker cancelled this call (revoke --terminate): the task goes with it
