@@ -199,3 +199,14 @@ def test_the_documented_shell_completion_lines_work(shell: str, marker: str, tmp
 
     assert result.code == 0, str(result)
     assert marker in result.stdout and "amqptasks" in result.stdout
+
+
+def test_no_page_holds_a_merge_conflict_marker() -> None:
+    marked = [
+        f"{page.relative_to(ROOT)}:{number}"
+        for page in [*DOCS.rglob("*.md"), ROOT / "README.md"]
+        for number, line in enumerate(page.read_text(encoding="utf-8").splitlines(), start=1)
+        if line.startswith(("<<<<<<< ", ">>>>>>> ")) or line == "======="
+    ]
+
+    assert marked == []
