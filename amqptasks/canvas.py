@@ -100,6 +100,14 @@ class chain:  # Celery's (lowercase) name
         _check_routes(self, options)
         first = self.tasks[0]
         then = _replying(_frozen_steps(self.tasks[1:]), first, options)
+        # A chain that is a member of a group or chord: its last step is the member (it reports to the chord).
+        membership = {k: options.pop(k) for k in _MEMBERSHIP if options.get(k) is not None}
+        if membership and then:
+            if not isinstance(then[-1], Signature) or any(isinstance(step, chord) for step in then):
+                raise TypeError(f"a chain in a group or chord must end with a task and hold no chord: {self!r}")
+            then[-1] = then[-1].clone(**membership)
+        elif membership:
+            options.update(membership)
         result: AsyncResult | GroupResult
         if isinstance(first, group):  # alone: a group followed by anything became a chord
             return first.apply_async(args, kwargs, **options)
@@ -118,11 +126,12 @@ class chain:  # Celery's (lowercase) name
 class group:  # Celery's (lowercase) name
     """Tasks run in parallel; their results come back in this order."""
 
-    def __init__(self, *tasks: Signature | Iterable[Signature], **options: Any) -> None:
-        flat: list[Signature] = []
+    def __init__(self, *tasks: Member | Iterable[Member], **options: Any) -> None:
+        flat: list[Member] = []
         for task in tasks:
-            flat.extend([task] if isinstance(task, Signature) else [_signature(t) for t in task])
-        self.tasks: tuple[Signature, ...] = tuple(flat)
+            flat.extend([_member(task)] if isinstance(task, Signature | chain) else [_member(t) for t in task])
+        #: Signatures, or chains (ending with a task) whose last step is the member.
+        self.tasks: tuple[Member, ...] = tuple(flat)
         self.options = options
 
     def __or__(self, other: Any) -> chord | chain:
@@ -150,19 +159,30 @@ class group:  # Celery's (lowercase) name
         add_to_parent = options.pop("add_to_parent", True)
         group_id = str(options.pop("group_id", None) or _new_id())
         member = {**options, "group_id": group_id, "add_to_parent": False}
-        results = [
-            task.apply_async(tuple(args or ()), kwargs, group_index=index, **member)
-            for index, task in enumerate(self.tasks)
-        ]
+        results = []
+        for index, task in enumerate(self.tasks):
+            result = task.apply_async(tuple(args or ()), kwargs, group_index=index, **member)
+            assert isinstance(result, AsyncResult)  # a member chain ends with a task
+            results.append(result)
         return lineage.added(GroupResult(group_id, results), add_to_parent)
+
+    def _signatures(self) -> list[Signature]:
+        """The members, all signatures: a group with chains cannot travel inside another workflow's message."""
+        found = [t for t in self.tasks if isinstance(t, Signature)]
+        if len(found) < len(self.tasks):
+            raise TypeError(
+                f"{self!r}: a group or chord whose members are chains can be published on its own, not as a step "
+                "of a chain (yet): publish it by itself, or make each member one task"
+            )
+        return found
 
     def frozen(self) -> group:
         """A copy with its group id and every member's task id chosen."""
-        tasks = [t.clone(task_id=t.options.get("task_id") or _new_id()) for t in self.tasks]
+        tasks = [t.clone(task_id=t.options.get("task_id") or _new_id()) for t in self._signatures()]
         return group(*tasks, **{**self.options, "group_id": self.options.get("group_id") or _new_id()})
 
     def as_dict(self) -> dict[str, Any]:
-        return _as_dict(GROUP, "group", {"tasks": [dict(t) for t in self.tasks]}, self.options)
+        return _as_dict(GROUP, "group", {"tasks": [dict(t) for t in self._signatures()]}, self.options)
 
 
 class chord:  # Celery's (lowercase) name
@@ -230,6 +250,15 @@ class chord:  # Celery's (lowercase) name
 
 
 Step = Signature | group | chord
+Member = Signature | chain
+#: What makes a message a member of a group or chord.
+_MEMBERSHIP = ("group_id", "group_index", "chord")
+
+
+def _member(item: Any) -> Member:
+    if isinstance(item, chain):
+        return item.tasks[0] if len(item.tasks) == 1 and isinstance(item.tasks[0], Signature) else item
+    return _signature(item)
 
 
 def _check_routes(workflow: chain | group | chord, options: Mapping[str, Any]) -> None:
@@ -362,7 +391,8 @@ def result_of(
         own = None if step.options.get("ignore_result") else backend
         return AsyncResult(str(step.options["task_id"]), step.task, app=step._app, backend=own, parent=parent)
     if isinstance(step, group):
-        members = [AsyncResult(str(t.options["task_id"]), t.task, app=t._app, backend=backend) for t in step.tasks]
+        members = [AsyncResult(str(t.options["task_id"]), t.task, app=t._app, backend=backend)
+                   for t in step._signatures()]  # fmt: skip
         return GroupResult(str(step.options["group_id"]), members, parent=parent)
     assert step.body is not None
     return result_of(step.body, backend, parent=result_of(step.header, backend, parent))

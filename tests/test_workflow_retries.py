@@ -63,6 +63,12 @@ def late_step(x):
     return x + 1
 
 
+@app.task(exchange="late", routing_key="late")
+def late_errback(request, exc, traceback):
+    record(task="late_errback", failed=request["id"])
+    return request["id"]
+
+
 @app.task(queue="work")
 def add(x, y):
     return x + y
@@ -153,6 +159,14 @@ def test_a_chord_inside_a_chain_goes_on_after_retried_steps(app: App, t: dict[st
     assert workflow.delay().get(timeout=20) == 1009
 
 
+def test_chains_inside_a_chord_and_a_group_go_on_after_a_retried_step(app: App, t: dict[str, Any]) -> None:
+    # Given chord and group members that are chains whose first step fails once
+    members = [chain(t["flaky"].s(i, i), t["add"].s(100)) for i in range(3)]
+    # Then each member chain completes and the chord's callback gets every chain's last result, in order
+    assert chord(members, t["tsum"].s()).delay().get(timeout=20) == (0 + 2 + 4) + 300
+    assert group(chain(t["flaky"].s(i, 1), t["add"].s(10)) for i in range(3)).delay().get(timeout=20) == [11, 12, 13]
+
+
 def test_errbacks_fire_once_after_the_last_retry(app: App, t: dict[str, Any], project: Project) -> None:
     # Given a task retried twice by autoretry_for, with an errback
     errback = t["on_error"].s().set(task_id=f"eb-{uuid.uuid4().hex[:8]}")
@@ -181,13 +195,34 @@ def test_a_step_whose_next_step_cannot_be_published_runs_again_until_it_can(
         result = chain(t["counted"].s(21), t["late_step"].s()).delay()
         worker.wait_for_log("what its workflow needs next was not published", timeout=15)
         # Then once the exchange is back, the first step runs again and the chain completes
-        channel.exchange_declare("late", "direct", durable=True)
-        channel.queue_bind("work", "late", "late")
+        app.provision()  # what 'amqptasks topology apply' does: the exchange and its binding are back
     finally:
         connection.close()
     assert result.get(timeout=30) == 43
     runs = [r for r in project.records() if r["task"] == "counted" and r["x"] == 21]
     assert len(runs) >= 2
+
+
+def test_an_errback_that_cannot_be_published_is_sent_once_it_can(
+    app: App, t: dict[str, Any], project: Project, worker: WorkerProcess, module_vhost: BrokerURL
+) -> None:
+    # Given a task that fails for good, whose errback's exchange is deleted
+    app.provision()
+    errback = t["late_errback"].s().set(task_id=f"eb-{uuid.uuid4().hex[:8]}")
+    connection = open_blocking(module_vhost, connection_name="flows test")
+    try:
+        channel = connection.channel()
+        channel.exchange_delete("late")
+        before = worker.output.count("what its workflow needs next was not published")
+        failing = t["always_fails"].apply_async((8,), link_error=errback)
+        # When the errback cannot be published, the failed task is not dead-lettered: it comes back
+        worker.wait_for_log("what its workflow needs next was not published", timeout=15, count=before + 1)
+        app.provision()  # what 'amqptasks topology apply' does: the exchange and its binding are back
+    finally:
+        connection.close()
+    # Then once the exchange is back, the errback runs, exactly once
+    assert AsyncResult(str(errback.options["task_id"]), app=app).get(timeout=30) == failing.id
+    assert [r["failed"] for r in project.records() if r["task"] == "late_errback"] == [failing.id]
 
 
 def test_a_workflow_with_a_step_that_cannot_be_routed_publishes_nothing(vhost: BrokerURL, channel: Any) -> None:

@@ -95,9 +95,10 @@ APP_HELP = "The app: pkg.module:app [the Django project's, when DJANGO_SETTINGS_
 @click.option("-Q", "--queues", help="Comma-separated queues to consume.")
 @click.option("--profile", help="A named setup from the YAML's workers: section.")
 @click.option("-c", "--concurrency", type=click.IntRange(min=1), help="Tasks run at once per process [8].")
-@click.option("--prefetch", type=click.IntRange(min=1), help="Messages prefetched [concurrency x 4].")
+@click.option("--prefetch", type=click.IntRange(min=1), help="Messages prefetched per process [concurrency x 16].")
 @click.option("--pool", type=click.Choice(["asyncio", "threads", "processes"]), help="Where sync tasks run [threads].")
-@click.option("--processes", type=click.IntRange(min=1), help="Consuming processes [1].")
+@click.option("--processes", type=click.IntRange(min=1),
+              help="Consuming processes [one per core; 1 with --pool processes or --metrics-port].")  # fmt: skip
 @click.option("--max-tasks-per-child", type=click.IntRange(min=1), help="Recycle pool children after N tasks.")
 @click.option("--grace", type=click.FloatRange(min=0), help="Warm shutdown: seconds for running tasks [30].")
 @click.option("--burst", is_flag=True, help="Drain the queues, then exit 0.")
@@ -108,6 +109,9 @@ APP_HELP = "The app: pkg.module:app [the Django project's, when DJANGO_SETTINGS_
 @click.option("-l", "--loglevel", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))  # fmt: skip
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--log-tasks", is_flag=True,
+              help="Log each task's received/started/succeeded lines (off by default: they halve the throughput "
+              "of short tasks; failures, retries and dead-letters are always logged).")  # fmt: skip
 def worker_command(
     app_spec: str | None, broker_url: str | None, queues: str | None, profile: str | None, embed_beat: bool,
     **options: Any,
@@ -118,7 +122,7 @@ def worker_command(
 
     app = load_app(app_spec, broker_url)
     log_format = options.pop("log_format")
-    setup_logging(options.pop("loglevel"), log_format)
+    setup_logging(options.pop("loglevel"), log_format, log_tasks=options.pop("log_tasks"))
     plan = plan_worker(app.config, [q for q in (queues or "").split(",") if q], profile, options)
     text = banner(app, plan.settings, plan.pool, plan.processes)
     if log_format == "json":  # every line a JSON object, the banner too

@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 CONFIG = "shop.yaml"
 #: Worker log lines that add nothing to the story (each task also logs "succeeded" or "failed").
 QUIET = re.compile(r"\] (received|started)$| async publisher connected ")
-LOG_PREFIX = re.compile(r"^\[[\d-]+ [\d:,]+ (\w+)/\w+\] ")
+LOG_PREFIX = re.compile(r"^\[[\d-]+ [\d:,]+ (\w+)/[\w-]+\] ")
 TASK_ID = re.compile(r"\[([0-9a-f]{8})-[0-9a-f-]{27}\]")
 _print_lock = threading.Lock()
 
