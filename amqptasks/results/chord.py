@@ -16,8 +16,7 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from amqptasks.broker.connection import open_blocking, tls_options
-from amqptasks.broker.url import BrokerURL
+from amqptasks.broker.connection import connect
 from amqptasks.errors import AmqpTasksError
 from amqptasks.results.exceptions import describe, exception_payload
 from amqptasks.results.middleware import CHORD_UNLOCK, chord_queue
@@ -52,8 +51,7 @@ def declare_queue(app: App, group_id: str) -> None:
 
 
 def _connect(app: App) -> Any:
-    broker = app.config.broker
-    return open_blocking(BrokerURL.parse(broker.url), connection_name="amqptasks chord", tls=tls_options(broker))
+    return connect(app.config.broker, "amqptasks chord")
 
 
 def unlock(task: Task[Any, Any], group_id: str, size: int, callback: Mapping[str, Any]) -> None:
