@@ -12,12 +12,14 @@ import logging
 import os
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar, overload
 
 from amqptasks import errors
 from amqptasks.broker import forks
 from amqptasks.broker.connections import Connections
+from amqptasks.broker.memory import broker_for, is_memory_url
 from amqptasks.config.load import load_config, load_config_text, override_broker_url
 from amqptasks.config.model import Config
 from amqptasks.message.envelope import Envelope
@@ -196,7 +198,7 @@ class App:
 
     async def _send(self, prepared: Prepared, rpc: bool, call: Mapping[str, Any]) -> None:
         """Publish on the running loop without blocking it; returns once confirmed."""
-        if self.config.topology.provision and not self._provisioned:
+        if self._auto_provision and not self._provisioned:
             await asyncio.to_thread(self._ensure_provisioned)
         if rpc:
             await asyncio.to_thread(self._rpc_backend().publish, prepared.envelope)  # the reply channel's thread
@@ -387,8 +389,19 @@ class App:
         self._provisioned = True
         return result
 
+    @property
+    def _auto_provision(self) -> bool:
+        # A memory:// broker starts empty in every process: it always gets the YAML's topology.
+        return self.config.topology.provision or is_memory_url(self.config.broker.url)
+
+    def now(self) -> datetime:
+        """The broker's time: the wall clock, or a memory:// broker's clock (which tests may move ahead)."""
+        if is_memory_url(self.config.broker.url):
+            return datetime.fromtimestamp(broker_for(self.config.broker.url).now(), UTC)
+        return datetime.now(UTC)
+
     def _ensure_provisioned(self) -> None:
-        if self.config.topology.provision and not self._provisioned:
+        if self._auto_provision and not self._provisioned:
             with self._lock:
                 if not self._provisioned:
                     self.provision()

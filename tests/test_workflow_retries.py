@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from amqptasks import App, AsyncResult, chain, chord, group
 from amqptasks.broker import BrokerURL, open_blocking
 from amqptasks.errors import UnroutableStep
 from amqptasks.result import GroupResult
+from amqptasks.results.chord import ChordError
 from tests.worker_helpers import Project, WorkerProcess, make_app, ready
 
 pytestmark = pytest.mark.broker
@@ -61,6 +63,12 @@ def counted(x):
 @app.task(exchange="late", routing_key="late")
 def late_step(x):
     return x + 1
+
+
+@app.task(exchange="late", routing_key="late")
+def late_errback(request, exc, traceback):
+    record(task="late_errback", failed=request["id"])
+    return request["id"]
 
 
 @app.task(queue="work")
@@ -161,6 +169,15 @@ def test_chains_inside_a_chord_and_a_group_go_on_after_a_retried_step(app: App, 
     assert group(chain(t["flaky"].s(i, 1), t["add"].s(10)) for i in range(3)).delay().get(timeout=20) == [11, 12, 13]
 
 
+def test_a_chord_whose_member_will_never_run_fails_at_once(app: App, t: dict[str, Any]) -> None:
+    # Given a chord with a member that has expired before any worker gets it
+    gone = t["flaky"].s(2, 2).set(expires=datetime.now(UTC) - timedelta(seconds=1))
+    result = chord([t["flaky"].s(1, 1), gone], t["tsum"].s()).delay()
+    # Then its callback fails within seconds, naming the member, instead of the unlock polling until the queue expires
+    with pytest.raises(ChordError, match="expired"):
+        result.get(timeout=15)
+
+
 def test_errbacks_fire_once_after_the_last_retry(app: App, t: dict[str, Any], project: Project) -> None:
     # Given a task retried twice by autoretry_for, with an errback
     errback = t["on_error"].s().set(task_id=f"eb-{uuid.uuid4().hex[:8]}")
@@ -189,13 +206,34 @@ def test_a_step_whose_next_step_cannot_be_published_runs_again_until_it_can(
         result = chain(t["counted"].s(21), t["late_step"].s()).delay()
         worker.wait_for_log("what its workflow needs next was not published", timeout=15)
         # Then once the exchange is back, the first step runs again and the chain completes
-        channel.exchange_declare("late", "direct", durable=True)
-        channel.queue_bind("work", "late", "late")
+        app.provision()  # what 'amqptasks topology apply' does: the exchange and its binding are back
     finally:
         connection.close()
     assert result.get(timeout=30) == 43
     runs = [r for r in project.records() if r["task"] == "counted" and r["x"] == 21]
     assert len(runs) >= 2
+
+
+def test_an_errback_that_cannot_be_published_is_sent_once_it_can(
+    app: App, t: dict[str, Any], project: Project, worker: WorkerProcess, module_vhost: BrokerURL
+) -> None:
+    # Given a task that fails for good, whose errback's exchange is deleted
+    app.provision()
+    errback = t["late_errback"].s().set(task_id=f"eb-{uuid.uuid4().hex[:8]}")
+    connection = open_blocking(module_vhost, connection_name="flows test")
+    try:
+        channel = connection.channel()
+        channel.exchange_delete("late")
+        before = worker.output.count("what its workflow needs next was not published")
+        failing = t["always_fails"].apply_async((8,), link_error=errback)
+        # When the errback cannot be published, the failed task is not dead-lettered: it comes back
+        worker.wait_for_log("what its workflow needs next was not published", timeout=15, count=before + 1)
+        app.provision()  # what 'amqptasks topology apply' does: the exchange and its binding are back
+    finally:
+        connection.close()
+    # Then once the exchange is back, the errback runs, exactly once
+    assert AsyncResult(str(errback.options["task_id"]), app=app).get(timeout=30) == failing.id
+    assert [r["failed"] for r in project.records() if r["task"] == "late_errback"] == [failing.id]
 
 
 def test_a_workflow_with_a_step_that_cannot_be_routed_publishes_nothing(vhost: BrokerURL, channel: Any) -> None:

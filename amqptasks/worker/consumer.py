@@ -21,6 +21,7 @@ import aio_pika
 import aio_pika.abc
 
 from amqptasks.broker.aio import open_robust
+from amqptasks.broker.memory import broker_for, is_memory_url
 from amqptasks.control.worker import WorkerControl
 from amqptasks.errors import Ignore, Reject
 from amqptasks.message.errors import MessageError
@@ -31,6 +32,7 @@ from amqptasks.worker.burst import drained
 from amqptasks.worker.delivery import Delivery
 from amqptasks.worker.execution import Executor, time_limits
 from amqptasks.worker.failure import failed, succeeded
+from amqptasks.worker.memory_transport import MemoryTransport
 from amqptasks.worker.middleware import Hooks, Middleware
 from amqptasks.worker.names import warn_if_shared
 from amqptasks.worker.request import request_for
@@ -111,7 +113,7 @@ class Worker:
         self._gone_cold = asyncio.Event()
         self._cold = False
         self._stopping = False
-        self._transport: Transport | None = None
+        self._transport: Transport | MemoryTransport | None = None
         #: For control commands, the burst watch and publishing: consuming has its own (see transport.py).
         self._connection: aio_pika.abc.AbstractRobustConnection | None = None
         self.processed = 0
@@ -134,6 +136,9 @@ class Worker:
         name = self.app.config.broker.connection_name or f"amqptasks worker {self.settings.hostname}"
         prefetch = self.settings.prefetch_count
         loop = asyncio.get_running_loop()
+        if is_memory_url(self.app.config.broker.url):
+            await self._start_memory(prefetch, loop)
+            return
         # Control first: it reads back the stored revocations, which every message is checked against.
         self._connection = await open_robust(self.app.config.broker, f"{name} (control)")
         await self.control.start(self._connection)
@@ -142,6 +147,23 @@ class Worker:
         log.info("ready: consuming %s", ", ".join(self.settings.queues))
         if not self.settings.burst:  # a burst worker is gone before the others could answer
             self._name_check = asyncio.ensure_future(warn_if_shared(self.app.config, self.settings.hostname))
+
+    async def _start_memory(self, prefetch: int, loop: asyncio.AbstractEventLoop) -> None:
+        """memory://: the in-process broker's transport; control reads its stored revocations (no connection)."""
+        broker = broker_for(self.app.config.broker.url)
+        self.control.start_memory(broker)
+        transport = MemoryTransport(broker, self.settings.queues, prefetch, self._on_batch, loop)
+        self._transport = transport
+        await transport.start()
+
+    @property
+    def transport(self) -> Transport | MemoryTransport | None:
+        return self._transport
+
+    async def idle(self) -> None:
+        """Until no message is in hand (what a driver of the worker such as ``amqptasks.testing.drain`` waits for)."""
+        while self._inflight:
+            await asyncio.wait(set(self._inflight))
 
     async def run(self) -> None:
         """Consume until :meth:`stop` (or, in burst mode, until the queues are drained)."""
