@@ -123,7 +123,9 @@ APP_HELP = "The app: pkg.module:app [the Django project's, when DJANGO_SETTINGS_
 @click.option("--max-tasks-per-child", type=click.IntRange(min=1), help="Recycle pool children after N tasks.")
 @click.option("--grace", type=click.FloatRange(min=0), help="Warm shutdown: seconds for running tasks [30].")
 @click.option("--burst", is_flag=True, help="Drain the queues, then exit 0.")
-@click.option("-n", "--hostname", help="Worker name [amqptasks@HOST].")
+@click.option(
+    "-n", "--hostname", help="Worker name, as Celery's: %h host, %n its first label, %d domain [amqptasks@HOST]."
+)
 @click.option("--beat", "embed_beat", is_flag=True, help="Also run the periodic-task scheduler (beat) here.")
 @click.option("--metrics-port", type=click.IntRange(min=0), help="Serve Prometheus metrics on this port.")
 @click.option("--events", is_flag=True, help="Publish Celery-format events on celeryev (for celery events, Flower).")
