@@ -152,6 +152,10 @@ class Driver:
         """An amqptasks topology declaration, through amqptasks' own declare()."""
         raise NotImplementedError
 
+    def observed(self) -> Any:
+        """What the vhost holds, as amqptasks' planner reads it (management API / the memory broker's state)."""
+        raise NotImplementedError
+
     def arrived(self, queue: str, count: int = 1) -> None:
         """Wait until *queue* holds *count* messages: dead-lettering is asynchronous on a real broker (the
         dead letter travels from one queue process to another, so a get may overtake it)."""
@@ -192,6 +196,7 @@ def _got(method: Any, properties: Any, body: bytes) -> Got:
 
 class RabbitDriver(Driver):
     def __init__(self, url: BrokerURL) -> None:
+        self.url = url
         self.vhost = url.vhost
         self._connection = pika.BlockingConnection(_parameters(url))
         self._channel = self._open()
@@ -332,6 +337,12 @@ class RabbitDriver(Driver):
 
         self._call(lambda: declare(self._channel, decl))
 
+    def observed(self) -> Any:
+        from amqptasks.broker.management import ManagementClient
+        from amqptasks.topology.observe import observe_http
+
+        return observe_http(ManagementClient.for_broker(self.url), self.vhost)
+
 
 def _parameters(url: BrokerURL) -> pika.ConnectionParameters:
     from amqptasks.broker.connection import pika_parameters
@@ -457,6 +468,11 @@ class MemoryDriver(Driver):
     def reopen(self) -> None:
         self._channel.close()
         self._channel = self.broker.channel()
+
+    def observed(self) -> Any:
+        from amqptasks.topology.memory import observe
+
+        return observe(self.broker)
 
     def elapse(self, seconds: float, until: Callable[[], bool] | None = None) -> None:
         self.broker.advance(seconds)
