@@ -46,7 +46,7 @@ def test_broker_flag_names_and_every_timedelta_through_real_worker_and_beat(tmp_
     nowhere = BrokerURL.parse("amqp://guest:guest@127.0.0.1:1/%2F")
     project = Project.create(tmp_path, nowhere, TASKS, YAML)
     real = ["--broker", vhost.to_url()]
-    first = WorkerProcess(project, *real, "-Q", "work", "-n", "flows-1@test")
+    first = WorkerProcess(project, *real, "-Q", "work", "--processes", "1", "-n", "flows-1@test")
     beat = subprocess.Popen([console_script(), "beat", "-A", "tasks:app", *real], cwd=tmp_path,
                             env={**os.environ, **project.env}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.STDOUT)  # fmt: skip
@@ -61,7 +61,7 @@ def test_broker_flag_names_and_every_timedelta_through_real_worker_and_beat(tmp_
         stats = broadcast(config, "stats", timeout=1.5)
         assert [s["hostname"] for s in stats] == ["flows-1@test"]
         # When a second worker starts with the same name
-        second = WorkerProcess(project, *real, "-Q", "work", "-n", "flows-1@test")
+        second = WorkerProcess(project, *real, "-Q", "work", "--processes", "1", "-n", "flows-1@test")
         second.wait_for_log("another live worker is named 'flows-1@test'", timeout=15)
         # Then it warns, naming the other's pid, and the first one did not
         assert f"pid {first.pid}" in second.output

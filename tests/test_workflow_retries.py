@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from amqptasks import App, AsyncResult, chain, chord, group
 from amqptasks.broker import BrokerURL, open_blocking
 from amqptasks.errors import UnroutableStep
 from amqptasks.result import GroupResult
+from amqptasks.results.chord import ChordError
 from tests.worker_helpers import Project, WorkerProcess, make_app, ready
 
 pytestmark = pytest.mark.broker
@@ -165,6 +167,15 @@ def test_chains_inside_a_chord_and_a_group_go_on_after_a_retried_step(app: App, 
     # Then each member chain completes and the chord's callback gets every chain's last result, in order
     assert chord(members, t["tsum"].s()).delay().get(timeout=20) == (0 + 2 + 4) + 300
     assert group(chain(t["flaky"].s(i, 1), t["add"].s(10)) for i in range(3)).delay().get(timeout=20) == [11, 12, 13]
+
+
+def test_a_chord_whose_member_will_never_run_fails_at_once(app: App, t: dict[str, Any]) -> None:
+    # Given a chord with a member that has expired before any worker gets it
+    gone = t["flaky"].s(2, 2).set(expires=datetime.now(UTC) - timedelta(seconds=1))
+    result = chord([t["flaky"].s(1, 1), gone], t["tsum"].s()).delay()
+    # Then its callback fails within seconds, naming the member, instead of the unlock polling until the queue expires
+    with pytest.raises(ChordError, match="expired"):
+        result.get(timeout=15)
 
 
 def test_errbacks_fire_once_after_the_last_retry(app: App, t: dict[str, Any], project: Project) -> None:

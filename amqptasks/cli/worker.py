@@ -105,7 +105,7 @@ APP_HELP = "The app: pkg.module:app [the Django project's, when DJANGO_SETTINGS_
 @click.option("-n", "--hostname", help="Worker name [amqptasks@HOST].")
 @click.option("--beat", "embed_beat", is_flag=True, help="Also run the periodic-task scheduler (beat) here.")
 @click.option("--metrics-port", type=click.IntRange(min=0), help="Serve Prometheus metrics on this port.")
-@click.option("--events", is_flag=True, help="Publish task events to the amqptasks.events exchange.")
+@click.option("--events", is_flag=True, help="Publish Celery-format events on celeryev (for celery events, Flower).")
 @click.option("-l", "--loglevel", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))  # fmt: skip
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
