@@ -16,6 +16,7 @@ from amqptasks import App, crontab
 from amqptasks.beat import entries_of, periodic
 from amqptasks.broker import BrokerURL
 from amqptasks.control.client import broadcast
+from amqptasks.worker.names import expand_hostname
 from tests.cli_helpers import console_script
 from tests.worker_helpers import Project, WorkerProcess, wait_until
 
@@ -91,3 +92,10 @@ def test_crontab_in_code_is_celerys_schedule() -> None:
         crontab(hour=25)
     with pytest.raises(ValueError, match="one of every, cron and schedule"):
         periodic(app, "both", "x", every=1, schedule=crontab())
+
+
+def test_worker_names_are_expanded_as_celery_does() -> None:
+    assert expand_hostname("billing@%h", "web-3.example.com") == "billing@web-3.example.com"
+    assert expand_hostname("billing-%n@%d", "web-3.example.com") == "billing-web-3@example.com"
+    assert expand_hostname("billing", "web-3") == "billing@web-3"  # a name without @ gets the host
+    assert expand_hostname("100%%@%h", "web-3") == "100%@web-3"
