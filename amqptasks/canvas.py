@@ -98,7 +98,8 @@ class chain:  # Celery's (lowercase) name
         Every step is checked to be routable first (:mod:`amqptasks.canvas_routes`): if one is not, nothing is sent.
         """
         _check_routes(self, options)
-        first, then = self.tasks[0], _frozen_steps(self.tasks[1:])
+        first = self.tasks[0]
+        then = _replying(_frozen_steps(self.tasks[1:]), first, options)
         # A chain that is a member of a group or chord: its last step is the member (it reports to the chord).
         membership = {k: options.pop(k) for k in _MEMBERSHIP if options.get(k) is not None}
         if membership and then:
@@ -349,6 +350,26 @@ def _frozen_steps(steps: Sequence[Step]) -> list[Step]:
             return [*frozen, step.frozen(tail), *tail]
         frozen.append(freeze(step))
     return frozen
+
+
+def _replying(frozen: list[Step], first: Step, options: Mapping[str, Any]) -> list[Step]:
+    """With rpc://, each later task of the chain carries this process's reply-to address as its ``reply_to``, as
+    Celery's ``freeze()`` sets it: a Celery worker publishes the next step with its own options only (ours also
+    passes the message's on), so without it the results of the later steps would go elsewhere."""
+    signature = first.body if isinstance(first, chord) else first
+    if not frozen or not isinstance(signature, Signature) or signature._app is None or options.get("reply_to"):
+        return frozen
+    backend = signature._app.result_backend
+    reply_address = getattr(backend, "reply_address", None) if backend is not None and backend.uses_reply_to else None
+    address = reply_address() if reply_address is not None else None
+    if not address:
+        return frozen
+    return [
+        step.clone(reply_to=address)
+        if isinstance(step, Signature) and not step.options.get("ignore_result") and not step.options.get("reply_to")
+        else step
+        for step in frozen
+    ]
 
 
 def _embedded(frozen: Sequence[Step]) -> list[dict[str, Any]]:

@@ -18,6 +18,7 @@ from typing import Any
 
 import pika
 
+from amqptasks.broker.memory import broker_for, is_memory_url
 from amqptasks.config.model import Config
 from amqptasks.control import pidbox, stored
 from amqptasks.topology.live import connect
@@ -81,6 +82,9 @@ def revoke(config: Config, task_id: str, *, terminate: bool = False, timeout: fl
     or delayed past that runs. No reply means no worker runs now, not that the revoke was lost. Raises
     :class:`~amqptasks.errors.PublishError`, with nothing broadcast, when it cannot be stored.
     """
+    if is_memory_url(config.broker.url):  # the in-process broker: every worker that could run it is here
+        broker_for(config.broker.url).revocations[task_id] = time.time()
+        return []
     stored.store(config, task_id)
     return broadcast(config, "revoke", {"task_id": task_id, "terminate": terminate, "signal": None}, timeout=timeout)
 

@@ -37,6 +37,7 @@ from amqptasks.monitor.metrics import Metrics
 from amqptasks.worker.middleware import Middleware
 
 if TYPE_CHECKING:
+    from amqptasks.broker.memory import MemoryBroker
     from amqptasks.worker.consumer import Worker
     from amqptasks.worker.delivery import Delivery
 
@@ -64,6 +65,7 @@ class WorkerControl:
         self.events = TaskEvents(worker) if worker.settings.events else None
         self.metrics = Metrics(worker) if worker.settings.metrics_port is not None else None
         self._channel: aio_pika.abc.AbstractChannel | None = None
+        self._memory: MemoryBroker | None = None
         name = worker.app.config.broker.connection_name or f"amqptasks worker {worker.settings.hostname}"
         self.stored = StoredRevocations(worker.app.config, f"{name} (revocations)", self._on_stored_revocation)
 
@@ -71,7 +73,15 @@ class WorkerControl:
         return [m for m in (_Totals(self.totals), self.events, self.metrics) if m is not None]
 
     def is_revoked(self, task_id: str) -> bool:
+        if self._memory is not None and task_id not in self.revoked:
+            at = self._memory.revocations.get(task_id)
+            if at is not None:
+                self._on_stored_revocation(task_id, at)
         return task_id in self.revoked
+
+    def start_memory(self, broker: MemoryBroker) -> None:
+        """memory://: revocations are stored in the in-process broker (no control queue: every sender is here)."""
+        self._memory = broker
 
     async def start(self, connection: aio_pika.abc.AbstractRobustConnection) -> None:
         # First: a message checked against revoked ids must find every revocation already stored. On a connection

@@ -21,6 +21,7 @@ import aio_pika
 import aio_pika.abc
 
 from amqptasks.broker.aio import open_robust
+from amqptasks.broker.memory import broker_for, is_memory_url
 from amqptasks.constants import REDELIVERIES_HEADER
 from amqptasks.control.worker import WorkerControl
 from amqptasks.errors import Ignore, Reject
@@ -33,6 +34,7 @@ from amqptasks.worker.delivery import Delivery
 from amqptasks.worker.execution import Executor, time_limits
 from amqptasks.worker.failure import failed, succeeded
 from amqptasks.worker.journal import Journal
+from amqptasks.worker.memory_transport import MemoryTransport
 from amqptasks.worker.middleware import Hooks, Middleware
 from amqptasks.worker.names import warn_if_shared
 from amqptasks.worker.processes import WorkerLostError
@@ -114,7 +116,7 @@ class Worker:
         self._gone_cold = asyncio.Event()
         self._cold = False
         self._stopping = False
-        self._transport: Transport | None = None
+        self._transport: Transport | MemoryTransport | None = None
         #: For control commands, the burst watch and publishing: consuming has its own (see transport.py).
         self._connection: aio_pika.abc.AbstractRobustConnection | None = None
         #: Which tasks this process has started: what tells a crasher from the innocents after a crash.
@@ -139,6 +141,9 @@ class Worker:
         name = self.app.config.broker.connection_name or f"amqptasks worker {self.settings.hostname}"
         prefetch = self.settings.prefetch_count
         loop = asyncio.get_running_loop()
+        if is_memory_url(self.app.config.broker.url):
+            await self._start_memory(prefetch, loop)  # in-process: nothing outlives a crash, no journal
+            return
         self.journal = Journal(self.settings.hostname)
         self._admission.crashes.claimer = self.journal.path.name
         # Control first: it reads back the stored revocations, which every message is checked against.
@@ -150,6 +155,23 @@ class Worker:
         log.info("ready: consuming %s", ", ".join(self.settings.queues))
         if not self.settings.burst:  # a burst worker is gone before the others could answer
             self._name_check = asyncio.ensure_future(warn_if_shared(self.app.config, self.settings.hostname))
+
+    async def _start_memory(self, prefetch: int, loop: asyncio.AbstractEventLoop) -> None:
+        """memory://: the in-process broker's transport; control reads its stored revocations (no connection)."""
+        broker = broker_for(self.app.config.broker.url)
+        self.control.start_memory(broker)
+        transport = MemoryTransport(broker, self.settings.queues, prefetch, self._on_batch, loop)
+        self._transport = transport
+        await transport.start()
+
+    @property
+    def transport(self) -> Transport | MemoryTransport | None:
+        return self._transport
+
+    async def idle(self) -> None:
+        """Until no message is in hand (what a driver of the worker such as ``amqptasks.testing.drain`` waits for)."""
+        while self._inflight:
+            await asyncio.wait(set(self._inflight))
 
     async def run(self) -> None:
         """Consume until :meth:`stop` (or, in burst mode, until the queues are drained)."""
@@ -339,7 +361,7 @@ class Worker:
             self.active.pop(message.id, None)
 
     def _flush(self) -> None:
-        if self._transport is not None:
+        if isinstance(self._transport, Transport):
             self._transport.flush()
 
     def _settle(self, d: Delivery, how: str, why: str) -> None:
