@@ -152,7 +152,7 @@ class WorkerProcess:
     def __init__(
         self, broker_url: str, record: Record, log: Path, *options: str, management: str | None, journals: str | None
     ) -> None:
-        self.hostname = f"faults-{uuid.uuid4().hex[:8]}"
+        self.hostname = f"faults-{uuid.uuid4().hex[:8]}@localhost"
         self.connection_name = f"amqptasks worker {self.hostname}"
         self.log = log
         env = {k: v for k, v in os.environ.items() if k not in (ENV_BROKER_URL, ENV_CONFIG, ENV_MANAGEMENT)}
@@ -373,7 +373,7 @@ def test_worker_reconnects_after_the_broker_closes_its_connection_and_every_task
     app: App, vhost: BrokerURL, mgmt: ManagementClient, record: Record, spawn: Callable[..., WorkerProcess]
 ) -> None:
     # Given a worker whose connection the management API shows, and 600 tasks flowing through it (~5 s of work)
-    worker = spawn(vhost.to_url(), "-c", "4")
+    worker = spawn(vhost.to_url(), "-c", "4", "--processes", "1")
     connections = worker_connections(mgmt, vhost, worker)
     published = publish(app, [{"seconds": 0.03}] * 600)
     wait_until(lambda: len(record.dones()) >= 20, 20, "20 tasks to complete", worker)
@@ -424,7 +424,7 @@ def test_unstarted_prefetched_tasks_of_a_lost_connection_run_only_once(
     app: App, vhost: BrokerURL, mgmt: ManagementClient, record: Record, spawn: Callable[..., WorkerProcess]
 ) -> None:
     # Given a worker with concurrency 2 running tasks of 0.3 s, with 6 more prefetched (prefetch 8)
-    worker = spawn(vhost.to_url(), "-c", "2")
+    worker = spawn(vhost.to_url(), "-c", "2", "--processes", "1")
     connections = worker_connections(mgmt, vhost, worker)
     published = publish(app, [{"seconds": 0.3}] * 24)
     wait_until(lambda: len(record.dones()) >= 2, 15, "2 tasks to complete", worker)
