@@ -93,8 +93,21 @@ class chain:  # Celery's (lowercase) name
     def apply_async(
         self, args: Iterable[Any] | None = None, kwargs: Mapping[str, Any] | None = None, **options: Any
     ) -> AsyncResult | GroupResult:
-        """Publish the first step (with *options*); returns the last step's result (a GroupResult for a group)."""
-        first, then = self.tasks[0], _frozen_steps(self.tasks[1:])
+        """Publish the first step (with *options*); returns the last step's result (a GroupResult for a group).
+
+        Every step is checked to be routable first (:mod:`amqptasks.canvas_routes`): if one is not, nothing is sent.
+        """
+        _check_routes(self, options)
+        first = self.tasks[0]
+        then = _replying(_frozen_steps(self.tasks[1:]), first, options)
+        # A chain that is a member of a group or chord: its last step is the member (it reports to the chord).
+        membership = {k: options.pop(k) for k in _MEMBERSHIP if options.get(k) is not None}
+        if membership and then:
+            if not isinstance(then[-1], Signature) or any(isinstance(step, chord) for step in then):
+                raise TypeError(f"a chain in a group or chord must end with a task and hold no chord: {self!r}")
+            then[-1] = then[-1].clone(**membership)
+        elif membership:
+            options.update(membership)
         result: AsyncResult | GroupResult
         if isinstance(first, group):  # alone: a group followed by anything became a chord
             return first.apply_async(args, kwargs, **options)
@@ -113,11 +126,12 @@ class chain:  # Celery's (lowercase) name
 class group:  # Celery's (lowercase) name
     """Tasks run in parallel; their results come back in this order."""
 
-    def __init__(self, *tasks: Signature | Iterable[Signature], **options: Any) -> None:
-        flat: list[Signature] = []
+    def __init__(self, *tasks: Member | Iterable[Member], **options: Any) -> None:
+        flat: list[Member] = []
         for task in tasks:
-            flat.extend([task] if isinstance(task, Signature) else [_signature(t) for t in task])
-        self.tasks: tuple[Signature, ...] = tuple(flat)
+            flat.extend([_member(task)] if isinstance(task, Signature | chain) else [_member(t) for t in task])
+        #: Signatures, or chains (ending with a task) whose last step is the member.
+        self.tasks: tuple[Member, ...] = tuple(flat)
         self.options = options
 
     def __or__(self, other: Any) -> chord | chain:
@@ -139,24 +153,36 @@ class group:  # Celery's (lowercase) name
     def apply_async(
         self, args: Iterable[Any] | None = None, kwargs: Mapping[str, Any] | None = None, **options: Any
     ) -> GroupResult:
-        """Publish every member (with partial *args* and *options* applied to each)."""
+        """Publish every member (with partial *args* and *options* applied to each), once all are routable."""
         options = {**self.options, **options}
+        _check_routes(self, options)
         add_to_parent = options.pop("add_to_parent", True)
         group_id = str(options.pop("group_id", None) or _new_id())
         member = {**options, "group_id": group_id, "add_to_parent": False}
-        results = [
-            task.apply_async(tuple(args or ()), kwargs, group_index=index, **member)
-            for index, task in enumerate(self.tasks)
-        ]
+        results = []
+        for index, task in enumerate(self.tasks):
+            result = task.apply_async(tuple(args or ()), kwargs, group_index=index, **member)
+            assert isinstance(result, AsyncResult)  # a member chain ends with a task
+            results.append(result)
         return lineage.added(GroupResult(group_id, results), add_to_parent)
+
+    def _signatures(self) -> list[Signature]:
+        """The members, all signatures: a group with chains cannot travel inside another workflow's message."""
+        found = [t for t in self.tasks if isinstance(t, Signature)]
+        if len(found) < len(self.tasks):
+            raise TypeError(
+                f"{self!r}: a group or chord whose members are chains can be published on its own, not as a step "
+                "of a chain (yet): publish it by itself, or make each member one task"
+            )
+        return found
 
     def frozen(self) -> group:
         """A copy with its group id and every member's task id chosen."""
-        tasks = [t.clone(task_id=t.options.get("task_id") or _new_id()) for t in self.tasks]
+        tasks = [t.clone(task_id=t.options.get("task_id") or _new_id()) for t in self._signatures()]
         return group(*tasks, **{**self.options, "group_id": self.options.get("group_id") or _new_id()})
 
     def as_dict(self) -> dict[str, Any]:
-        return _as_dict(GROUP, "group", {"tasks": [dict(t) for t in self.tasks]}, self.options)
+        return _as_dict(GROUP, "group", {"tasks": [dict(t) for t in self._signatures()]}, self.options)
 
 
 class chord:  # Celery's (lowercase) name
@@ -191,6 +217,7 @@ class chord:  # Celery's (lowercase) name
         if self.body is None:
             raise TypeError("chord() needs a callback: chord(header, callback) or chord(header)(callback)")
         options = {**self.options, **options}
+        _check_routes(self, options)
         add_to_parent = options.pop("add_to_parent", True)
         app = self.body._bound()
         callback_id = str(options.pop("task_id", None) or self.body.options.get("task_id") or _new_id())
@@ -223,6 +250,30 @@ class chord:  # Celery's (lowercase) name
 
 
 Step = Signature | group | chord
+Member = Signature | chain
+#: What makes a message a member of a group or chord.
+_MEMBERSHIP = ("group_id", "group_index", "chord")
+
+
+def _member(item: Any) -> Member:
+    if isinstance(item, chain):
+        return item.tasks[0] if len(item.tasks) == 1 and isinstance(item.tasks[0], Signature) else item
+    return _signature(item)
+
+
+def _check_routes(workflow: chain | group | chord, options: Mapping[str, Any]) -> None:
+    from amqptasks.canvas_routes import check
+
+    app = _any_app(workflow)
+    if app is not None:
+        check(app, workflow, options)
+
+
+def _any_app(step: Any) -> App | None:
+    if isinstance(step, Signature):
+        return step._app
+    members = step.tasks if isinstance(step, chain | group) else [step.header, step.body]
+    return next((app for m in members if m is not None and (app := _any_app(m)) is not None), None)
 
 
 def _unlock_options(app: App, callback: Signature, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -301,6 +352,26 @@ def _frozen_steps(steps: Sequence[Step]) -> list[Step]:
     return frozen
 
 
+def _replying(frozen: list[Step], first: Step, options: Mapping[str, Any]) -> list[Step]:
+    """With rpc://, each later task of the chain carries this process's reply-to address as its ``reply_to``, as
+    Celery's ``freeze()`` sets it: a Celery worker publishes the next step with its own options only (ours also
+    passes the message's on), so without it the results of the later steps would go elsewhere."""
+    signature = first.body if isinstance(first, chord) else first
+    if not frozen or not isinstance(signature, Signature) or signature._app is None or options.get("reply_to"):
+        return frozen
+    backend = signature._app.result_backend
+    reply_address = getattr(backend, "reply_address", None) if backend is not None and backend.uses_reply_to else None
+    address = reply_address() if reply_address is not None else None
+    if not address:
+        return frozen
+    return [
+        step.clone(reply_to=address)
+        if isinstance(step, Signature) and not step.options.get("ignore_result") and not step.options.get("reply_to")
+        else step
+        for step in frozen
+    ]
+
+
 def _embedded(frozen: Sequence[Step]) -> list[dict[str, Any]]:
     """What a message's ``chain`` carries: the steps up to the first chord (which carries the rest), the next
     one last (Celery's order: the worker pops it)."""
@@ -320,7 +391,8 @@ def result_of(
         own = None if step.options.get("ignore_result") else backend
         return AsyncResult(str(step.options["task_id"]), step.task, app=step._app, backend=own, parent=parent)
     if isinstance(step, group):
-        members = [AsyncResult(str(t.options["task_id"]), t.task, app=t._app, backend=backend) for t in step.tasks]
+        members = [AsyncResult(str(t.options["task_id"]), t.task, app=t._app, backend=backend)
+                   for t in step._signatures()]  # fmt: skip
         return GroupResult(str(step.options["group_id"]), members, parent=parent)
     assert step.body is not None
     return result_of(step.body, backend, parent=result_of(step.header, backend, parent))

@@ -345,6 +345,19 @@ def test_gzip_compressed_message_from_our_app_is_readable_by_kombu(ours_rpc: App
 # --- workflows that cross -----------------------------------------------------------------------------------------
 
 
+def test_our_chain_runs_on_a_celery_worker_and_its_result_reaches_our_get(
+    ours_rpc: App, celery_rpc_worker: Any
+) -> None:
+    from amqptasks.canvas import chain
+
+    steps = [sig(ours_rpc, "math.add", args, QUEUE) for args in ((1, 2), (3,), (4,))]
+    result = chain(*steps).apply_async()
+
+    # Each later step carries our reply-to address (as Celery's freeze() sets it), so its result comes back here
+    assert result.get(timeout=GET_TIMEOUT) == 10
+    assert result.parent is not None and result.parent.get(timeout=GET_TIMEOUT) == 6
+
+
 def test_a_celery_chain_runs_on_our_worker(celery_rpc: celery.Celery, our_rpc_worker: WorkerProcess) -> None:
     add = celery_rpc.signature
     result = celery.chain(add("math.add", (1, 2), options={"queue": "ours"}),

@@ -43,7 +43,7 @@ def quickstart() -> str:
     return (DOCS / "quickstart.md").read_text(encoding="utf-8")
 
 
-VALIDATED = [(where, text) for where, text in yaml_blocks() if re.match(r"# validate\b", text)]
+VALIDATED = [(where, text) for where, text in yaml_blocks() if re.match(r"# (validate\b|file: )", text)]
 
 
 def test_yaml_reference_is_generated_from_the_current_model() -> None:
@@ -199,3 +199,14 @@ def test_the_documented_shell_completion_lines_work(shell: str, marker: str, tmp
 
     assert result.code == 0, str(result)
     assert marker in result.stdout and "amqptasks" in result.stdout
+
+
+def test_no_page_holds_a_merge_conflict_marker() -> None:
+    marked = [
+        f"{page.relative_to(ROOT)}:{number}"
+        for page in [*DOCS.rglob("*.md"), ROOT / "README.md"]
+        for number, line in enumerate(page.read_text(encoding="utf-8").splitlines(), start=1)
+        if line.startswith(("<<<<<<< ", ">>>>>>> ")) or line == "======="
+    ]
+
+    assert marked == []

@@ -111,7 +111,9 @@ class Results(Middleware):
     async def after_reject(self, delivery: Delivery, reason: str) -> None:
         if delivery.settled == "reject" and delivery.message is not None:
             payload = exception_payload(Reject(reason))
-            await self._store(delivery, state_message(delivery.message.id, REJECTED, payload))
+            meta = state_message(delivery.message.id, REJECTED, payload)
+            await self._store(delivery, meta)
+            await self._to_chord(delivery, delivery.message, meta)  # its chord fails now, rather than wait a day
 
     def after_process(self, delivery: Delivery) -> None:
         lineage.take(_id(delivery))  # a run that ended otherwise (retried, rejected, ignored) closes its record
@@ -121,7 +123,9 @@ class Results(Middleware):
             # Stored as a Celery worker stores both: REVOKED with TaskRevokedError("revoked" | "expired"), a state
             # every client's get() ends on; the reason tells an expired task from a revoked one.
             payload = revoked_payload("revoked" if state == REVOKED else "expired")
-            await self._store(delivery, state_message(delivery.message.id, REVOKED, payload))
+            meta = state_message(delivery.message.id, REVOKED, payload)
+            await self._store(delivery, meta)
+            await self._to_chord(delivery, delivery.message, meta)  # its chord fails now, rather than wait a day
 
     # --- states ------------------------------------------------------------------------------------------
 
