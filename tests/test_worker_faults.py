@@ -552,7 +552,8 @@ def test_crashing_tasks_among_good_ones_reach_the_dlq_as_worker_lost_in_every_po
         assert len(workers) == 1 and workers[0].process.poll() is None
         assert "child process" in workers[0].tail(300)
     else:
-        assert len(workers) == 1 + 6, f"{len(workers)} workers for 6 crashes"
+        # Each crasher crashed the worker at most twice (two runs); one crash may charge two co-running crashers.
+        assert 3 <= len(workers) - 1 <= 6, f"{len(workers) - 1} restarts for 3 crashers allowed 2 runs each"
     assert not any("Traceback" in w.tail(400) for w in workers), "\n".join(w.tail() for w in workers)
 
 
