@@ -6,11 +6,12 @@ There is no global default app (a known trap in dramatiq); tasks belong to the A
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar, overload
@@ -22,6 +23,7 @@ from amqptasks.broker.memory import broker_for, is_memory_url
 from amqptasks.config.load import load_config, load_config_text, override_broker_url
 from amqptasks.config.model import Config
 from amqptasks.message.envelope import Envelope
+from amqptasks.publish import batch as batching
 from amqptasks.publish import deferred
 from amqptasks.result import AsyncResult
 from amqptasks.results.states import DIRECT_REPLY_TO
@@ -62,6 +64,8 @@ class App:
         self._priority_warned: set[str] = set()
         self._options_cache: dict[tuple[str, TaskOptions | None], TaskOptions] = {}
         self.signals = Signals()
+        #: Each thread's open ``with app.batch():`` block (see amqptasks.publish.batch).
+        self._batches = batching.Batches()
         self._backend: ResultBackend | Literal[False] | None = False  # False: not created yet
         from amqptasks.canvas import register_builtin_tasks
 
@@ -150,12 +154,17 @@ class App:
     ) -> AsyncResult:
         """``delay()``/``apply_async()``: returns once confirmed; on a running event loop it does not wait for the
         confirm there (see :mod:`amqptasks.publish.deferred`)."""
-        loop = deferred.running_loop()
+        batch = self._batches.current()
+        loop = deferred.running_loop()  # under abatch() too: an rpc:// task is published as outside a block
         if loop is None:
             self._ensure_provisioned()  # first, so that a countdown starts when the message can leave
         call, rpc, backend = self._reply_route(options, call)
         prepared = self._prepare(options, args, kwargs, call)
         self.signals.before_publish.send(message=prepared.message, envelope=prepared.envelope)
+        if batch is not None and not rpc:
+            result = self._result(prepared, options, backend, call)
+            batch.add(prepared.envelope, result, prepared.message)
+            return result
         if loop is not None:
             deferred.defer(loop, self._send(prepared, rpc, call), prepared.envelope.describe())
         else:
@@ -172,6 +181,11 @@ class App:
         call, rpc, backend = self._reply_route(options, call)
         prepared = self._prepare(options, args, kwargs, call)
         self.signals.before_publish.send(message=prepared.message, envelope=prepared.envelope)
+        batch = self._batches.current()
+        if batch is not None and not rpc:  # under abatch(): handed over, its confirm collected at the block's end
+            result = self._result(prepared, options, backend, call)
+            batch.add(prepared.envelope, result, prepared.message)
+            return result
         await self._send(prepared, rpc, call)
         return self._result(prepared, options, backend, call)
 
@@ -216,6 +230,46 @@ class App:
     ) -> Signature:
         """Celery's ``app.signature(name, args, kwargs, **options)``: a signature of task *name*, bound to this app."""
         return Signature(name, tuple(args), kwargs, options, app=self)
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[list[AsyncResult]]:
+        """``with app.batch(): for x in xs: task.delay(x)``: every task published in the block is sent at once, and
+        the block ends once all are confirmed, or raises one ``BatchPublishError`` saying which failed (with the
+        results of the others). Yields the results, in order. See :mod:`amqptasks.publish.batch`."""
+        if deferred.running_loop() is not None:
+            raise RuntimeError("app.batch() blocks: on an event loop, use 'async with app.abatch():'")
+        self._ensure_provisioned()
+        batch, opened = self._batches.enter(self._new_batch)
+        try:
+            yield batch.results
+        except BaseException as failure:
+            if self._batches.leave(batch, opened):
+                batching.settle(batch, failure)
+            raise
+        if self._batches.leave(batch, opened):
+            batching.settle(batch, None)
+
+    @contextlib.asynccontextmanager
+    async def abatch(self) -> AsyncIterator[list[AsyncResult]]:
+        """``async with app.abatch():`` -- :meth:`batch` for asyncio: ``delay()`` and ``adelay()`` in the block
+        return at once; the block's end awaits every confirm without blocking the loop."""
+        if self.config.topology.provision and not self._provisioned:
+            await asyncio.to_thread(self._ensure_provisioned)
+        batch, opened = self._batches.enter(self._new_batch)
+        try:
+            yield batch.results
+        except BaseException as failure:
+            if self._batches.leave(batch, opened):
+                await asyncio.to_thread(batching.settle, batch, failure)
+            raise
+        if self._batches.leave(batch, opened):
+            await asyncio.to_thread(batching.settle, batch, None)
+
+    def _new_batch(self) -> batching.Batch:
+        def confirmed(message: Any, envelope: Envelope) -> None:
+            self.signals.after_publish.send(message=message, envelope=envelope)
+
+        return batching.Batch(self.publisher, confirmed if self.signals.after_publish.receivers else None)
 
     def publish_many(self, signatures: Iterable[Signature], *, stream: bool = False) -> list[AsyncResult]:
         """Publish many signatures with pipelined confirms; each one confirmed, as with ``delay()``.

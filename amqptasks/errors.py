@@ -6,7 +6,7 @@ transport library's exceptions.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from amqptasks.result import AsyncResult
@@ -129,6 +129,33 @@ class BatchInterrupted(PublishError):
         self.__cause__ = cause
 
 
+class BatchPublishError(PublishError):
+    """``with app.batch():`` ended with messages not confirmed: one error for the whole block.
+
+    ``failed``: ``(position, result, reason)`` of each message known not to be stored, ``reason`` being
+    "unroutable" (returned: no queue bound for it) or "nacked" (refused by the broker); every other message was
+    confirmed, and ``results`` holds their results in order. When the publisher lost its connection for good or
+    the broker closed its channel, which messages were stored is not known: ``unknown`` then holds the results
+    of all of them (publishing them again may duplicate some). ``__cause__`` is the publisher's own error.
+    """
+
+    def __init__(
+        self, *, failed: list[tuple[int, Any, str]], results: list[Any], unknown: list[Any], total: int,
+        cause: BaseException,
+    ) -> None:  # fmt: skip
+        self.failed, self.results, self.unknown, self.total = failed, results, unknown, total
+        if failed:
+            shown = ", ".join(f"#{position} {reason}" for position, _, reason in failed[:10])
+            more = ", ..." if len(failed) > 10 else ""
+            text = (f"app.batch(): {len(failed)} of {total} messages were not stored ({shown}{more}); "
+                    f"the other {len(results)} were confirmed: {cause}")  # fmt: skip
+        else:
+            text = (f"app.batch(): the fate of the {total} messages is not known (which were stored cannot be "
+                    f"told; publishing them again may duplicate some): {cause}")  # fmt: skip
+        super().__init__(text)
+        self.__cause__ = cause
+
+
 class PublishNacked(PublishError):
     """The broker refused responsibility for a message (basic.nack): a full queue with
     ``x-overflow: reject-publish``, or an internal error. The message was not stored; publishing it again is safe.
@@ -136,9 +163,13 @@ class PublishNacked(PublishError):
     ``positions``: which messages of a ``publish_many`` were refused (0-based); ``confirmed``: how many were taken.
     """
 
-    def __init__(self, message: str, *, positions: tuple[int, ...] = (0,), confirmed: int = 0) -> None:
+    def __init__(
+        self, message: str, *, positions: tuple[int, ...] = (0,), confirmed: int = 0, returned: tuple[int, ...] = ()
+    ) -> None:
         self.positions = positions
         self.confirmed = confirmed
+        #: Positions of the batch that were returned as unroutable besides the nacked ones.
+        self.returned = returned
         super().__init__(message)
 
 

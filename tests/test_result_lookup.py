@@ -101,7 +101,7 @@ def test_publish_many_results_are_bound_to_the_app_and_its_backend(app: App) -> 
     assert isinstance(first.date_done, datetime)
     assert app.AsyncResult(first.id).get(timeout=5) == 0
     # and revoke() reaches the running worker through the app
-    assert [reply["ok"] for reply in first.revoke(timeout=2)] == ["revoked"]
+    assert {reply["ok"] for reply in first.revoke(timeout=2)} == {"revoked"}  # one reply per worker process
 
 
 def test_rpc_lookup_from_a_process_that_published_nothing_says_why_at_once(

@@ -20,7 +20,7 @@ from amqptasks.broker import BrokerURL, open_blocking
 from amqptasks.errors import UnroutableStep
 from amqptasks.result import GroupResult
 from amqptasks.results.chord import ChordError
-from tests.worker_helpers import Project, WorkerProcess, make_app, ready
+from tests.worker_helpers import Project, WorkerProcess, make_app, ready, wait_until
 
 pytestmark = pytest.mark.broker
 
@@ -36,6 +36,9 @@ results: {backend: 'rpc://'}
 """
 
 TASKS = """
+import os
+import time
+
 from amqptasks import Task
 
 
@@ -52,6 +55,18 @@ def flaky(self, x, y):
 def always_fails(self, x):
     record(task="always_fails", id=self.request.id, retries=self.request.retries)
     raise KeyError(f"no {x}")
+
+
+@app.task(bind=True, queue="work")
+def stalls_once(self, x):
+    # Its first delivery hangs (its worker is killed meanwhile); the redelivered copy returns.
+    record(task="stalls_once", redelivered=self.request.redelivered, counted=self.request.headers.get(
+        "x-amqptasks-redeliveries"))
+    marker = os.path.join(os.path.dirname(__file__), "stalled")
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        time.sleep(60)
+    return x
 
 
 @app.task(queue="work")
@@ -234,6 +249,32 @@ def test_an_errback_that_cannot_be_published_is_sent_once_it_can(
     # Then once the exchange is back, the errback runs, exactly once
     assert AsyncResult(str(errback.options["task_id"]), app=app).get(timeout=30) == failing.id
     assert [r["failed"] for r in project.records() if r["task"] == "late_errback"] == [failing.id]
+
+
+def test_a_chain_step_redelivered_after_its_worker_died_goes_on_to_the_next_step(
+    tmp_path: Path, vhost: BrokerURL
+) -> None:
+    # Given a chain whose first step hangs in a worker that is then killed (SIGKILL)
+    project = Project.create(tmp_path, vhost, TASKS, YAML)
+    with project.app() as app:
+        namespace: dict[str, Any] = {"__name__": "tasks", "app": app, "record": None}
+        exec(TASKS, namespace)
+        doomed = WorkerProcess(project, "-Q", "work", "--processes", "1")
+        try:
+            doomed.wait_for_log("ready: consuming")
+            result = chain(namespace["stalls_once"].s(5), namespace["add"].s(10)).delay()
+            wait_until(lambda: len(project.records()) == 1, timeout=15, what="the first step to start")
+        finally:
+            doomed.kill()
+        # When another worker gets the redelivered message (counted, and sent again as a fresh copy)
+        rescuer = WorkerProcess(project, "-Q", "work", "--processes", "1")
+        try:
+            # Then the chain goes on from that copy: its next step runs with its result
+            assert result.get(timeout=20) == 15
+        finally:
+            rescuer.kill()
+    runs = [(r["redelivered"], r["counted"]) for r in project.records()]
+    assert runs == [(False, None), (False, 1)]  # the counted copy is a fresh message carrying the count
 
 
 def test_a_workflow_with_a_step_that_cannot_be_routed_publishes_nothing(vhost: BrokerURL, channel: Any) -> None:

@@ -11,12 +11,27 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import re
+import socket
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from amqptasks.config.model import Config
 
 log = logging.getLogger("amqptasks.worker")
+
+_FORMAT = re.compile(r"%([hnd%])")
+
+
+def expand_hostname(name: str, host: str | None = None) -> str:
+    """``-n`` as Celery reads it: ``%h`` the host name, ``%n`` its first label, ``%d`` its domain, ``%%`` a %;
+    a name without ``@`` gets ``@<host>`` (``-n billing`` is ``billing@<host>``)."""
+    host = host or socket.gethostname()
+    short, _, domain = host.partition(".")
+    values = {"h": host, "n": short, "d": domain, "%": "%"}
+    expanded = _FORMAT.sub(lambda m: values[m.group(1)], name)
+    return expanded if "@" in expanded else f"{expanded}@{host}"
+
 
 #: Seconds the check listens for the other workers' replies.
 REPLY_WINDOW = 1.5

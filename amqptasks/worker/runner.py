@@ -17,7 +17,8 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from amqptasks.broker.connection import open_blocking, tls_options
-from amqptasks.broker.url import BrokerURL
+from amqptasks.broker.memory import is_memory_url
+from amqptasks.broker.url import BrokerURL, mask_url
 from amqptasks.constants import ENV_EVENT_LOOP, REVOKED_STREAM, REVOKED_STREAM_ARGUMENTS, dlq_name, is_delay_name
 from amqptasks.errors import AmqpTasksError
 from amqptasks.topology.desired import desired
@@ -80,7 +81,7 @@ def banner(app: App, settings: WorkerSettings, pool: str, processes: int) -> str
             if processes > 1
             else ""
         ),
-        f"  broker:  {BrokerURL.parse(app.config.broker.url).masked()}",
+        f"  broker:  {mask_url(app.config.broker.url)}",
         f"  pool:    {pool}, concurrency {settings.concurrency} x {processes} process(es) on {event_loop()}, "
         f"prefetch {settings.prefetch_count}",
         "  queues:",
@@ -141,8 +142,17 @@ def run_loop(main: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(main)
 
 
+def _refuse_memory(app: App) -> None:
+    if is_memory_url(app.config.broker.url):
+        raise AmqpTasksError(
+            f"broker {app.config.broker.url!r} lives inside one process: a worker process cannot reach the one your "
+            "app publishes to; run the tasks in that process with amqptasks.testing.drain(app), or use amqp://"
+        )
+
+
 def serve(app: App, settings: WorkerSettings, *, beat: bool = False) -> None:
     """One consuming process (blocks until shutdown); with *beat*, the periodic-task scheduler in a thread."""
+    _refuse_memory(app)
     if app.config.topology.provision:
         app.provision()
     with _beat_thread(app, beat):
@@ -160,6 +170,7 @@ def serve_many(app: App, settings: WorkerSettings, processes: int, *, beat: bool
 
     With *beat*, the scheduler runs in a thread of this (parent) process, started after the fork.
     """
+    _refuse_memory(app)
     if app.config.topology.provision:
         app.provision()
     _prepare_broker(app, settings.queues)

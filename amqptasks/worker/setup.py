@@ -9,6 +9,7 @@ from typing import Any
 from amqptasks.config.model import Config
 from amqptasks.errors import AmqpTasksError
 from amqptasks.worker.consumer import WorkerSettings
+from amqptasks.worker.names import expand_hostname
 
 DEFAULTS: dict[str, Any] = {"concurrency": 8, "pool": "threads", "grace": 30.0}
 
@@ -71,7 +72,7 @@ def plan_worker(config: Config, queues: list[str], profile: str | None, options:
         events=bool(options.get("events")),
     )
     if options.get("hostname"):
-        settings.hostname = options["hostname"]
+        settings.hostname = expand_hostname(options["hostname"])
     processes = pick("processes") or default_processes(pool, settings.metrics_port)
     if settings.metrics_port and processes > 1:  # 0 (any free port) works in every process
         raise AmqpTasksError("--metrics-port serves one process: run one worker per port instead of --processes")

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import billing
 import pytest
 
-import billing
 from amqptasks import UnroutableError
 
 

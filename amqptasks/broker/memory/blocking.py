@@ -20,6 +20,7 @@ from amqptasks.broker.memory.broker import MemoryBroker
 from amqptasks.broker.memory.channel import MemoryChannel
 from amqptasks.broker.memory.errors import ChannelError
 from amqptasks.broker.memory.message import PROPERTY_NAMES
+from amqptasks.errors import BrokerError
 
 __all__ = ["BlockingConnection"]
 
@@ -50,7 +51,12 @@ class BlockingChannel:
 
     def __getattr__(self, name: str) -> Any:
         # Declarations, bindings, deletes, acks: the same names and arguments as pika's BlockingChannel.
-        method = getattr(self._channel, name)
+        method = getattr(self._channel, name, None)
+        if method is None or name.startswith("_"):
+            raise BrokerError(
+                f"memory:// has no {name}(): it is a broker inside one process, so nothing here can wait for other "
+                "processes (workers, monitors) to answer; use a RabbitMQ for that, or amqptasks.testing in-process"
+            )
         return lambda *args, **kwargs: self._call(lambda: method(*args, **kwargs))
 
     def basic_publish(self, exchange: str, routing_key: str, body: bytes, properties: Any = None,
