@@ -128,7 +128,7 @@ class App:
     def _prepare(
         self, options: TaskOptions, args: tuple[Any, ...], kwargs: Mapping[str, Any], call: Mapping[str, Any]
     ) -> Prepared:
-        prepared = prepare(options, args, kwargs, call, self.send_settings)
+        prepared = prepare(options, args, kwargs, call, self.send_settings, self.now() if self._memory else None)
         self._warn_priority(prepared)
         return prepared
 
@@ -394,9 +394,14 @@ class App:
         # A memory:// broker starts empty in every process: it always gets the YAML's topology.
         return self.config.topology.provision or is_memory_url(self.config.broker.url)
 
+    @functools.cached_property
+    def _memory(self) -> bool:
+        return is_memory_url(self.config.broker.url)
+
     def now(self) -> datetime:
-        """The broker's time: the wall clock, or a memory:// broker's clock (which tests may move ahead)."""
-        if is_memory_url(self.config.broker.url):
+        """The broker's time: the wall clock, or a memory:// broker's clock (which tests may move ahead): what a
+        countdown, eta or expiry counts from, on both sides (publishing, and the worker's checks)."""
+        if self._memory:
             return datetime.fromtimestamp(broker_for(self.config.broker.url).now(), UTC)
         return datetime.now(UTC)
 

@@ -76,7 +76,7 @@ def project(tmp_path: Path, vhost: BrokerURL) -> Project:
 def test_async_tasks_that_publish_never_stall_the_loop(project: Project, channel: Any) -> None:
     # Given a worker running async tasks 60 at a time, and a probe coroutine on its loop
     app = project.app()
-    with worker_process(project, "-Q", "work", "-c", str(COUNT + 10)):
+    with worker_process(project, "-Q", "work", "-c", str(COUNT + 10), "--processes", "1"):
         try:
             probe = app.send_task("tasks.probe", (COUNT,))
             wait_until(lambda: any(r.get("probe") == "started" for r in project.records()), 15, "the probe to start")

@@ -20,8 +20,9 @@ PAGES = sorted(DOCS.glob("*.md"))
 _YAML_BLOCK = re.compile(r"^```yaml\n(.*?)^```", re.DOTALL | re.MULTILINE)
 
 
-def load_generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gen_reference", DOCS / "gen_reference.py")
+def load_generator(name: str = "gen_reference") -> ModuleType:
+    """One of the docs generators (docs/gen_reference.py, docs/gen_cli.py), imported from its file."""
+    spec = importlib.util.spec_from_file_location(name, DOCS / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -137,11 +138,7 @@ def test_documented_conflict_example_points_at_billings_max_priority(page: str) 
 
 
 def load_cli_generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gen_cli", DOCS / "gen_cli.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_generator("gen_cli")
 
 
 def test_cli_pages_are_generated_from_the_current_commands() -> None:

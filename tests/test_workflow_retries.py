@@ -184,6 +184,14 @@ def test_chains_inside_a_chord_and_a_group_go_on_after_a_retried_step(app: App, 
     assert group(chain(t["flaky"].s(i, 1), t["add"].s(10)) for i in range(3)).delay().get(timeout=20) == [11, 12, 13]
 
 
+def test_a_chord_of_chains_inside_a_chain_goes_on_after_retried_steps(app: App, t: dict[str, Any]) -> None:
+    # Given a chain: a retrying step, a chord whose members are chains with retrying steps, then its callback
+    members = group(chain(t["add"].s(1), t["flaky"].s(10)), chain(t["flaky"].s(2), t["add"].s(100)))
+    workflow = chain(t["flaky"].s(1, 1), members, t["tsum"].s())
+    # Then: 2, then members (2+1)+10 = 13 and (2+2)+100 = 104, then their sum
+    assert workflow.delay().get(timeout=30) == 117
+
+
 def test_a_chord_whose_member_will_never_run_fails_at_once(app: App, t: dict[str, Any]) -> None:
     # Given a chord with a member that has expired before any worker gets it
     gone = t["flaky"].s(2, 2).set(expires=datetime.now(UTC) - timedelta(seconds=1))

@@ -117,7 +117,6 @@ class Worker:
         #: For control commands, the burst watch and publishing: consuming has its own (see transport.py).
         self._connection: aio_pika.abc.AbstractRobustConnection | None = None
         self.processed = 0
-        self._name_check: asyncio.Future[None] | None = None
 
     @property
     def connected(self) -> bool:
@@ -146,7 +145,7 @@ class Worker:
         await self._transport.start()
         log.info("ready: consuming %s", ", ".join(self.settings.queues))
         if not self.settings.burst:  # a burst worker is gone before the others could answer
-            self._name_check = asyncio.ensure_future(warn_if_shared(self.app.config, self.settings.hostname))
+            warn_if_shared(self.app.config, self.settings.hostname)
 
     async def _start_memory(self, prefetch: int, loop: asyncio.AbstractEventLoop) -> None:
         """memory://: the in-process broker's transport; control reads its stored revocations (no connection)."""
@@ -187,8 +186,6 @@ class Worker:
             self._gone_cold.set()
 
     async def _shutdown(self) -> None:
-        if self._name_check is not None:
-            self._name_check.cancel()
         if self._transport is not None:
             await self._transport.cancel()
         if not self._cold and self._inflight:

@@ -227,13 +227,23 @@ class MemoryBroker:
         """Expire what is due by now: messages at the heads of queues (dead-lettered), then unused queues."""
         with self.lock:
             now = self.now()
-            for name, q in list(self.queues.items()):
-                dropped = q.expire(now)
-                if dropped:
-                    self._dead_letter_dropped(name, dropped)
-            for name, q in list(self.queues.items()):
-                if q.expires_ms is not None and q.unacked == 0 and now >= q.last_used + q.expires_ms / 1000:
+            # Again while something expired: a dead letter may land in a queue already looked at, already due
+            # (a zero TTL). Bounded: the cycle rule drops dead letters that would go round for ever.
+            for _ in range(1000):
+                expired = False
+                unused = []
+                for name, q in list(self.queues.items()):
+                    if q.ready:
+                        dropped = q.expire(now)
+                        if dropped:
+                            expired = True
+                            self._dead_letter_dropped(name, dropped)
+                    if q.expires_ms is not None and q.unacked == 0 and now >= q.last_used + q.expires_ms / 1000:
+                        unused.append(name)
+                for name in unused:
                     self.delete_queue(name)
+                if not expired:
+                    return
 
     def next_due(self) -> float | None:
         """When something next expires (a message at a queue's head, or an unused queue), in broker time."""

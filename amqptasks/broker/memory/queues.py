@@ -90,8 +90,7 @@ class MemoryQueue:
         return self.kind == "quorum" and _int_arg(self.arguments, "x-delivery-limit") is not None
 
     def _insert(self, stored: Stored) -> None:
-        keys = [self._key(s) for s in self.ready]
-        self.ready.insert(bisect.bisect(keys, self._key(stored)), stored)
+        self.ready.insert(bisect.bisect(self.ready, self._key(stored), key=self._key), stored)
 
     def _ttl_ms(self, message: Message) -> int | None:
         ttls = [t for t in (_int_arg(self.arguments, "x-message-ttl"), message.expiration_ms) if t is not None]
@@ -135,15 +134,21 @@ class MemoryQueue:
 
     def _heads(self) -> list[int]:
         """Index of the head of each priority level (each level expires at its own head, as in RabbitMQ)."""
-        heads, seen = [], set()
-        for i, stored in enumerate(self.ready):
-            if stored.priority not in seen:
-                seen.add(stored.priority)
-                heads.append(i)
+        ready = self.ready
+        if not ready:
+            return []
+        if self.max_priority is None:
+            return [0]
+        heads, i = [], 0
+        while i < len(ready):  # ready is ordered by priority, highest first: one run per level
+            heads.append(i)
+            i = bisect.bisect_right(ready, -ready[i].priority, lo=i, key=lambda s: -s.priority)
         return heads
 
     def expire(self, now: float) -> Dropped:
         """Remove the messages expired at a head, repeatedly (the next one may have expired too)."""
+        if not self.ready:
+            return []
         dropped: Dropped = []
         while True:
             due = [i for i in self._heads() if (e := self.ready[i].expires_at) is not None and e <= now]
