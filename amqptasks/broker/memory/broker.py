@@ -207,10 +207,9 @@ class MemoryBroker:
             q = self.queues.get(queue)
             if q is None:
                 return  # its queue was deleted meanwhile
-            dropped = q.requeue(stored)
+            dropped = q.requeue(stored, self.now())
             self._dead_letter_dropped(queue, dropped)
-            if not dropped:
-                self._ready([queue])
+            self._ready([queue])
 
     def settle(self, queue: str, stored: Stored, dead_letter: bool) -> None:
         with self.lock:
