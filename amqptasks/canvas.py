@@ -230,10 +230,16 @@ class chord:  # Celery's (lowercase) name
             return callback.apply_async(([],), add_to_parent=add_to_parent)
         group_id = str(options.pop("group_id", None) or self.header.options.get("group_id") or _new_id())
         embed = {**callback, "chord_size": len(self.header)}
-        declare_queue(app, group_id)
+        store = app.result_backend
+        counted = store is not None and store.counts_chords
+        if store is not None and counted:  # redis://: counted in the store as Celery counts it (Celery's workers too)
+            store.set_chord_size(group_id, len(self.header))
+        else:
+            declare_queue(app, group_id)
         members = self.header.apply_async(args, kwargs, group_id=group_id, chord=embed, add_to_parent=False,
                                           **options)  # fmt: skip
-        app.send_task(CHORD_UNLOCK, (group_id, len(self.header), embed), **_unlock_options(app, callback, options))
+        if not counted:
+            app.send_task(CHORD_UNLOCK, (group_id, len(self.header), embed), **_unlock_options(app, callback, options))
         result = AsyncResult(callback_id, callback.task, app=app, backend=backend, parent=members)
         return lineage.added(result, add_to_parent)
 

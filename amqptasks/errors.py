@@ -216,6 +216,9 @@ class Ignore(TaskControl):
 class SoftTimeLimitExceeded(TaskControl):
     """Raised inside a task when its soft time limit passes; it may clean up and return."""
 
+    def __init__(self, *args: object) -> None:  # raised in a thread as a bare type: it still says what happened
+        super().__init__(*(args or ("soft time limit exceeded",)))
+
 
 class TimeLimitExceeded(TaskControl):
     """The task ran past its hard time limit and was stopped; its message goes down the failure path."""
@@ -223,6 +226,9 @@ class TimeLimitExceeded(TaskControl):
 
 class Terminated(TaskControl):
     """Raised inside a sync task running in a thread when ``revoke(terminate=True)`` stops it (as Celery's)."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(args or ("terminated by revoke(terminate=True)",)))
 
 
 class ResultUnavailable(AmqpTasksError):

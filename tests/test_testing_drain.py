@@ -230,3 +230,33 @@ def test_drain_from_async_code_uses_a_thread_of_its_own(tmp_path: Path) -> None:
         return value
 
     assert asyncio.run(scenario()) == 8
+
+
+def test_expires_counts_on_the_virtual_clock(app: App) -> None:
+    ran: list[str] = []
+
+    @app.task
+    def offer(tag: str) -> None:
+        ran.append(tag)
+
+    advance(app, 3600)  # the clock is already ahead of the wall clock: expiries count from the broker's time
+    offer.apply_async(("late",), expires=10)
+    offer.apply_async(("in-time",), expires=30)
+    advance(app, 20)
+    drain(app)
+    assert ran == ["in-time"]
+
+
+def test_a_task_that_keeps_requeueing_itself_ends_as_poison(app: App) -> None:
+    runs: list[int] = []
+
+    @app.task
+    def again() -> None:
+        runs.append(1)
+        raise Reject("not now", requeue=True)
+
+    again.delay()
+    drain(app, fail_fast=False)
+    # The worker's max_redeliveries (5): the first run, five counted redeliveries, then dead-lettered.
+    assert len(runs) == 6
+    assert [m.death_reason for m in messages(app, "work.dlq")] == ["rejected"]
