@@ -186,6 +186,10 @@ class Driver:
         )
         return self._publish(exchange, key, body.encode() if isinstance(body, str) else body, properties, mandatory)
 
+    def publish_raw_expiration(self, queue: str, expiration: str) -> str:
+        """A message whose expiration property is *expiration* as given (any string)."""
+        return self._publish("", queue, b"m", pika.BasicProperties(expiration=expiration), False)
+
     def publish_envelope(self, envelope: Envelope) -> str:
         properties = pika.BasicProperties(**envelope.properties())
         return self._publish(envelope.exchange, envelope.routing_key, envelope.body, properties, envelope.mandatory)
