@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import re
 import shutil
@@ -207,3 +208,25 @@ def test_no_page_holds_a_merge_conflict_marker() -> None:
     ]
 
     assert marked == []
+
+
+_PYTHON_BLOCK = re.compile(r"^( *)```python\n(.*?)^\1```", re.DOTALL | re.MULTILINE)
+
+
+def python_blocks() -> list[tuple[str, str]]:
+    """(``page:line``, code) of every Python block of the docs and the README (indented ones dedented)."""
+    blocks = []
+    for page in [*sorted(DOCS.rglob("*.md")), ROOT / "README.md"]:
+        text = page.read_text(encoding="utf-8")
+        for match in _PYTHON_BLOCK.finditer(text):
+            indent = len(match.group(1))
+            code = "\n".join(line[indent:] for line in match.group(2).splitlines())
+            blocks.append((f"{page.relative_to(ROOT)}:{text.count(chr(10), 0, match.start()) + 2}", code))
+    return blocks
+
+
+@pytest.mark.parametrize(("where", "code"), python_blocks(), ids=[where for where, _ in python_blocks()])
+def test_every_python_example_is_valid_python(where: str, code: str) -> None:
+    # The fragments use names defined elsewhere on their page and `await` at top level, as a REPL would: they
+    # must at least be Python that compiles (the quickstart and the canvas session also run, in other tests).
+    compile(code, where, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True)
