@@ -209,12 +209,25 @@ class Driver:
             properties.expiration,
         )
 
-    def ack(self, tag: int) -> None:
-        self._call(lambda: self._channel.basic_ack(tag))
+    def ack(self, tag: int, multiple: bool = False) -> None:
+        self._call(lambda: self._channel.basic_ack(tag, multiple=multiple))
         self._sync()
 
-    def nack(self, tag: int, requeue: bool = True) -> None:
-        self._call(lambda: self._channel.basic_nack(tag, requeue=requeue))
+    def get_auto_ack(self, queue: str) -> str | None:
+        method, _, body = self._call(lambda: self._channel.basic_get(queue, auto_ack=True))
+        return None if method is None else str(body.decode())
+
+    def purge(self, queue: str) -> int:
+        return int(self._call(lambda: self._channel.queue_purge(queue)).method.message_count)
+
+    def delete_queue(self, name: str, *, if_empty: bool = False) -> int:
+        return int(self._call(lambda: self._channel.queue_delete(name, if_empty=if_empty)).method.message_count)
+
+    def delete_exchange(self, name: str) -> None:
+        self._call(lambda: self._channel.exchange_delete(name))
+
+    def nack(self, tag: int, requeue: bool = True, multiple: bool = False) -> None:
+        self._call(lambda: self._channel.basic_nack(tag, multiple=multiple, requeue=requeue))
         self._sync()
 
     def reject(self, tag: int, requeue: bool = True) -> None:

@@ -234,3 +234,27 @@ def an_alternate_exchange_downstream_of_an_exchange_binding(d: Driver) -> Any:
     d.bind("caught", "ae")
     d.bind_exchange("inner", "outer")
     return d.publish("outer", "unbound-key", "m", mandatory=True), d.drain("caught")
+
+
+@scenario
+def headers_binding_with_a_void_value_matches_presence(d: Driver) -> Any:
+    d.exchange("x", "headers")
+    d.queue("q")
+    d.bind("q", "x", "", {"x-match": "all", "flag": None})
+    sent = [
+        d.publish("x", "", "with-flag", headers={"flag": "anything"}),
+        d.publish("x", "", "without", headers={"other": 1}),
+    ]
+    return sent, d.bodies("q")
+
+
+@scenario
+def topic_patterns_of_wildcards_only(d: Driver) -> Any:
+    d.exchange("x", "topic")
+    patterns = {"two-stars": "*.*", "hash-hash": "#.#", "star-hash": "*.#", "hash-star": "#.*"}
+    for name, pattern in patterns.items():
+        d.queue(name)
+        d.bind(name, "x", pattern)
+    keys = ["", "a", "a.b", "a.b.c"]
+    sent = [d.publish("x", key, key or "(empty)", mandatory=True) for key in keys]
+    return sent, {name: d.bodies(name) for name in patterns}
