@@ -263,6 +263,31 @@ def test_groups_read_across_over_redis(ours_redis: App, celery_redis: celery.Cel
     assert theirs.get(timeout=GET_TIMEOUT) == [1, 2, 3]
 
 
+def test_saved_groups_restore_across_over_redis(
+    ours_redis: App, celery_redis: celery.Celery, celery_redis_worker: Any
+) -> None:
+    from amqptasks.canvas import group
+    from amqptasks.result import GroupResult
+
+    # Ours saved (run by the Celery worker), restored by Celery; Celery's saved (run by ours), restored by us
+    ours = group(sig(ours_redis, "math.add", (i, 100), "interop_redis") for i in range(3)).apply_async()
+    assert isinstance(ours, GroupResult)
+    ours.save()
+    theirs = celery.group(celery_redis.signature("math.add", (i, 200), options={"queue": "ours_redis"})
+                          for i in range(3))()  # fmt: skip
+    theirs.save()
+
+    by_celery = celery_redis.GroupResult.restore(ours.id)
+    by_us = GroupResult.restore(theirs.id, ours_redis)
+
+    assert [r.id for r in by_celery.results] == [r.id for r in ours.results]
+    assert by_celery.get(timeout=GET_TIMEOUT) == [100, 101, 102]
+    assert by_us is not None and [r.id for r in by_us] == [r.id for r in theirs.results]
+    assert by_us.get(timeout=GET_TIMEOUT) == [200, 201, 202]
+    by_us.delete()
+    assert celery_redis.GroupResult.restore(theirs.id) is None
+
+
 def test_a_celery_chord_over_redis_completes_on_our_worker(celery_redis: celery.Celery, ours_redis: App) -> None:
     header = [celery_redis.signature("math.add", (i, i), options={"queue": "ours_redis"}) for i in range(4)]
     callback = celery_redis.signature("math.tsum", options={"queue": "ours_redis"})
