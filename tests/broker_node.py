@@ -13,9 +13,11 @@ Without ``rabbitmq-server`` the tests skip, except under CI=true, where that is 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -67,6 +69,7 @@ class BrokerNode:
         self.base = Path(tempfile.mkdtemp(prefix="amqptasks-node-"))
         self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
         self._process: subprocess.Popen[bytes] | None = None
+        self._frozen: int | None = None  # the VM's pid while SIGSTOPped
         self._write_files(config or {}, advanced)
 
     def __repr__(self) -> str:
@@ -154,8 +157,21 @@ class BrokerNode:
                     raise
             time.sleep(0.5)
 
+    def freeze(self) -> None:
+        """SIGSTOP the node's Erlang VM: its sockets stay open and it answers nothing (a hung VM, a black hole)."""
+        self._frozen = int(self.ctl("eval", "list_to_integer(os:getpid()).").strip())
+        os.kill(self._frozen, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT what :meth:`freeze` stopped."""
+        frozen, self._frozen = self._frozen, None
+        if frozen is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(frozen, signal.SIGCONT)
+
     def stop(self) -> None:
         """Stop the whole node; its data directory (durable queues, persistent messages) stays."""
+        self.thaw()
         process, self._process = self._process, None
         if process is None or process.poll() is not None:
             return

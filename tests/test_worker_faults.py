@@ -36,6 +36,7 @@ from amqptasks.constants import ENV_BROKER_URL, ENV_CONFIG, dlq_name
 from amqptasks.worker.journal import ENV_JOURNAL_DIR
 from tests.broker_node import BrokerNode, private_node
 from tests.cli_helpers import console_script, run
+from tests.tcp_proxy import tcp_proxy
 
 REPO = Path(__file__).resolve().parents[1]
 QUEUE = "faults"
@@ -444,6 +445,47 @@ def test_unstarted_prefetched_tasks_of_a_lost_connection_run_only_once(
     assert len(duplicated) <= 8, f"{len(duplicated)} tasks ran twice"
 
 
+#: A worker's own lines about its connections (not task progress, not the banner): what a cut may cost in logs.
+def connection_lines(log: str) -> list[str]:
+    return [line for line in log.splitlines() if line.startswith("[") and "faults.work[" not in line
+            and "ready: consuming" not in line]  # fmt: skip
+
+
+@pytest.mark.timeout(180)
+def test_twenty_connection_cuts_lose_nothing_and_log_at_most_three_lines_each_without_a_traceback(
+    app: App, vhost: BrokerURL, record: Record, spawn: Callable[..., WorkerProcess]
+) -> None:
+    # Given a worker that reaches the broker through a TCP proxy, and 400 tasks of 20 ms
+    url = BrokerURL.parse(vhost.to_url())
+    with tcp_proxy(url.port) as proxy:
+        proxied = vhost.to_url().replace(f":{url.port}/", f":{proxy.port}/")
+        worker = spawn(proxied, "-c", "4", "--processes", "1")
+        wait_until(lambda: "ready: consuming" in worker.tail(), 20, "the worker to consume", worker)
+        published = publish(app, [{"seconds": 0.02}] * 400)
+
+        # When every connection through the proxy is cut, 20 times, each once the worker consumes again
+        for cut in range(1, 21):
+            done_before = len(record.dones())
+            wait_until(lambda d=done_before: len(record.dones()) > d or set(published) <= set(record.dones()), 20,
+                       "a task to complete between cuts", worker)  # fmt: skip
+            proxy.cut()
+            wait_until(lambda c=cut: worker.tail(100_000).count("consuming faults again") >= c, 30,
+                       f"the worker to consume again after cut {cut}", worker)  # fmt: skip
+        wait_until(all_completed(published, record), 60, "every task to complete", worker)
+        log = worker.tail(100_000)
+        code = worker.finish()
+
+    # Then nothing was lost, and the worker said at most 3 lines per cut, none of them a traceback
+    lost, duplicated = report("20 connection cuts", published, record)
+    lines = connection_lines(log)
+    print(f"20 cuts: {len(lines)} connection lines, e.g.\n" + "\n".join(lines[:3]))
+    assert not lost, lost
+    assert len(duplicated) <= 4 * 20, duplicated
+    assert "Traceback" not in log, log[-5000:]
+    assert len(lines) <= 3 * 20, "\n".join(lines)
+    assert code == 0, worker.tail()
+
+
 # --- tasks that kill their worker process: only the crasher is charged ---------------------------------------
 # A task that SIGKILLs its process, os._exit()s or segfaults, in every pool, with and without a supervisor: it
 # reaches its DLQ as worker-lost after at most max_redeliveries + 1 runs, and every innocent runs.
@@ -643,6 +685,38 @@ def test_batch_survives_a_broker_restart_in_the_middle_and_every_task_completes(
     assert not lost
     assert code == 0, worker.tail()
     assert ready_count(node.url) == 0
+
+
+@pytest.mark.faults_heavy
+@pytest.mark.timeout(180)
+def test_frozen_broker_is_noticed_within_30_s_logged_once_and_the_worker_recovers_when_it_thaws(
+    node: BrokerNode, node_app: App, record: Record, spawn: Callable[..., WorkerProcess]
+) -> None:
+    # Given a worker with default settings consuming from the private node
+    node_app.close()
+    worker = spawn(node.url, "--processes", "1", management=NO_MANAGEMENT)
+    wait_until(lambda: "ready: consuming" in worker.tail(), 30, "the worker to consume", worker)
+
+    # When the node's VM is stopped (SIGSTOP: its sockets stay open, nothing answers)
+    node.freeze()
+    frozen_at = time.monotonic()
+    try:
+        wait_until(lambda: "the broker stopped answering" in worker.tail(), 40, "the stall to be noticed", worker)
+        noticed = time.monotonic() - frozen_at
+        wait_until(lambda: "still cannot reach the broker" in worker.tail(), 60, "a periodic line", worker)
+    finally:
+        node.thaw()
+
+    # Then it was noticed within 30 s, logged once, and once the node runs again the worker consumes and runs tasks
+    wait_until(lambda: "consuming faults again" in worker.tail(), 90, "the worker to consume again", worker)
+    published = publish(node_app, [{"seconds": 0.0}] * 20)
+    wait_until(all_completed(published, record), 30, "the tasks sent after the thaw", worker)
+    log = worker.tail(10_000)
+    print(f"\nfrozen broker noticed after {noticed:.1f} s; lines:\n" + "\n".join(connection_lines(log)))
+    assert noticed <= 30, f"noticed after {noticed:.1f} s"
+    assert log.count("the broker stopped answering") == 1 and "Traceback" not in log, log
+    assert len(connection_lines(log)) <= 6, "\n".join(connection_lines(log))
+    assert worker.finish() == 0
 
 
 @pytest.mark.timeout(90)

@@ -368,7 +368,8 @@ class Worker:
         d.settled = how
         if self._transport is None or self._transport.is_stale(d.raw):
             # Its channel is gone: the broker has requeued it, and it will run again (at least once).
-            log.warning("%s: could not %s: the connection was lost; the broker will redeliver it", d.label, how)
+            # One line per message would be dozens per cut: the transport's "connection lost" line says it once.
+            log.debug("%s: could not %s: the connection was lost; the broker will redeliver it", d.label, how)
             return
         self._transport.settle(d.raw, how)
         log.debug("%s: %s (%s)", d.label, how, why)

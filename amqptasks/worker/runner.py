@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from amqptasks.broker.connection import open_blocking, tls_options
+from amqptasks.broker.logs import quiet_clients
 from amqptasks.broker.memory import is_memory_url
 from amqptasks.broker.url import BrokerURL, mask_url
 from amqptasks.constants import ENV_EVENT_LOOP, REVOKED_STREAM, REVOKED_STREAM_ARGUMENTS, dlq_name, is_delay_name
@@ -61,15 +62,11 @@ def setup_logging(level: str, fmt: str, log_tasks: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("pika", "aio_pika", "aiormq"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_clients(debug=level.upper() == "DEBUG")  # the worker says what happened to its connections itself
     if log_tasks:  # asked for: shown whatever the level
         logging.getLogger(TASKS_LOGGER).setLevel(logging.INFO)
     else:
         logging.getLogger(TASKS_LOGGER).setLevel(logging.NOTSET if level.upper() == "DEBUG" else logging.WARNING)
-    # pika warns of every channel the broker closes; the worker says so itself, with what to do (a missing
-    # queue, a consumer_timeout), so pika's line would only come first with a repr of its internals.
-    logging.getLogger("pika.channel").setLevel(logging.ERROR)
 
 
 def banner(app: App, settings: WorkerSettings, pool: str, processes: int) -> str:
