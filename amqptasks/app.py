@@ -178,7 +178,7 @@ class App:
         if rpc:
             self._rpc_backend().publish(prepared.envelope)  # on the channel that consumes the replies
         else:
-            self.publisher.publish(prepared.envelope, retry_policy=_retry_policy(call))
+            self.publisher.publish(prepared.envelope, retry_policy=_retry_policy(call, self.config))
         self.signals.after_publish.send(message=prepared.message, envelope=prepared.envelope)
 
     async def apublish_task(
@@ -210,7 +210,7 @@ class App:
             await asyncio.to_thread(self._rpc_backend().publish, prepared.envelope)  # the reply channel's thread
         else:
             publisher = await self.aio_publisher()
-            await publisher.publish(prepared.envelope, retry_policy=_retry_policy(call))
+            await publisher.publish(prepared.envelope, retry_policy=_retry_policy(call, self.config))
         self.signals.after_publish.send(message=prepared.message, envelope=prepared.envelope)
 
     def _rpc_backend(self) -> ResultBackend:
@@ -437,7 +437,14 @@ class App:
         self.close()
 
 
-def _retry_policy(call: Mapping[str, Any]) -> Any:
+def _retry_policy(call: Mapping[str, Any], config: Config) -> Any:
+    """The call's ``retry_policy``, over the YAML's ``broker.publish_retry``, over Celery's defaults."""
     from amqptasks.broker.retry import from_options
 
-    return from_options(call.get("retry", True), call.get("retry_policy"))
+    configured = config.broker.publish_retry
+    defaults: dict[str, Any] = {}
+    if configured is not None:
+        defaults = {
+            k: getattr(configured, k) for k in ("max_retries", "interval_start", "interval_step", "interval_max")
+        }
+    return from_options(call.get("retry", True), {**defaults, **(call.get("retry_policy") or {})})

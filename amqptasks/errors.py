@@ -181,7 +181,11 @@ class PublishTimeout(PublishError):
 
 
 class PublishConnectionError(PublishError, ConnectionError):
-    """Publishing gave up: the broker was unreachable, or the connection kept failing, through every retry."""
+    """Publishing gave up: the broker was unreachable, or the connection kept failing, through every retry.
+
+    Publishing is at-least-once: when the connection failed after the message was sent but before the broker's
+    confirm arrived, the message may still have been delivered (and a retry by the caller may deliver it twice).
+    The retry window is ``broker.publish_retry`` in the YAML, or a call's ``retry_policy=``."""
 
 
 # --- raised inside tasks, with Celery's meaning ------------------------------------------------------------

@@ -49,6 +49,19 @@ class TLS(Located):
 
 
 @dataclass(frozen=True, kw_only=True)
+class PublishRetry(Located):
+    """How long a publish keeps trying through a broker failure (Celery's ``retry_policy``, same defaults)."""
+
+    LABEL: ClassVar[str] = "publish_retry"
+    max_retries: int | None = field(
+        default=3, metadata=_doc("Retries of a publish whose connection failed; null retries forever, 0 never.")
+    )
+    interval_start: float = field(default=0.0, metadata=_doc("Seconds before the first retry."))
+    interval_step: float = field(default=0.2, metadata=_doc("Seconds added to the wait for each further retry."))
+    interval_max: float = field(default=0.2, metadata=_doc("Longest wait between two retries, in seconds."))
+
+
+@dataclass(frozen=True, kw_only=True)
 class Broker(Located):
     LABEL: ClassVar[str] = "broker"
     url: str = field(
@@ -68,6 +81,15 @@ class Broker(Located):
         metadata=_doc("Management HTTP API URL; derived from url when omitted.", secret=True),
     )
     tls: TLS | None = field(default=None, metadata=_doc("TLS options for amqps:// URLs."))
+    publish_retry: PublishRetry | None = field(
+        default=None,
+        metadata=_doc(
+            "The retry window of apply_async()/delay() through a broker failure (a call's retry_policy= wins). "
+            "Default: 3 retries after 0, 0.2 and 0.2 s, so a publish gives up about half a second (plus its "
+            "connection attempts) into an outage, raising PublishConnectionError. Publishing is at-least-once: "
+            "a message whose publish raised may still have been delivered."
+        ),
+    )
     max_message_size: Bytes = field(
         default=DEFAULT_MAX_MESSAGE_SIZE,
         metadata=_doc(
