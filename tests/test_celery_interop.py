@@ -119,7 +119,7 @@ def celery_redis(peers_vhost: BrokerURL, redis_url: str) -> Iterator[celery.Cele
 def test_our_time_limits_travel_in_celerys_order_and_a_celery_worker_reads_them(
     ours_rpc: App, celery_rpc_worker: Any
 ) -> None:
-    sent = ours_rpc.send_task("interop.record", (1, 2), queue=QUEUE, soft_time_limit=5, time_limit=10)
+    sent = sig(ours_rpc, "interop.record", (), QUEUE).apply_async((1, 2), soft_time_limit=5, time_limit=10)
 
     run = celery_rpc_worker.ran({sent.id})[sent.id]
 

@@ -191,8 +191,12 @@ def test_amqptasks_control_revoke_reaches_a_celery_worker(ours: App, project: Pr
     revoked = ours_cli(project, "control", "revoke", task_id, "--timeout", "1.5", "--json")
     result = ours.send_task("math.add", (1, 2), queue=QUEUE, task_id=task_id)
 
+    limited = ours_cli(project, "control", "rate_limit", "math.add", "10/m", "--timeout", "1.5", "--json")
+
     assert revoked.code == 0, revoked
     assert {r["hostname"]: r["ok"] for r in revoked.json()}[THEIRS] == f"tasks {{'{task_id}'}} flagged as revoked"
+    assert limited.code == 0, limited
+    assert {r["hostname"]: r["ok"] for r in limited.json()}[THEIRS] == "new rate limit set successfully"
     with pytest.raises(TaskRevoked):
         result.get(timeout=GET_TIMEOUT)
     assert AsyncResult(task_id, app=ours, backend=ours.result_backend).state == "REVOKED"
