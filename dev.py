@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -325,21 +326,111 @@ def run_step(title: str, cmd: list[str], env: dict[str, str] | None = None) -> i
         return 127
 
 
+RABBITMQ4 = os.path.join(ROOT, "tests", "rabbitmq4.py")
+#: Which broker targets `dev.py test` runs pytest against (comma-separated): the local broker, and RabbitMQ 4.0
+#: from tests/rabbitmq4.py (a cached Debian trixie root in a private network namespace; root on Debian only).
+ENV_TARGETS = "AMQPTASKS_TEST_TARGETS"
+TARGETS = ("local", "rabbitmq4")
+#: On the second target only the tests that use the shared broker: the pure tests already ran, and the tests
+#: with a private node (tests/broker_node.py) start the machine's own RabbitMQ, whichever target runs them.
+RABBITMQ4_SELECTION = ["-m", "broker and not private_node"]
+
+
+def is_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("true", "1")
+
+
+def run_pytest(title: str, cmd: list[str]) -> tuple[int, str, float]:
+    """Run a pytest command, streaming its output; (exit code, pytest's closing line, seconds)."""
+    shown = " ".join(os.path.relpath(c, ROOT) if os.path.isabs(c) else c for c in cmd)
+    say(f"\n==> {title}: {shown}")
+    started = time.monotonic()
+    closing = ""
+    try:
+        with subprocess.Popen(cmd, cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, text=True, bufsize=1) as proc:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+                text = line.strip().strip("=").strip()
+                if " in " in text and any(w in text for w in ("passed", "failed", "error", "skipped", "deselected")):
+                    closing = text
+        rc = proc.returncode
+    except OSError as exc:
+        say(f"cannot run {shown}: {exc}")
+        rc = 127
+    return rc, closing or "no pytest summary", time.monotonic() - started
+
+
+def local_version() -> str:
+    parts = urllib.parse.urlsplit(os.environ.get("AMQPTASKS_BROKER_URL") or DEFAULT_BROKER_URL)
+    host = parts.hostname or "localhost"
+    user, password = urllib.parse.unquote(parts.username or "guest"), urllib.parse.unquote(parts.password or "guest")
+    netloc = f"[{host}]" if ":" in host else host
+    request = urllib.request.Request(f"http://{netloc}:{MANAGEMENT_PORT}/api/overview")
+    request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+    try:
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(request, timeout=5) as response:
+            return "RabbitMQ " + str(json.load(response).get("rabbitmq_version", "?"))
+    except (OSError, ValueError):
+        return "RabbitMQ (version unknown)"
+
+
+def selected_targets() -> list[str]:
+    wanted = [t.strip() for t in (os.environ.get(ENV_TARGETS) or ",".join(TARGETS)).split(",") if t.strip()]
+    unknown = [t for t in wanted if t not in TARGETS]
+    if unknown or not wanted:
+        raise Fatal(f"test: {ENV_TARGETS}={os.environ.get(ENV_TARGETS)!r}: expected a comma-separated subset of "
+                    f"{', '.join(TARGETS)}", 2)  # fmt: skip
+    return wanted
+
+
+def rabbitmq4_unusable() -> str | None:
+    if not (is_debian_root() and find_tool("unshare") and find_tool("chroot") and find_tool("ip")):
+        return "needs root on Debian/Ubuntu with unshare, chroot and ip (it debootstraps a trixie root)"
+    return None
+
+
 def cmd_test(extra: list[str]) -> int:
+    targets = selected_targets()
     dirs = [d for d in ("amqptasks", "tests", "bench") if os.path.isdir(os.path.join(ROOT, d))]
     steps = [
         ("ruff check", [venv_exe("ruff"), "check", *dirs]),
         ("ruff format", [venv_exe("ruff"), "format", "--check", *dirs]),
         ("mypy", [venv_exe("mypy"), "--strict", "amqptasks"]),
-        ("pytest", [venv_exe("pytest"), *extra]),
     ]
     for title, cmd in steps:
         rc = run_step(title, cmd)
         if rc != 0:
-            hint = " (no tests were collected)" if title == "pytest" and rc == 5 else ""
-            say(f"\ntest: FAILED at {title} (exit {rc}){hint}")
+            say(f"\ntest: FAILED at {title} (exit {rc})")
             return rc
-    say(f"\ntest: OK ({', '.join(title for title, _ in steps)} all passed)")
+    pytest = venv_exe("pytest")
+    results: list[tuple[str, int, str, float]] = []
+    if "local" in targets:
+        name = f"{local_version()} (local broker, whole suite)"
+        results.append((name, *run_pytest(f"pytest against {name}", [pytest, *extra])))
+    if "rabbitmq4" in targets:
+        name = "RabbitMQ 4.0 (tests/rabbitmq4.py, broker tests)"
+        why = rabbitmq4_unusable()
+        if why is None:
+            cmd = [venv_exe("python"), RABBITMQ4, "run", "--", pytest, *RABBITMQ4_SELECTION, *extra]
+            rc, closing, seconds = run_pytest(f"pytest against {name}", cmd)
+            if rc == 5 and extra:  # the tests asked for hold no broker test: nothing to run on this target
+                rc, closing = 0, "no broker tests among those selected"
+            results.append((name, rc, closing, seconds))
+        elif is_ci():
+            results.append((name, 1, f"cannot run: it {why}", 0.0))
+        else:
+            say(f"\ntest: skipping the RabbitMQ 4.0 target: it {why} ({ENV_TARGETS}=local to skip it quietly)")
+    say("")
+    for name, rc, closing, seconds in results:
+        hint = " (no tests were collected)" if rc == 5 else ""
+        say(f"test: {name}: {'OK' if rc == 0 else f'FAILED (exit {rc}){hint}'}: {closing} [{seconds:.0f} s]")
+    failed = [rc for _, rc, _, _ in results if rc != 0]
+    if failed:
+        say("test: FAILED")
+        return failed[0]
+    say(f"test: OK (ruff check, ruff format, mypy and pytest on {len(results)} broker target(s) all passed)")
     return 0
 
 
