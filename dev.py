@@ -2,7 +2,10 @@
 """Developer bootstrap for amqptasks. Standard library only: it runs with a bare Python (3.7+ to start).
 
     python3 dev.py demo                  topology demo against RabbitMQ
-    python3 dev.py test [pytest args]    ruff, mypy --strict, pytest
+    python3 dev.py test [pytest args]    ruff, mypy --strict, mkdocs build --strict, pytest against each broker
+                                         target: the local RabbitMQ (whole suite), then RabbitMQ 4.0 from
+                                         tests/rabbitmq4.py (broker tests); AMQPTASKS_TEST_TARGETS=local or
+                                         =rabbitmq4 runs one
 
 Both make sure of Python >= 3.11 (re-running with a newer python3.x on PATH), a .venv with
 `pip install -e '.[test]'` (skipped while pyproject.toml is unchanged) and a reachable RabbitMQ with its
@@ -56,7 +59,7 @@ DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672/%2F"
 MANAGEMENT_PORT = 15672
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 USAGE = """usage: python3 dev.py demo                  run the topology demo (validate, plan, apply, graph)
-       python3 dev.py test [pytest args]    run ruff, mypy --strict and pytest
+       python3 dev.py test [pytest args]    run ruff, mypy --strict, mkdocs build --strict and pytest
 
 Environment: AMQPTASKS_BROKER_URL (default amqp://guest:guest@localhost:5672/%2F)"""
 
@@ -394,16 +397,38 @@ def rabbitmq4_unusable() -> str | None:
 def cmd_test(extra: list[str]) -> int:
     targets = selected_targets()
     dirs = [d for d in ("amqptasks", "tests", "bench") if os.path.isdir(os.path.join(ROOT, d))]
+    site = tempfile.mkdtemp(prefix="amqptasks-site-")  # the built site is thrown away: only its warnings matter
     steps = [
         ("ruff check", [venv_exe("ruff"), "check", *dirs]),
         ("ruff format", [venv_exe("ruff"), "format", "--check", *dirs]),
         ("mypy", [venv_exe("mypy"), "--strict", "amqptasks"]),
+        # a broken link or anchor, or a docs page missing from mkdocs.yml's nav, fails this step
+        ("mkdocs build --strict", [venv_exe("mkdocs"), "build", "--strict", "--site-dir", site]),
     ]
-    for title, cmd in steps:
-        rc = run_step(title, cmd)
-        if rc != 0:
-            say(f"\ntest: FAILED at {title} (exit {rc})")
-            return rc
+    try:
+        for title, cmd in steps:
+            rc = run_step(title, cmd, {"NO_MKDOCS_2_WARNING": "1"})
+            if rc != 0:
+                say(f"\ntest: FAILED at {title} (exit {rc})")
+                return rc
+    finally:
+        shutil.rmtree(site, ignore_errors=True)
+    results = run_targets(targets, extra)
+    say("")
+    for name, rc, closing, seconds in results:
+        hint = " (no tests were collected)" if rc == 5 else ""
+        say(f"test: {name}: {'OK' if rc == 0 else f'FAILED (exit {rc}){hint}'}: {closing} [{seconds:.0f} s]")
+    failed = [rc for _, rc, _, _ in results if rc != 0]
+    if failed:
+        say("test: FAILED")
+        return failed[0]
+    titles = ", ".join(title for title, _ in steps)
+    say(f"test: OK ({titles} and pytest against {len(results)} broker target(s) all passed)")
+    return 0
+
+
+def run_targets(targets: list[str], extra: list[str]) -> list[tuple[str, int, str, float]]:
+    """pytest against each broker target in turn: (target, exit code, pytest's closing line, seconds)."""
     pytest = venv_exe("pytest")
     results: list[tuple[str, int, str, float]] = []
     if "local" in targets:
@@ -422,16 +447,7 @@ def cmd_test(extra: list[str]) -> int:
             results.append((name, 1, f"cannot run: it {why}", 0.0))
         else:
             say(f"\ntest: skipping the RabbitMQ 4.0 target: it {why} ({ENV_TARGETS}=local to skip it quietly)")
-    say("")
-    for name, rc, closing, seconds in results:
-        hint = " (no tests were collected)" if rc == 5 else ""
-        say(f"test: {name}: {'OK' if rc == 0 else f'FAILED (exit {rc}){hint}'}: {closing} [{seconds:.0f} s]")
-    failed = [rc for _, rc, _, _ in results if rc != 0]
-    if failed:
-        say("test: FAILED")
-        return failed[0]
-    say(f"test: OK (ruff check, ruff format, mypy and pytest on {len(results)} broker target(s) all passed)")
-    return 0
+    return results
 
 
 def cmd_demo() -> int:

@@ -1,6 +1,7 @@
 """amqptasks: a task framework built around RabbitMQ routing."""
 
 from amqptasks.app import App
+from amqptasks.canvas import chain, chord, group, signature
 from amqptasks.config import Config, load_config
 from amqptasks.errors import AmqpTasksError, ConfigError, TopologyConflict, UnroutableError
 from amqptasks.result import AsyncResult
@@ -20,5 +21,9 @@ __all__ = [
     "TopologyConflict",
     "UnroutableError",
     "__version__",
+    "chain",
+    "chord",
+    "group",
     "load_config",
+    "signature",
 ]

@@ -187,6 +187,12 @@ class App:
         declared = self.tasks[name].declared if name in self.tasks else None
         return self.publish_task(self.task_options(name, declared), tuple(args), dict(kwargs or {}), options)
 
+    def signature(
+        self, name: str, args: Iterable[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Any
+    ) -> Signature:
+        """Celery's ``app.signature(name, args, kwargs, **options)``: a signature of task *name*, bound to this app."""
+        return Signature(name, tuple(args), kwargs, options, app=self)
+
     def publish_many(self, signatures: Iterable[Signature], *, stream: bool = False) -> list[AsyncResult]:
         """Publish many signatures with pipelined confirms; each one confirmed, as with ``delay()``.
 

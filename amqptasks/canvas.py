@@ -23,6 +23,7 @@ from amqptasks.message.ids import new_id as _new_id
 from amqptasks.result import AsyncResult, GroupResult
 from amqptasks.results.middleware import CHORD_UNLOCK
 from amqptasks.tasks import lineage
+from amqptasks.tasks.sending import destination_of
 from amqptasks.tasks.signature import Signature
 
 if TYPE_CHECKING:
@@ -202,7 +203,7 @@ class chord:  # Celery's (lowercase) name
         declare_queue(app, group_id)
         members = self.header.apply_async(args, kwargs, group_id=group_id, chord=embed, add_to_parent=False,
                                           **options)  # fmt: skip
-        app.send_task(CHORD_UNLOCK, (group_id, len(self.header), embed), **_unlock_options(callback, options))
+        app.send_task(CHORD_UNLOCK, (group_id, len(self.header), embed), **_unlock_options(app, callback, options))
         result = AsyncResult(callback_id, callback.task, app=app, backend=backend, parent=members)
         return lineage.added(result, add_to_parent)
 
@@ -224,10 +225,18 @@ class chord:  # Celery's (lowercase) name
 Step = Signature | group | chord
 
 
-def _unlock_options(callback: Signature, options: Mapping[str, Any]) -> dict[str, Any]:
+def _unlock_options(app: App, callback: Signature, options: Mapping[str, Any]) -> dict[str, Any]:
+    # The unlock goes where the callback goes: a queue the topology has and a worker of the callback consumes
+    # (never a 'default' queue that may not exist).
+    declared = app.tasks[callback.task].declared if callback.task in app.tasks else None
+    where = destination_of(app.task_options(callback.task, declared), callback.options, app.send_settings)
+    unlock: dict[str, Any] = {"add_to_parent": False}
+    if where.queue is not None and where.exchange == "":
+        unlock["queue"] = where.queue
+    else:
+        unlock.update(exchange=where.exchange, routing_key=where.routing_key)
     # The unlock publishes the callback where its result is awaited: the unlock's own reply_to. Published from a
     # worker (a chord in a chain), that is the workflow's reply_to, or nobody when the callback ignores its result.
-    unlock: dict[str, Any] = {"add_to_parent": False}
     unlock.update({k: options[k] for k in ("parent_id", "root_id") if options.get(k)})
     if options.get("reply_to"):
         unlock["reply_to"] = options["reply_to"]
@@ -239,6 +248,25 @@ def _unlock_options(callback: Signature, options: Mapping[str, Any]) -> dict[str
 def _as_dict(name: str, kind: str, kwargs: dict[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
     return {"task": name, "args": [], "kwargs": kwargs, "options": dict(options), "subtask_type": kind,
             "immutable": False, "chord_size": None}  # fmt: skip
+
+
+def signature(
+    varies: str | Mapping[str, Any],
+    args: Iterable[Any] = (),
+    kwargs: Mapping[str, Any] | None = None,
+    options: Mapping[str, Any] | None = None,
+    *,
+    immutable: bool = False,
+    app: App | None = None,
+    **more_options: Any,
+) -> Step:
+    """Celery's ``signature()``: a signature of the task named *varies* (or a copy, or one rebuilt from a dict:
+    a signature, group or chord as it travels in a message). Bind it with *app* to publish it."""
+    if isinstance(varies, Signature):
+        return varies.clone()
+    if isinstance(varies, Mapping):
+        return from_dict(varies, app)
+    return Signature(varies, tuple(args), kwargs, {**(options or {}), **more_options}, immutable=immutable, app=app)
 
 
 def from_dict(data: Mapping[str, Any], app: App | None = None) -> Step:

@@ -13,7 +13,7 @@ from amqptasks.constants import DEFAULT_MAX_MESSAGE_SIZE, MAX_PRIORITY_LIMIT
 from amqptasks.message.envelope import Envelope
 from amqptasks.message.ids import new_id
 from amqptasks.message.protocol import TaskMessage, to_envelope
-from amqptasks.message.serialize import Serializer
+from amqptasks.message.serialize import Compression, Serializer
 from amqptasks.tasks.options import TaskOptions
 from amqptasks.tasks.routing import Destination, RouteFields, find_route, resolve
 
@@ -123,6 +123,18 @@ def _destination(settings: SendSettings, task: TaskOptions, call: RouteFields) -
     return found
 
 
+def destination_of(task: TaskOptions, options: Mapping[str, Any], settings: SendSettings) -> Destination:
+    """Where a call of *task* with these ``apply_async`` *options* is published."""
+    return _destination(settings, task, _call_fields(options))
+
+
+def _call_fields(options: Mapping[str, Any]) -> RouteFields:
+    if not options:
+        return _NOT_SET
+    get = options.get
+    return RouteFields(get("exchange"), get("routing_key"), get("queue"), get("priority"))
+
+
 def prepare(
     task: TaskOptions,
     args: tuple[Any, ...],
@@ -137,12 +149,7 @@ def prepare(
     now = now or datetime.now(UTC)
     eta = _eta(options, now)
     expires = _expires(options.get("expires", task.expires), now)
-    call = (
-        RouteFields(options.get("exchange"), options.get("routing_key"), options.get("queue"), options.get("priority"))
-        if options
-        else _NOT_SET
-    )
-    destination = _destination(settings, task, call)
+    destination = _destination(settings, task, _call_fields(options))
     serializer: Serializer = options.get("serializer") or task.serializer
     task_id = str(options.get("task_id") or new_id())
     time_limit = options.get("time_limit", task.time_limit)
@@ -181,6 +188,39 @@ def prepare(
     delay_ms = max(0.0, (eta - now).total_seconds() * 1000) if eta else 0.0
     if delay_ms > 0:
         envelope = _through_delays(envelope, destination, delay_ms, settings, task.name)
+    return Prepared(envelope, message, destination, delay_ms)
+
+
+def prepare_again(
+    message: TaskMessage,
+    destination: Destination,
+    settings: SendSettings,
+    *,
+    serializer: Serializer = "json",
+    compression: Compression | None = None,
+    now: datetime | None = None,
+) -> Prepared:
+    """A message sent again as a fresh one (a retry, a counted redelivery, an early message back through the delay
+    tiers), to *destination*, through the delay tiers when its eta is ahead.
+
+    *message* is the original with only what the resend changes (retries, eta, headers) replaced: everything that
+    makes it part of a workflow (chain, chord, group id and index, callbacks, errbacks, parent and root ids,
+    reply-to, ignore_result, time limits, expiry) is the original's, so a retried step is still that step.
+    """
+    now = now or datetime.now(UTC)
+    envelope = to_envelope(
+        message,
+        exchange=destination.exchange,
+        routing_key=destination.routing_key,
+        priority=destination.priority,
+        serializer=serializer,
+        compression=compression,
+        max_size=settings.max_message_size,
+    )
+    eta = message.eta
+    delay_ms = max(0.0, (eta - now).total_seconds() * 1000) if eta else 0.0
+    if delay_ms > 0:
+        envelope = _through_delays(envelope, destination, delay_ms, settings, message.task)
     return Prepared(envelope, message, destination, delay_ms)
 
 

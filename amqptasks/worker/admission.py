@@ -41,7 +41,7 @@ class Admission:
         if count > self.settings.max_redeliveries:
             await self.reject(d, "poison", f"redelivered {count} times (it may kill its worker)")
             return True
-        await republish(self.app, d, 0, retries_delta=0, redeliveries=count)  # counted copy to the back of the queue
+        await republish(self.app, d, redeliveries=count)  # counted copy to the back of the queue
         self.settle(d, "ack", f"redelivered: counted ({count}/{self.settings.max_redeliveries})")
         return True
 
@@ -69,7 +69,7 @@ class Admission:
             log.warning("%s: its eta is %.1f s ahead, but without 'delays: {enabled: true}' it cannot wait: runs now",
                         d.label, wait)  # fmt: skip
             return False
-        await republish(self.app, d, wait, retries_delta=0)
+        await republish(self.app, d)  # its eta kept: through the tiers until then
         log.info("%s: %.1f s before its eta: sent back through the delay tiers", d.label, wait)
         self.settle(d, "ack", "delayed until its eta")
         return True

@@ -1,0 +1,166 @@
+"""Retries inside workflows, with a real ``amqptasks worker`` process and only one queue (``work``, no ``default``).
+
+A step that retries (``self.retry()``, ``autoretry_for``) is published again as a fresh message; that message
+must still be the same step of the same workflow: its chain, its chord, its group id and index, its callbacks
+and errbacks, its parent and root ids, its reply-to. One worker process serves the whole module.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from amqptasks import App, AsyncResult, chain, chord, group
+from amqptasks.broker import BrokerURL, ManagementClient
+from amqptasks.result import GroupResult
+from tests.worker_helpers import Project, WorkerProcess
+
+pytestmark = pytest.mark.broker
+
+#: One queue, no routes, no ``default``: every task names its queue, and the chord bookkeeping must follow it.
+YAML = """
+delays: {enabled: true}
+topology:
+  provision: true
+  queues:
+    - {name: work, dead_letter: auto}
+results: {backend: 'rpc://'}
+"""
+
+TASKS = """
+from amqptasks import Task
+
+
+@app.task(bind=True, queue="work")
+def flaky(self, x, y):
+    # Fails once (its first run), then succeeds: a retry of the same message.
+    record(task="flaky", id=self.request.id, retries=self.request.retries, group=self.request.message.group)
+    if self.request.retries == 0:
+        self.retry(countdown=0.2)
+    return x + y
+
+
+@app.task(bind=True, queue="work", autoretry_for=(KeyError,), max_retries=2, default_retry_delay=0.1)
+def always_fails(self, x):
+    record(task="always_fails", id=self.request.id, retries=self.request.retries)
+    raise KeyError(f"no {x}")
+
+
+@app.task(queue="work")
+def add(x, y):
+    return x + y
+
+
+@app.task(queue="work")
+def tsum(values):
+    return sum(values)
+
+
+@app.task(queue="work")
+def on_error(request, exc, traceback):
+    record(task="on_error", failed=request["id"], retries=request["retries"], type=exc["type"])
+    return request["id"]
+"""
+
+
+@pytest.fixture(scope="module")
+def module_vhost(broker: BrokerURL, mgmt: ManagementClient) -> Iterator[BrokerURL]:
+    name = f"amqptasks-test-{uuid.uuid4().hex[:8]}"
+    mgmt.create_vhost(name)
+    try:
+        mgmt.set_permissions(name, broker.username)
+        yield broker.with_vhost(name)
+    finally:
+        mgmt.delete_vhost(name)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory, module_vhost: BrokerURL) -> Project:
+    return Project.create(Path(tmp_path_factory.mktemp("flows")), module_vhost, TASKS, YAML)
+
+
+@pytest.fixture(scope="module")
+def worker(project: Project) -> Iterator[WorkerProcess]:
+    process = WorkerProcess(project, "-Q", "work", "-c", "8")
+    try:
+        process.wait_for_log("ready: consuming")
+        yield process
+    finally:
+        process.kill()
+
+
+@pytest.fixture(scope="module")
+def app(project: Project, worker: WorkerProcess) -> Iterator[App]:
+    publisher = project.app()
+    try:
+        yield publisher
+    finally:
+        publisher.close()
+
+
+@pytest.fixture(scope="module")
+def t(app: App) -> dict[str, Any]:
+    """The publisher's tasks: the same declarations as the worker's (so the same queues), never run here."""
+    namespace: dict[str, Any] = {"__name__": "tasks", "app": app, "record": None}
+    exec(TASKS, namespace)
+    return namespace
+
+
+def flaky_runs(project: Project, task_id: str) -> list[int]:
+    return [r["retries"] for r in project.records() if r["task"] == "flaky" and r["id"] == task_id]
+
+
+def test_a_chain_goes_on_after_a_step_that_retried(app: App, t: dict[str, Any], project: Project) -> None:
+    # Given a chain whose first step fails once through self.retry(countdown=0.2)
+    result = chain(t["flaky"].s(1, 1), t["add"].s(10)).delay()
+    # Then the next step still runs, with the retried step's result
+    assert result.get(timeout=15) == 12
+    assert isinstance(result.parent, AsyncResult)
+    assert flaky_runs(project, result.parent.id) == [0, 1]
+
+
+def test_a_chord_of_members_that_retried_calls_back_with_every_result(
+    app: App, t: dict[str, Any], project: Project
+) -> None:
+    # Given a chord of 5 members that each fail once, and only the 'work' queue (no 'default')
+    members = [t["flaky"].s(i, i) for i in range(5)]
+    result = chord(members, t["tsum"].s()).delay()
+    # Then the callback gets every member's result
+    assert result.get(timeout=15) == sum(i * 2 for i in range(5))
+    assert isinstance(result.parent, GroupResult)
+    for index, member in enumerate(result.parent.results):
+        assert flaky_runs(project, member.id) == [0, 1], index
+        # and each retried member kept its group membership
+        assert {r["group"] for r in project.records() if r.get("id") == member.id} == {result.parent.id}
+
+
+def test_a_group_of_members_that_retried_returns_every_result_in_order(app: App, t: dict[str, Any]) -> None:
+    result = group(t["flaky"].s(i, 1) for i in range(4)).delay()
+    assert result.get(timeout=15) == [1, 2, 3, 4]
+
+
+def test_a_chord_inside_a_chain_goes_on_after_retried_steps(app: App, t: dict[str, Any]) -> None:
+    # Given a chain: a retrying step, then a chord of retrying members, then a retrying step after the callback
+    members = group(t["flaky"].s(i) for i in range(3))
+    workflow = chain(t["flaky"].s(1, 1), members, t["tsum"].s(), t["flaky"].s(1000))
+    # Then every step runs once it succeeded: (2+0) + (2+1) + (2+2) = 9, then 9 + 1000
+    assert workflow.delay().get(timeout=20) == 1009
+
+
+def test_errbacks_fire_once_after_the_last_retry(app: App, t: dict[str, Any], project: Project) -> None:
+    # Given a task retried twice by autoretry_for, with an errback
+    errback = t["on_error"].s().set(task_id=f"eb-{uuid.uuid4().hex[:8]}")
+    failing = t["always_fails"].apply_async((7,), link_error=errback)
+    # Then its errback runs exactly once, after the third (last) run
+    assert AsyncResult(str(errback.options["task_id"]), app=app, backend=app.result_backend).get(timeout=15) == (
+        failing.id
+    )
+    runs = [r["retries"] for r in project.records() if r["task"] == "always_fails" and r["id"] == failing.id]
+    assert runs == [0, 1, 2]
+    errbacks = [r for r in project.records() if r["task"] == "on_error" and r["failed"] == failing.id]
+    assert errbacks == [{"task": "on_error", "failed": failing.id, "retries": 2, "type": "builtins.KeyError",
+                         "at": errbacks[0]["at"]}]  # fmt: skip
