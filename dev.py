@@ -379,6 +379,11 @@ def local_version() -> str:
         return "RabbitMQ (version unknown)"
 
 
+def rabbitmq4_version() -> str:
+    rc, out = run_quiet([venv_exe("python"), RABBITMQ4, "version"], timeout=60)
+    return out.strip() if rc == 0 and out.strip() else "RabbitMQ 4.0"
+
+
 def selected_targets() -> list[str]:
     wanted = [t.strip() for t in (os.environ.get(ENV_TARGETS) or ",".join(TARGETS)).split(",") if t.strip()]
     unknown = [t for t in wanted if t not in TARGETS]
@@ -432,12 +437,18 @@ def run_targets(targets: list[str], extra: list[str]) -> list[tuple[str, int, st
     pytest = venv_exe("pytest")
     results: list[tuple[str, int, str, float]] = []
     if "local" in targets:
-        name = f"{local_version()} (local broker, whole suite)"
+        name = f"{local_version()} (local broker, all tests)"
         results.append((name, *run_pytest(f"pytest against {name}", [pytest, *extra])))
     if "rabbitmq4" in targets:
         name = "RabbitMQ 4.0 (tests/rabbitmq4.py, broker tests)"
         why = rabbitmq4_unusable()
         if why is None:
+            say("\n==> RabbitMQ 4.0 target: tests/rabbitmq4.py prepare (cached Debian trixie root; built if absent)")
+            started = time.monotonic()
+            rc = subprocess.run([venv_exe("python"), RABBITMQ4, "prepare"], cwd=ROOT).returncode
+            if rc != 0:
+                return [*results, (name, rc, "tests/rabbitmq4.py prepare failed", time.monotonic() - started)]
+            name = f"{rabbitmq4_version()} (tests/rabbitmq4.py, broker tests)"
             cmd = [venv_exe("python"), RABBITMQ4, "run", "--", pytest, *RABBITMQ4_SELECTION, *extra]
             rc, closing, seconds = run_pytest(f"pytest against {name}", cmd)
             if rc == 5 and extra:  # the tests asked for hold no broker test: nothing to run on this target

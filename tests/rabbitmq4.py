@@ -2,6 +2,7 @@
 """A second broker target for the test suite: RabbitMQ 4.0 from Debian trixie, in a private network namespace.
 
     python3 tests/rabbitmq4.py prepare            build (or reuse) the cached trixie root; print its version
+    python3 tests/rabbitmq4.py version            the cached root's RabbitMQ version (exit 1 when not built)
     python3 tests/rabbitmq4.py run -- CMD ARGS    run CMD where 127.0.0.1:5672/15672 is RabbitMQ 4.0 and
                                                   127.0.0.1:6379 a private Redis
 
@@ -300,6 +301,9 @@ def main(argv: list[str]) -> int:
             root = prepare()
             say(f"RabbitMQ {version(root)} root ready in {root}")
             return 0
+        if argv[:1] == ["version"] and ready(root_dir()):
+            print(f"RabbitMQ {version(root_dir())}")
+            return 0
         if argv[:1] == ["run"] and argv[1:2] == ["--"] and len(argv) > 2:
             return run(argv[2:])
         if argv[:1] == ["_inside"] and len(argv) > 3 and argv[2] == "--":
@@ -307,6 +311,8 @@ def main(argv: list[str]) -> int:
     except Failed as exc:
         say(str(exc))
         return 3
+    if argv[:1] == ["version"]:
+        return 1
     print(__doc__.split("\n\n")[1], file=sys.stderr)
     return 2
 

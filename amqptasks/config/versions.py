@@ -14,7 +14,9 @@ What changed, from the release notes (RabbitMQ 4.0, 4.3):
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = ["QUORUM_DEFAULT_DELIVERY_LIMIT", "RabbitMQVersion"]
 
@@ -64,6 +66,13 @@ class RabbitMQVersion:
     def reports_queue_type(self) -> bool:
         """Queue arguments listed by the broker include x-queue-type, declared or not."""
         return self.major >= 4
+
+    def listed_arguments(self, declared: Mapping[str, Any]) -> dict[str, Any]:
+        """The arguments the broker lists for a queue declared with *declared* (4.0+ adds the queue type)."""
+        listed = dict(declared)
+        if self.reports_queue_type:
+            listed.setdefault("x-queue-type", "classic")
+        return listed
 
     @property
     def dead_letters_into_streams(self) -> bool:
