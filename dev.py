@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Developer bootstrap for amqptasks. Standard library only: it runs with a bare Python (3.7+ to start).
 
-    python3 dev.py demo                  topology demo against RabbitMQ
+    python3 dev.py demo                  the example project end to end (workers, tasks, results, DLQ)
     python3 dev.py test [pytest args]    ruff, mypy --strict, mkdocs build --strict, pytest against each broker
-                                         target: the local RabbitMQ (whole suite), then RabbitMQ 4.0 from
+                                         target: the local RabbitMQ (all tests), then RabbitMQ 4.0 from
                                          tests/rabbitmq4.py (broker tests); AMQPTASKS_TEST_TARGETS=local or
                                          =rabbitmq4 runs one
 
@@ -30,27 +30,9 @@ import urllib.request
 from collections.abc import Callable
 from socket import create_connection
 
-# Demo: every step runs `amqptasks ARGS` ({config} replaced) for each config file, in order. The dict maps
-# a non-zero exit code to what it means; any other non-zero exit code is a plain failure.
-DEMO_CONFIGS = ["config/minimal.yaml", "config/app.yaml"]
-DEMO_VHOST = "amqptasks-demo"
-DEMO_STEPS: list[tuple[str, list[str], dict[int, str]]] = [
-    ("validate", ["topology", "validate", "{config}"], {}),
-    ("plan", ["topology", "plan", "{config}"], {}),
-    ("apply", ["topology", "apply", "{config}"], {}),
-    (
-        "plan again, expecting nothing left to change",
-        ["topology", "plan", "{config}", "--detailed-exitcode"],
-        {2: "changes still pending right after apply: apply is not idempotent"},
-    ),
-    ("graph", ["topology", "graph", "{config}", "--format", "mermaid"], {}),
-    ("send a task (confirmed; prints its id)", ["send", "demo.hello", "{config}", "--args", '["world"]'], {}),
-    (
-        "send a task with a 1.5 s broker-side countdown",
-        ["send", "demo.hello", "{config}", "--args", '["later"]', "--countdown", "1.5"],
-        {},
-    ),
-]
+# Demo: the example project (examples/shop) end to end, in a fresh vhost: examples/shop/demo.py runs its steps.
+DEMO_PROJECT = os.path.join("examples", "shop")
+DEMO_VHOST = os.environ.get("AMQPTASKS_DEMO_VHOST") or "amqptasks-demo"
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 VENV = os.path.join(ROOT, ".venv")
@@ -58,7 +40,7 @@ STAMP = os.path.join(VENV, ".amqptasks-install.sha256")
 DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672/%2F"
 MANAGEMENT_PORT = 15672
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
-USAGE = """usage: python3 dev.py demo                  run the topology demo (validate, plan, apply, graph)
+USAGE = """usage: python3 dev.py demo                  run the example project: topology, workers, tasks, dead letters
        python3 dev.py test [pytest args]    run ruff, mypy --strict, mkdocs build --strict and pytest
 
 Environment: AMQPTASKS_BROKER_URL (default amqp://guest:guest@localhost:5672/%2F)"""
@@ -401,7 +383,7 @@ def rabbitmq4_unusable() -> str | None:
 
 def cmd_test(extra: list[str]) -> int:
     targets = selected_targets()
-    dirs = [d for d in ("amqptasks", "tests", "bench") if os.path.isdir(os.path.join(ROOT, d))]
+    dirs = [d for d in ("amqptasks", "tests", "bench", "examples") if os.path.isdir(os.path.join(ROOT, d))]
     site = tempfile.mkdtemp(prefix="amqptasks-site-")  # the built site is thrown away: only its warnings matter
     steps = [
         ("ruff check", [venv_exe("ruff"), "check", *dirs]),
@@ -462,20 +444,27 @@ def run_targets(targets: list[str], extra: list[str]) -> list[tuple[str, int, st
 
 
 def cmd_demo() -> int:
-    cli = venv_exe("amqptasks")
-    if not os.path.exists(cli):
+    if not os.path.exists(venv_exe("amqptasks")):
         raise Fatal("demo: .venv has no `amqptasks` command; check [project.scripts] in pyproject.toml")
-    env = {"AMQPTASKS_BROKER_URL": demo_broker_url()}
-    for config in DEMO_CONFIGS:
-        if not os.path.exists(os.path.join(ROOT, config)):
-            raise Fatal(f"demo: {config} does not exist")
-        for title, args, meanings in DEMO_STEPS:
-            rc = run_step(f"[{config}] {title}", [cli, *(a.replace("{config}", config) for a in args)], env)
-            if rc != 0:
-                reason = meanings.get(rc, "failed")
-                say(f"\ndemo: FAILED at [{config}] {title} (exit {rc}): {reason}")
-                return rc
-    say(f"\ndemo: OK ({len(DEMO_STEPS)} steps passed for each of {', '.join(DEMO_CONFIGS)})")
+    url = demo_broker_url()
+    say(f"demo: the example project in {DEMO_PROJECT}/ (tasks.py, shop.yaml, service.py, Procfile)")
+    script = os.path.join(ROOT, DEMO_PROJECT, "demo.py")
+    try:
+        rc = subprocess.run([venv_exe("python"), script], cwd=os.path.dirname(script),
+                            env={**child_env(), "AMQPTASKS_BROKER_URL": url}).returncode  # fmt: skip
+    except OSError as exc:
+        raise Fatal(f"demo: cannot run {script}: {exc}") from None
+    if rc != 0:
+        say(f"\ndemo: FAILED (exit {rc})")
+        return rc
+    given = os.environ.get("AMQPTASKS_BROKER_URL")
+    export = f"AMQPTASKS_BROKER_URL={url}" if not given else f"AMQPTASKS_BROKER_URL=<yours, with vhost {DEMO_VHOST}>"
+    say(f"""
+demo: OK: every process it started has stopped; the vhost {DEMO_VHOST!r} is kept for you to explore. Try next:
+  . .venv/bin/activate && cd {DEMO_PROJECT} && export {export}
+  amqptasks dlq show ID orders shop.yaml     one dead letter in full (its ID is in the list above)
+  amqptasks worker -A tasks:app --profile orders   then, in another shell, python service.py
+  read docs/quickstart.md, or serve the docs site with: .venv/bin/mkdocs serve""")
     return 0
 
 

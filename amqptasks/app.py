@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar, overload
 
 from amqptasks import errors
+from amqptasks.broker import forks
+from amqptasks.broker.connections import Connections
 from amqptasks.config.load import load_config, load_config_text, override_broker_url
 from amqptasks.config.model import Config
 from amqptasks.message.envelope import Envelope
@@ -28,8 +30,7 @@ from amqptasks.tasks.signature import Signature
 from amqptasks.tasks.task import Task
 
 if TYPE_CHECKING:
-    from amqptasks.publish.aio import AsyncPublisher
-    from amqptasks.publish.sync import SyncPublisher
+    from amqptasks.broker.drivers import AioPublisher, Publisher
     from amqptasks.results.backend import ResultBackend
     from amqptasks.topology.apply import ApplyResult
     from amqptasks.topology.plan import Plan
@@ -49,10 +50,9 @@ class App:
             self.config = load_config_text("{}", "<App()>", broker_url=broker_url)
         self.tasks: dict[str, Task[Any, Any]] = {}
         self._lock = threading.Lock()
-        self._publisher: SyncPublisher | None = None
-        # One connecting task per event loop: concurrent first publishes must share one connection
-        # (without this, a gather of 1,000 first adelay() calls opened 1,000 connections).
-        self._aio_publishers: dict[asyncio.AbstractEventLoop, asyncio.Task[AsyncPublisher]] = {}
+        #: The one owner of this app's broker connections in this process (publishers, the rpc reply channel).
+        self.connections = Connections(self.config.broker)
+        forks.on_fork_in_child(self._forget_inherited)
         self._provisioned = False
         self._priority_warned: set[str] = set()
         self._options_cache: dict[tuple[str, TaskOptions | None], TaskOptions] = {}
@@ -212,13 +212,35 @@ class App:
         envelopes = self._envelopes(signatures, sent)
         if not stream:
             self.publisher.publish_many(list(envelopes))
-            return _results(sent)
+            return self._results(sent)
         try:
             self.publisher.publish_many(envelopes)
         except errors.BatchInterrupted as interrupted:
-            interrupted.results = _results(sent[: interrupted.position])
+            interrupted.results = self._results(sent[: interrupted.position])
             raise
-        return _results(sent)
+        return self._results(sent)
+
+    def _results(self, sent: Iterable[tuple[str, str, Mapping[str, Any]]]) -> list[AsyncResult]:
+        """publish_many's results, bound to this app and its backend (none for a task that ignores its result)."""
+        backend = self.result_backend
+        if backend is not None and backend.uses_reply_to:
+            from amqptasks.results.rpc import Unreachable
+
+            backend = Unreachable(
+                "publish_many() does not publish on the rpc:// reply channel, so its results cannot come back: "
+                "use delay()/apply_async() for results by rpc://, or a result store (results: {backend: redis://...})"
+            )
+        results = []
+        for task_id, name, call in sent:
+            declared = self.tasks[name].declared if name in self.tasks else None
+            ignored = call.get("ignore_result", self.task_options(name, declared).ignore_result)
+            result = AsyncResult(task_id, name, app=self, backend=None if ignored else backend)
+            results.append(lineage.added(result, call.get("add_to_parent", True)))
+        return results
+
+    def AsyncResult(self, id: str, task_name: str = "") -> AsyncResult:
+        """Celery's ``app.AsyncResult(id)``: the result of task *id*, read from this app's result backend."""
+        return AsyncResult(id, task_name, app=self)
 
     def _envelopes(
         self, signatures: Iterable[Signature], sent: list[tuple[str, str, Mapping[str, Any]]]
@@ -256,30 +278,17 @@ class App:
     # --- connections --------------------------------------------------------------------------------
 
     @property
-    def publisher(self) -> SyncPublisher:
-        """The thread-safe confirmed publisher (one pika connection per thread, created lazily)."""
-        with self._lock:
-            if self._publisher is None:
-                from amqptasks.publish.sync import SyncPublisher
+    def publisher(self) -> Publisher:
+        """The blocking, thread-safe confirmed publisher (from :attr:`connections`)."""
+        return self.connections.publisher()
 
-                self._publisher = SyncPublisher(self.config.broker)
-            return self._publisher
+    async def aio_publisher(self) -> AioPublisher:
+        """The running event loop's confirmed publisher (from :attr:`connections`), connected once per loop."""
+        return await self.connections.aio_publisher()
 
-    async def aio_publisher(self) -> AsyncPublisher:
-        """The asyncio publisher of the running event loop (aio-pika), connected once per loop."""
-        loop = asyncio.get_running_loop()
-        connecting = self._aio_publishers.get(loop)
-        if connecting is None or (connecting.done() and connecting.exception() is not None):
-            connecting = loop.create_task(self._connect_aio())
-            self._aio_publishers[loop] = connecting
-        return await asyncio.shield(connecting)
-
-    async def _connect_aio(self) -> AsyncPublisher:
-        from amqptasks.publish.aio import AsyncPublisher
-
-        publisher = AsyncPublisher(self.config.broker)
-        await publisher.connect()
-        return publisher
+    def _forget_inherited(self) -> None:
+        # A forked child: a lock another thread held at the fork stays held there for ever.
+        self._lock = threading.Lock()
 
     def provision(self, *, prune: bool = False) -> tuple[Plan, ApplyResult]:
         """Declare the YAML topology on the broker (refusing conflicts); see ``amqptasks topology apply``."""
@@ -299,18 +308,11 @@ class App:
         backend, self._backend = self._backend, False
         if backend:
             backend.close()
-        if self._publisher is not None:
-            self._publisher.close()
-            self._publisher = None
+        self.connections.close()
 
     async def aclose(self) -> None:
-        connecting = self._aio_publishers.pop(asyncio.get_running_loop(), None)
-        if connecting is not None and not connecting.cancelled():
-            try:
-                publisher = await connecting
-            except Exception:  # it never connected: nothing to close
-                return
-            await publisher.close()
+        """Close the running loop's publisher (``close()`` closes the threads' connections)."""
+        await self.connections.aclose()
 
     def __enter__(self) -> App:
         return self
@@ -319,11 +321,7 @@ class App:
         self.close()
 
 
-def _results(sent: Iterable[tuple[str, str, Mapping[str, Any]]]) -> list[AsyncResult]:
-    return [lineage.added(AsyncResult(task_id, name), call.get("add_to_parent", True)) for task_id, name, call in sent]
-
-
 def _retry_policy(call: Mapping[str, Any]) -> Any:
-    from amqptasks.publish.retry import from_options
+    from amqptasks.broker.retry import from_options
 
     return from_options(call.get("retry", True), call.get("retry_policy"))

@@ -38,6 +38,9 @@ RESERVED_PREFIX = "amq."
 #: A redelivered message on a classic queue counts its redeliveries in this header (quorum queues count
 #: with x-delivery-count and enforce x-delivery-limit themselves).
 REDELIVERIES_HEADER = "x-amqptasks-redeliveries"
+#: A task whose workflow hand-off (next step, chord, callback, errback) could not be published is sent again
+#: later; this header counts those attempts (for the back-off).
+HANDOFFS_HEADER = "x-amqptasks-handoffs"
 #: Largest x-max-priority RabbitMQ accepts.
 MAX_PRIORITY_LIMIT = 255
 

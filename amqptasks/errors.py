@@ -177,6 +177,10 @@ class Terminated(TaskControl):
     """Raised inside a sync task running in a thread when ``revoke(terminate=True)`` stops it (as Celery's)."""
 
 
+class ResultUnavailable(AmqpTasksError):
+    """A result that can never arrive where it is awaited (rpc:// results go only to the publishing process)."""
+
+
 class TaskRevoked(AmqpTasksError):
     """``AsyncResult.get()`` of a task that was revoked before it ran."""
 

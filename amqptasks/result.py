@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from amqptasks.errors import AmqpTasksError
@@ -22,11 +23,19 @@ _DEADLOCK = (
 )
 
 
+class _AppsBackend:
+    """The default of ``AsyncResult(backend=)``: the backend of its app (None, given explicitly, means none)."""
+
+
+_APPS_BACKEND: Any = _AppsBackend()
+
+
 class AsyncResult:
     """A published task: ``id`` is its task id (AMQP correlation_id and ``id`` header).
 
-    Without a result backend (or with ``ignore_result``), only ``id`` is meaningful: ``get()`` raises.
-    ``parent`` is the previous task of a chain; ``children`` what the task published while it ran.
+    ``AsyncResult(id, app=app)`` (or ``app.AsyncResult(id)``) reads the app's result backend, as in Celery.
+    Without a result backend (or with ``ignore_result``, ``backend=None``), only ``id`` is meaningful: ``get()``
+    raises. ``parent`` is the previous task of a chain; ``children`` what the task published while it ran.
     """
 
     def __init__(
@@ -35,12 +44,14 @@ class AsyncResult:
         task_name: str = "",
         *,
         app: App | None = None,
-        backend: ResultBackend | None = None,
+        backend: ResultBackend | None = _APPS_BACKEND,
         parent: AsyncResult | GroupResult | None = None,
     ) -> None:
         self.id = id
         self.task_name = task_name
         self.app = app
+        if backend is _APPS_BACKEND:
+            backend = app.result_backend if app is not None else None
         self.backend = backend
         self.parent = parent
         self._final: dict[str, Any] | None = None
@@ -111,9 +122,17 @@ class AsyncResult:
         return meta.get("traceback") if meta else None
 
     @property
-    def date_done(self) -> str | None:
+    def date_done(self) -> datetime | None:
+        """When the task reached its final state (UTC), as in Celery."""
         meta = self._meta()
-        return meta.get("date_done") if meta else None
+        value = meta.get("date_done") if meta else None
+        if isinstance(value, str):
+            try:
+                parsed = datetime.fromisoformat(value)
+            except ValueError:
+                return None
+            return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+        return value if isinstance(value, datetime) else None
 
     def forget(self) -> None:
         self._final = None
@@ -162,6 +181,16 @@ class AsyncResult:
         if propagate and meta.get("status") in EXCEPTION_STATES and isinstance(value, BaseException):
             raise value
         return value
+
+    def wait(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        interval: float = 0.05,
+        on_message: Callable[[dict[str, Any]], Any] | None = None,
+    ) -> Any:
+        """Celery's alias of :meth:`get`."""
+        return self.get(timeout, propagate, interval, on_message)
 
     async def aget(
         self,

@@ -36,9 +36,9 @@ from _common import (
 
 from amqptasks import App
 from amqptasks.broker import BrokerURL, ManagementClient, open_blocking
+from amqptasks.broker.rabbitmq.frames import encode_publish
 from amqptasks.config import load_config_text
 from amqptasks.constants import DEFAULT_BROKER_URL, ENV_BROKER_URL
-from amqptasks.publish.frames import encode_publish
 
 TASK = "bench.noop"
 ARGS = (1, 2)

@@ -107,7 +107,11 @@ def test_validate_accepts_a_valid_file_and_summarises_it(cli: Cli, project: Call
     result = cli("topology", "validate", "app.yaml")
 
     assert result.code == 0, str(result)
-    assert result.stdout == "app.yaml: valid (3 exchanges, 3 queues, 3 bindings)\n"  # incl. what dead_letter: auto adds
+    # the .dlq queue dead_letter: auto adds counts as the user's; the shared DLX and its binding as amqptasks' own
+    assert (
+        result.stdout
+        == "app.yaml: valid (yours: 2 exchanges, 3 queues, 2 bindings; amqptasks' own: 1 exchange, 1 binding)\n"
+    )
     assert result.stderr == ""
 
 
@@ -252,7 +256,7 @@ def test_plan_on_a_fresh_vhost_lists_every_object_to_create_and_changes_nothing(
 ) -> None:
     project(SHOP)
 
-    result = cli("topology", "plan", "app.yaml", "--broker", vhost.to_url())
+    result = cli("topology", "plan", "app.yaml", "--broker", vhost.to_url(), "--verbose")
 
     assert result.code == 0, str(result)
     assert result.stdout.startswith(f"plan for {vhost.masked()} (read through the management API):\n")
@@ -279,7 +283,7 @@ def test_plan_after_apply_reports_everything_unchanged(cli: Cli, project: Callab
     project(SHOP)
     assert cli("topology", "apply", "app.yaml", "--broker", vhost.to_url()).code == 0
 
-    result = cli("topology", "plan", "app.yaml", "--broker", vhost.to_url(), "--detailed-exitcode")
+    result = cli("topology", "plan", "app.yaml", "--broker", vhost.to_url(), "--detailed-exitcode", "-v")
 
     assert result.code == 0, str(result)
     assert sorted(result.change_lines) == sorted(f"= unchanged {obj}" for obj in SHOP_OBJECTS)
@@ -347,7 +351,7 @@ def test_apply_creates_the_topology_and_a_second_apply_creates_nothing(
 ) -> None:
     project(SHOP)
 
-    first = cli("topology", "apply", "app.yaml", "--broker", vhost.to_url())
+    first = cli("topology", "apply", "app.yaml", "--broker", vhost.to_url(), "--verbose")
     second = cli("topology", "apply", "app.yaml", "--broker", vhost.to_url())
 
     assert first.code == 0, str(first)

@@ -92,11 +92,14 @@ def test_yaml_example_marked_validate_loads_without_errors_or_warnings(where: st
     assert config is not None
 
 
-def test_quickstart_validation_error_is_what_validate_reports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Given config/app.yaml with the typo the quickstart shows, at the line it names
+@pytest.mark.parametrize("page", ["docs/quickstart.md", "README.md"])
+def test_documented_validation_error_is_what_validate_reports(
+    page: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given config/app.yaml with the typo the page shows, at the line it names
     documented = re.search(
         r"^(config/app\.yaml:(\d+):\d+: queue 'billing': unknown key 'max_prority'.*)$",
-        quickstart(),
+        (ROOT / page).read_text(encoding="utf-8"),
         re.MULTILINE,
     )
     assert documented is not None
@@ -116,8 +119,10 @@ def test_quickstart_validation_error_is_what_validate_reports(tmp_path: Path, mo
     assert [str(d) for d in diags.errors] == [documented.group(1)]
 
 
-def test_quickstart_conflict_example_points_at_billings_max_priority() -> None:
-    documented = re.findall(r"x-max-priority is 5 on the broker, 10 in config/app\.yaml:(\d+)", quickstart())
+@pytest.mark.parametrize("page", ["docs/quickstart.md", "README.md"])
+def test_documented_conflict_example_points_at_billings_max_priority(page: str) -> None:
+    text = (ROOT / page).read_text(encoding="utf-8")
+    documented = re.findall(r"x-max-priority is 5 on the broker, 10 in config/app\.yaml:(\d+)", text)
     config, _ = check_file(ROOT / "config" / "app.yaml", env={})
     assert config is not None
     billing = next(q for q in config.topology.queues if q.name == "billing")

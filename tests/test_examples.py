@@ -1,10 +1,16 @@
-"""The example configurations in config/ load cleanly and show what they claim to show."""
+"""The examples load cleanly and show what they claim to show: config/*.yaml, and the example project in
+examples/shop, run end to end by ``python3 dev.py demo`` as a new user (and CI) runs it."""
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from amqptasks import topology
 from amqptasks.broker import BrokerURL
@@ -14,8 +20,11 @@ from amqptasks.topology import DesiredTopology
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "config"
-EXAMPLES = sorted(CONFIG.glob("*.yaml"))
+SHOP = ROOT / "examples" / "shop"
+EXAMPLES = [*sorted(CONFIG.glob("*.yaml")), SHOP / "shop.yaml"]
 INCLUDED = sorted(CONFIG.glob("*.d/*.yaml"))
+#: What the README promises of the demo's output.
+DEMO_MAX_LINES = 200
 MODELINE = "# yaml-language-server: $schema="
 
 
@@ -39,7 +48,7 @@ def test_the_examples_exist() -> None:
     assert {p.name for p in EXAMPLES} >= {"minimal.yaml", "app.yaml"}
 
 
-@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.relative_to(ROOT).as_posix() for p in EXAMPLES])
 def test_example_validates_without_errors_or_warnings(path: Path) -> None:
     config, diags = check_file(path, env={})
 
@@ -47,9 +56,7 @@ def test_example_validates_without_errors_or_warnings(path: Path) -> None:
     assert config is not None
 
 
-@pytest.mark.parametrize(
-    "path", EXAMPLES + INCLUDED, ids=[p.relative_to(CONFIG).as_posix() for p in EXAMPLES + INCLUDED]
-)
+@pytest.mark.parametrize("path", EXAMPLES + INCLUDED, ids=[p.relative_to(ROOT).as_posix() for p in EXAMPLES + INCLUDED])
 def test_example_points_editors_at_the_packaged_schema(path: Path) -> None:
     first_line = path.read_text(encoding="utf-8").splitlines()[0]
 
@@ -170,3 +177,90 @@ def test_examples_apply_to_one_vhost_and_leave_nothing_to_change(vhost: BrokerUR
     for config in configs:
         plan = topology.plan(config)
         assert not plan.has_changes, [c.describe() for c in plan.changes if c.action != "unchanged"]
+
+
+# --- the example project and the demo ------------------------------------------------------------------------
+
+
+def test_the_procfile_runs_one_worker_per_queue_of_the_example_project() -> None:
+    config = load(SHOP / "shop.yaml")
+    commands = [
+        line.partition(":")[2].split()
+        for line in (SHOP / "Procfile").read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+
+    profiles = [c[c.index("--profile") + 1] for c in commands]
+    consumed = sorted(q for name in profiles for q in config.workers[name].queues)
+    assert all(c[:4] == ["amqptasks", "worker", "-A", "tasks:app"] for c in commands)
+    assert consumed == sorted(q.name for q in config.topology.queues)
+
+
+def test_compose_runs_the_procfiles_workers_in_the_example_project() -> None:
+    compose = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text(encoding="utf-8"))
+    procfile = [
+        line.partition(":")[2].split()
+        for line in (SHOP / "Procfile").read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    services = compose["services"]
+
+    workers = {name: s for name, s in services.items() if name.startswith("worker-")}
+    # the image's ENTRYPOINT is amqptasks; every service runs in the example project's directory
+    assert sorted(["amqptasks", *s["command"]] for s in workers.values()) == sorted(procfile)
+    assert {s["working_dir"] for s in services.values() if "build" in s} == {"/app/examples/shop"}
+    assert services["topology"]["command"] == ["topology", "apply", "shop.yaml"]
+    assert (ROOT / "examples" / "shop" / "shop.yaml").is_file()
+
+
+def processes_mentioning(marker: str) -> list[str]:
+    """Command lines of the processes (other than this one) whose environment mentions *marker*."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if marker.encode() in (entry / "environ").read_bytes():
+                found.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return found
+
+
+@pytest.mark.broker
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc to find processes left running")
+def test_the_demo_runs_tasks_in_workers_shows_a_result_and_the_dlq_and_stops_what_it_started(
+    broker: BrokerURL, vhost: BrokerURL
+) -> None:
+    # Given the README's first command, with the test's own vhost instead of amqptasks-demo
+    env = {**os.environ, ENV_BROKER_URL: broker.to_url(), "AMQPTASKS_DEMO_VHOST": vhost.vhost}
+
+    # When it runs as CI runs it (no terminal)
+    demo = subprocess.run(
+        [sys.executable, str(ROOT / "dev.py"), "demo"], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=280, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    out = demo.stdout + demo.stderr
+    lines = out.splitlines()
+
+    # Then it worked, within the promised size, and ends with what to try next
+    assert demo.returncode == 0, out
+    assert len(lines) <= DEMO_MAX_LINES, f"{len(lines)} lines:\n{out}"
+    assert "Try next:" in out and "Traceback" not in out
+    # a worker process ran the tasks the service published, including both steps of the chain
+    assert re.search(r"^ +orders +\| orders\.place\[[0-9a-f]{8}\] succeeded in ", out, re.MULTILINE), out
+    assert re.search(r"^ +emails +\| emails\.receipt\[[0-9a-f]{8}\] succeeded in ", out, re.MULTILINE), out
+    # a result fetched with get(), and the countdown's
+    assert "orders.place A-2001 returned {'order': 'A-2001', 'total': '42.50 EUR'}" in out
+    assert "chain orders.place | emails.receipt returned 'receipt for A-2002 (12.50 EUR) mailed'" in out
+    assert re.search(r"emails.reminder with a 2 s countdown returned 'reminded ada@example.com' after [2-9]", out)
+    # the failing task was retried, then dead-lettered, and dlq list shows it with its error
+    assert out.count("orders.sync_inventory[") >= 3, out
+    dlq = out[out.index("amqptasks dlq list orders") :]
+    assert re.search(r"orders\.sync_inventory +[0-9a-f-]{36} +\('SKU-42',\) +rejected", dlq), out
+    status = out[out.index("amqptasks status shop.yaml") : out.index("amqptasks dlq list orders")]
+    assert re.search(r"^ +orders +0 +0 +1 .* 1\s*$", status, re.MULTILINE), status
+    # and every process it started has exited
+    assert "orders exited with 0, emails exited with 0" in out
+    assert processes_mentioning(vhost.vhost) == []

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from pika import frame, spec
 
+from amqptasks.broker.rabbitmq.frames import encode_publish
 from amqptasks.message.envelope import Envelope
-from amqptasks.publish.frames import encode_publish
 
 FRAME_MAX = 131_072
 

@@ -15,11 +15,11 @@ import pytest
 
 from amqptasks import errors
 from amqptasks.broker import BrokerURL, ManagementClient
+from amqptasks.broker.rabbitmq import blocking as sync_module
+from amqptasks.broker.rabbitmq.pipeline import ConfirmChannel
 from amqptasks.config.model import Broker
 from amqptasks.message.envelope import Envelope
 from amqptasks.publish import RetryPolicy, SyncPublisher
-from amqptasks.publish import sync as sync_module
-from amqptasks.publish.pipeline import ConfirmChannel
 
 QUEUE = "work"
 TOPIC = "tasks"

@@ -9,17 +9,34 @@ from __future__ import annotations
 import asyncio
 import logging
 import zlib
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import pika
 import pytest
 
 from amqptasks import App
 from amqptasks.broker import BrokerURL
 from amqptasks.constants import REDELIVERIES_HEADER
+from amqptasks.dlq.reader import record_key
 from amqptasks.worker.consumer import Worker
-from tests.worker_helpers import YAML, celery_headers, death, get_all, make_app, publish_raw, ready, run_worker
+from tests.cli_helpers import run
+from tests.hostile_corpus import CANARY_FILE, CANARY_TASK, GOOD_TASK, Hostile, corpus
+from tests.worker_helpers import (
+    YAML,
+    Project,
+    celery_headers,
+    death,
+    get_all,
+    make_app,
+    publish_raw,
+    ready,
+    run_worker,
+    worker_burst,
+)
 
 pytestmark = pytest.mark.broker
 
@@ -258,3 +275,95 @@ def test_quorum_queue_dead_letters_over_its_delivery_limit_by_itself(vhost: Brok
     [(_, props, _)] = get_all(channel, "critical.dlq")
     assert death(props)["reason"] == "delivery_limit"
     assert ready(channel, "critical") == 0
+
+
+# --- the hostile corpus, through a worker subprocess and the DLQ tools --------------------------------------
+
+CORPUS_TASKS = f"""
+@app.task(name="{GOOD_TASK}", bind=True)
+def good(self, x):
+    record(id=self.request.id, x=x)
+
+@app.task(name="{CANARY_TASK}")
+def canary():
+    record(canary=True)
+"""
+
+
+def _publish_corpus(channel: Any, entries: list[Hostile]) -> dict[str, Hostile]:
+    """Each hostile message published to the work queue; returns them by the id their dead letter is known by."""
+    published: dict[str, Hostile] = {}
+    channel.confirm_delivery()
+    for i, entry in enumerate(entries):
+        task_id = f"hostile-{i}-{entry.name}"
+        headers = {k: v for k, v in {**celery_headers(GOOD_TASK, task_id), **entry.headers}.items() if v is not None}
+        body = entry.body()
+        props = pika.BasicProperties(
+            headers=headers, content_type=entry.content_type, content_encoding=entry.content_encoding,
+            correlation_id=task_id if entry.with_id else None, delivery_mode=2,
+        )  # fmt: skip
+        channel.basic_publish("", "work", body, props, mandatory=True)
+        published[task_id if entry.with_id else record_key(headers, None, body)] = entry
+    return published
+
+
+@pytest.mark.timeout(180)
+def test_hostile_corpus_gets_specific_reasons_and_the_dlq_tools_read_every_row(
+    tmp_path: Path, vhost: BrokerURL, channel: Any
+) -> None:
+    # Given 60 good tasks with the hostile corpus (one message of each kind) in the middle of them
+    Path(CANARY_FILE).unlink(missing_ok=True)
+    project = Project.create(tmp_path, vhost, CORPUS_TASKS)
+    sender = project.app()
+    good = [sender.send_task(GOOD_TASK, (i,)).id for i in range(30)]
+    entries = corpus()
+    published = _publish_corpus(channel, entries)
+    good += [sender.send_task(GOOD_TASK, (i,)).id for i in range(30, 60)]
+    sender.close()
+    hostile = {k: e for k, e in published.items() if e.reason is not None}
+
+    # When a burst worker drains the queue
+    result = worker_burst(project, "-Q", "work")
+
+    # Then it exited 0 with no traceback and no "internal error"; every good task ran once, the valid odd ones too
+    assert result.code == 0, str(result)
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr, result.stderr[-3000:]
+    ran = Counter(r["id"] for r in project.records() if "id" in r)
+    valid_odd = {k for k, e in published.items() if e.reason is None}
+    assert {i: n for i, n in ran.items() if n != 1} == {}, "tasks that ran more than once"
+    assert set(ran) == set(good) | valid_odd, f"lost: {set(good) | valid_odd - set(ran)}"
+    assert not any("canary" in r for r in project.records()) and not Path(CANARY_FILE).exists()
+    # And exactly the hostile messages are dead-lettered, each with its specific reason in `dlq list`
+    config = str(tmp_path / "app.yaml")
+    listed = run(["dlq", "list", "work", config, "--json", "--limit", "1000"], cwd=tmp_path, env=project.env)
+    assert listed.code == 0, str(listed)
+    rows = listed.json()
+    keyed = {row["id"] or "": row for row in rows}
+    print(f"\nhostile corpus: {len(entries)} kinds, {len(hostile)} dead-lettered, {len(rows)} DLQ rows, "
+          f"{len(ran)} ran of {len(good) + len(valid_odd)} valid")  # fmt: skip
+    assert len(rows) == len(hostile)
+    idless = [row for row in rows if not row["id"]]
+    for key, entry in hostile.items():
+        if entry.with_id:
+            assert str(keyed[key]["last_error"]).startswith(entry.reason or "?"), f"{entry.name}: {keyed[key]}"
+    wanted = sorted(str(e.reason) for e in hostile.values() if not e.with_id)
+    assert len(idless) == len(wanted), idless
+    errors = [str(r["last_error"]) for r in idless]
+    assert all(any(e.startswith(w) for e in errors) for w in wanted), errors
+    # And the table form prints every row (the 200,000-deep body among them), exit 0
+    table = run(["dlq", "list", "work", config, "--limit", "1000"], cwd=tmp_path, env=project.env)
+    assert table.code == 0 and len(table.stdout.splitlines()) == len(hostile) + 1, str(table)
+    assert "hostile-3-deep-json" in table.stdout and "body nests too deeply" in table.stdout
+    # And `dlq show` shows each of them
+    for key in (k for k in hostile if not k.startswith("body:")):
+        shown = run(["dlq", "show", key, "work", config], cwd=tmp_path, env=project.env)
+        assert shown.code == 0 and shown.json()["last_error"], str(shown)[:2000]
+    # And replay sends them all back, a worker dead-letters them again, and purge empties the DLQ
+    replayed = run(["dlq", "replay", "work", config, "--all", "--yes"], cwd=tmp_path, env=project.env)
+    assert replayed.code == 0 and f"replayed {len(hostile)} message(s)" in replayed.stdout, str(replayed)
+    again = worker_burst(project, "-Q", "work")
+    assert again.code == 0 and "Traceback" not in again.stderr, str(again)[-3000:]
+    assert ready(channel, "work.dlq") == len(hostile)
+    purged = run(["dlq", "purge", "work", config, "--yes"], cwd=tmp_path, env=project.env)
+    assert purged.code == 0 and f"purged {len(hostile)} message(s)" in purged.stdout, str(purged)
+    assert ready(channel, "work.dlq") == 0 and ready(channel, "work") == 0

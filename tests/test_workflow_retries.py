@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from amqptasks import App, AsyncResult, chain, chord, group
-from amqptasks.broker import BrokerURL, ManagementClient
+from amqptasks.broker import BrokerURL, ManagementClient, open_blocking
 from amqptasks.result import GroupResult
 from tests.worker_helpers import Project, WorkerProcess
 
@@ -26,8 +26,9 @@ YAML = """
 delays: {enabled: true}
 topology:
   provision: true
+  exchanges: [{name: late, type: direct}]
   queues:
-    - {name: work, dead_letter: auto}
+    - {name: work, dead_letter: auto, bindings: [{exchange: late, routing_key: late}]}
 results: {backend: 'rpc://'}
 """
 
@@ -48,6 +49,17 @@ def flaky(self, x, y):
 def always_fails(self, x):
     record(task="always_fails", id=self.request.id, retries=self.request.retries)
     raise KeyError(f"no {x}")
+
+
+@app.task(queue="work")
+def counted(x):
+    record(task="counted", x=x)
+    return x * 2
+
+
+@app.task(exchange="late", routing_key="late")
+def late_step(x):
+    return x + 1
 
 
 @app.task(queue="work")
@@ -164,3 +176,25 @@ def test_errbacks_fire_once_after_the_last_retry(app: App, t: dict[str, Any], pr
     errbacks = [r for r in project.records() if r["task"] == "on_error" and r["failed"] == failing.id]
     assert errbacks == [{"task": "on_error", "failed": failing.id, "retries": 2, "type": "builtins.KeyError",
                          "at": errbacks[0]["at"]}]  # fmt: skip
+
+
+def test_a_step_whose_next_step_cannot_be_published_runs_again_until_it_can(
+    app: App, t: dict[str, Any], project: Project, worker: WorkerProcess, module_vhost: BrokerURL
+) -> None:
+    # Given the exchange of a chain's second step deleted after the publisher provisioned the topology
+    app.provision()
+    connection = open_blocking(module_vhost, connection_name="flows test")
+    try:
+        channel = connection.channel()
+        channel.exchange_delete("late")
+        # When the chain is published: its first step runs, but its next step cannot be published
+        result = chain(t["counted"].s(21), t["late_step"].s()).delay()
+        worker.wait_for_log("what its workflow needs next was not published", timeout=15)
+        # Then once the exchange is back, the first step runs again and the chain completes
+        channel.exchange_declare("late", "direct", durable=True)
+        channel.queue_bind("work", "late", "late")
+    finally:
+        connection.close()
+    assert result.get(timeout=30) == 43
+    runs = [r for r in project.records() if r["task"] == "counted" and r["x"] == 21]
+    assert len(runs) >= 2

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from amqptasks.config.diagnostics import Diagnostic
+from amqptasks.topology.owners import Folded, fold
 from amqptasks.topology.plan import Change, Plan
 
 _MARKS = {
@@ -34,16 +35,29 @@ def error(message: str) -> None:
     click.secho(f"error: {message}", fg="red", err=True)
 
 
-def change_line(change: Change) -> str:
+def change_line(change: Change | Folded) -> str:
     mark, colour = _MARKS[change.action]
     text = f"  {mark} {change.action:<9} {change.describe()}"
     return click.style(text, fg=colour, dim=change.action == "unchanged")
 
 
-def plan(the_plan: Plan, where: str) -> None:
+def change_lines(changes: tuple[Change, ...] | list[Change], verbose: bool) -> list[str]:
+    """One line per change; amqptasks' own objects (delay tiers, DLX, unroutable) folded unless *verbose*."""
+    shown = list(changes) if verbose else fold(changes)
+    lines = [change_line(c) for c in shown]
+    if any(isinstance(c, Folded) for c in shown):
+        lines.append(
+            click.style(
+                "note: amqptasks' own objects are counted on one line per group; --verbose lists each", dim=True
+            )
+        )
+    return lines
+
+
+def plan(the_plan: Plan, where: str, *, verbose: bool = False) -> None:
     click.echo(f"plan for {where} (read through the {the_plan.source}):")
-    for change in the_plan.changes:
-        click.echo(change_line(change))
+    for line in change_lines(the_plan.changes, verbose):
+        click.echo(line)
     for note in the_plan.notes:
         click.secho(f"note: {note}", dim=True)
     summary = the_plan.summary() or "nothing declared"

@@ -17,9 +17,14 @@ from amqptasks.config import schema
 from amqptasks.config.load import check_file
 from amqptasks.topology.definitions import to_definitions
 from amqptasks.topology.graph import Format, render
+from amqptasks.topology.owners import count_text, split_counts
 
 #: ``plan --detailed-exitcode``, as in terraform.
 EXIT_NO_CHANGES, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
+
+_verbose = click.option(
+    "-v", "--verbose", is_flag=True, help="List each of amqptasks' own objects (delay tiers, DLX) too."
+)
 
 
 @click.group("topology")
@@ -44,9 +49,9 @@ def validate(config_path: str | None, broker_url: str | None, as_json: bool) -> 
             click.secho(f"{path}: {count} error{'s' if count != 1 else ''}", fg="red", err=True)
         raise SystemExit(EXIT_INVALID)
     if not as_json:
-        want = topo.desired(config.topology, config.delays)  # counts include what dead_letter/delays provision
-        counts = f"{len(want.exchanges)} exchanges, {len(want.queues)} queues, {len(want.bindings)} bindings"
-        click.echo(f"{path}: valid ({counts})")
+        yours, ours = split_counts(topo.desired(config.topology, config.delays))
+        internal = f"; amqptasks' own: {count_text(ours)}" if ours else ""
+        click.echo(f"{path}: valid (yours: {count_text(yours) or 'nothing'}{internal})")
 
 
 @topology_group.command()
@@ -54,7 +59,10 @@ def validate(config_path: str | None, broker_url: str | None, as_json: bool) -> 
 @click.option("--prune", is_flag=True, help="Also list objects in the vhost that CONFIG no longer declares.")
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 0: no changes, 2: changes pending, 1: error.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable plan.")
-def plan(config_path: str | None, broker_url: str | None, prune: bool, detailed_exitcode: bool, as_json: bool) -> None:
+@_verbose
+def plan(
+    config_path: str | None, broker_url: str | None, prune: bool, detailed_exitcode: bool, as_json: bool, verbose: bool
+) -> None:
     """Show what `apply` would create, what is unchanged and what conflicts."""
     try:
         config = load(config_path, broker_url)
@@ -67,7 +75,10 @@ def plan(config_path: str | None, broker_url: str | None, prune: bool, detailed_
         raise SystemExit(EXIT_ERROR if detailed_exitcode else exc.code) from None
     the_plan = topo.plan(config, prune=prune)
     where = BrokerURL.parse(config.broker.url).masked()
-    (output.plan_json if as_json else output.plan)(the_plan, where)
+    if as_json:
+        output.plan_json(the_plan, where)
+    else:
+        output.plan(the_plan, where, verbose=verbose)
     if the_plan.conflicts:
         raise SystemExit(EXIT_ERROR)
     if detailed_exitcode and the_plan.has_changes:
@@ -77,12 +88,13 @@ def plan(config_path: str | None, broker_url: str | None, prune: bool, detailed_
 @topology_group.command()
 @config_options
 @click.option("--prune", is_flag=True, help="Also delete objects in the vhost that CONFIG no longer declares.")
-def apply(config_path: str | None, broker_url: str | None, prune: bool) -> None:
+@_verbose
+def apply(config_path: str | None, broker_url: str | None, prune: bool, verbose: bool) -> None:
     """Create what is missing. Changes nothing at all if any object conflicts."""
     config = load(config_path, broker_url)
     the_plan, result = topo.provision(config, prune=prune)  # raises TopologyConflict before any change
-    for change in result.done:
-        click.echo(output.change_line(change))
+    for line in output.change_lines(result.done, verbose):
+        click.echo(line)
     done = ", ".join(f"{result.count(a)} {verb}" for a, verb in (("create", "created"), ("delete", "deleted")))
     unchanged = len(the_plan.by_action("unchanged"))
     click.echo(f"applied to {BrokerURL.parse(config.broker.url).masked()}: {done}, {unchanged} unchanged")

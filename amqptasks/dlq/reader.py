@@ -7,7 +7,9 @@ and afterwards they carry ``redelivered=true``.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import reprlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -53,6 +55,11 @@ class DeadLetter:
     @property
     def id(self) -> str:
         return str(self.headers.get("id") or self.properties.correlation_id or self.properties.message_id or "")
+
+    @property
+    def key(self) -> str:
+        """What its failure record is filed under (see :func:`record_key`)."""
+        return record_key(self.headers, self.properties.correlation_id, self.body)
 
     @property
     def task(self) -> str:
@@ -103,7 +110,7 @@ class DeadLetter:
     def args_excerpt(self) -> str:
         if self.decoded is None:
             return self.decode_error or ""
-        return str(self.headers.get("argsrepr") or repr(tuple(self.decoded.args)))
+        return str(self.headers.get("argsrepr") or _REPR.repr(tuple(self.decoded.args)))
 
     @property
     def last_error(self) -> str:
@@ -120,6 +127,20 @@ class DeadLetter:
             for k, v in self.headers.items()
             if k not in DEATH_HEADERS and not k.startswith(("x-last-death-", "amqptasks."))
         }
+
+
+def record_key(headers: Mapping[str, Any] | None, correlation_id: str | None, body: bytes) -> str:
+    """The task id a failure record is filed under; a message with no id at all (hostile input) is known by a
+    digest of its body, so that its dead letter still finds the reason it was rejected."""
+    value = headers.get("id") if isinstance(headers, Mapping) else None
+    if value or correlation_id:
+        return str(value or correlation_id)
+    return "body:" + hashlib.sha1(body, usedforsecurity=False).hexdigest()[:20]
+
+
+#: Arguments are shown a few levels and items deep: a dead letter may hold anything, nested to any depth.
+_REPR = reprlib.Repr()  # keyword arguments only from Python 3.12
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 4, 60, 60
 
 
 def queue_names(queue: str) -> tuple[str, str]:
@@ -140,6 +161,8 @@ def dead_letter(
         return DeadLetter(body, props, source, tag, decoded)
     except MessageError as exc:
         return DeadLetter(body, props, source, tag, None, f"<not a task: {exc}>")
+    except Exception as exc:  # whatever a dead-letter queue holds, the tools show it rather than crash
+        return DeadLetter(body, props, source, tag, None, f"<not a task: cannot decode it: {exc!r}>")
 
 
 @contextmanager
@@ -222,6 +245,6 @@ def failure_records(connection: pika.BlockingConnection, task_ids: set[str] | No
 
 
 def with_records(connection: pika.BlockingConnection, letters: list[DeadLetter]) -> list[DeadLetter]:
-    records = failure_records(connection, {d.id for d in letters})
-    return [DeadLetter(d.body, d.properties, d.source, d.delivery_tag, d.decoded, d.decode_error, records.get(d.id))
+    records = failure_records(connection, {d.key for d in letters})
+    return [DeadLetter(d.body, d.properties, d.source, d.delivery_tag, d.decoded, d.decode_error, records.get(d.key))
             for d in letters]  # fmt: skip

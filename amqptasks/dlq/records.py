@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from amqptasks.broker.aio import open_robust
 from amqptasks.constants import FAILURES_QUEUE, FAILURES_QUEUE_ARGUMENTS
+from amqptasks.dlq.reader import record_key
 from amqptasks.message.envelope import Envelope
 from amqptasks.worker.middleware import Middleware
 
@@ -38,8 +39,8 @@ def failure_record(delivery: Delivery, exc: BaseException | None, reason: str, h
         lines = [line for line in "".join(traceback.format_exception(exc)).splitlines() if line != _BANNER]
         excerpt = "\n".join(lines[-TRACEBACK_LINES:])
     return {
-        "task_id": message.id if message else raw.correlation_id,
-        "task": message.task if message else (raw.headers or {}).get("task"),
+        "task_id": message.id if message else record_key(raw.headers, raw.correlation_id, raw.body),
+        "task": message.task if message else str((raw.headers or {}).get("task") or "")[:200] or None,
         "queue": delivery.queue,
         "exc_type": type(exc).__name__ if exc is not None else None,
         "exc_message": str(exc) if exc is not None else None,

@@ -240,7 +240,7 @@ def from_amqp(
             origin=str(headers.get("origin") or ""),
             extra_headers={k: v for k, v in headers.items() if k not in _PROTOCOL_HEADERS},
         )
-    except (TypeError, ValueError, IndexError) as exc:
+    except (TypeError, ValueError, IndexError, OverflowError) as exc:
         raise MessageError("bad-header", str(exc)) from None
 
 

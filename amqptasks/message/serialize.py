@@ -104,8 +104,10 @@ def loads(body: bytes, content_type: str | None, content_encoding: str | None) -
         if serializer == "msgpack":
             return _msgpack().unpackb(body, raw=False)
         return json.loads(body.decode(content_encoding or "utf-8"), object_hook=_decode_tagged)
-    except (ValueError, UnicodeDecodeError, LookupError) as exc:
+    except (ValueError, TypeError, UnicodeDecodeError, LookupError) as exc:  # TypeError: msgpack's unhashable keys
         raise MessageError("undecodable", f"body is not valid {serializer}: {exc}") from None
+    except RecursionError:  # e.g. 200,000 nested arrays: the decoder gives up at Python's recursion limit
+        raise MessageError("undecodable", f"body nests too deeply to decode as {serializer}") from None
 
 
 def compress(body: bytes, method: Compression) -> tuple[bytes, str]:

@@ -8,18 +8,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from amqptasks.publish.retry import NO_RETRY, RetryPolicy, from_options
-from amqptasks.publish.sync import SyncPublisher
+from amqptasks.broker.rabbitmq.blocking import SyncPublisher
+from amqptasks.broker.retry import NO_RETRY, RetryPolicy, from_options
 
 if TYPE_CHECKING:
-    from amqptasks.publish.aio import AsyncPublisher
+    from amqptasks.broker.rabbitmq.aio_publisher import AsyncPublisher
 
 __all__ = ["NO_RETRY", "AsyncPublisher", "RetryPolicy", "SyncPublisher", "from_options"]
 
 
 def __getattr__(name: str) -> Any:
     if name == "AsyncPublisher":
-        from amqptasks.publish.aio import AsyncPublisher
+        from amqptasks.broker.rabbitmq.aio_publisher import AsyncPublisher
 
         return AsyncPublisher
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

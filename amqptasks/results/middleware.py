@@ -8,7 +8,9 @@
 - publishes the next step of a chain (a task, group or chord), the ``link`` callbacks (with the result
   prepended unless immutable) and, after a failure, the ``link_error`` errbacks.
 
-Its errors are logged and never change a message's fate (the worker settles the message after the hooks).
+Its errors are logged. A failed store never changes a message's fate; a publish the workflow needs that fails
+(next step, chord hand-off, callback, errback) is recorded on the delivery (``handoff_error``), and the worker
+then sends the message again instead of acking it (:func:`amqptasks.worker.failure.handoff_failed`).
 """
 
 from __future__ import annotations
@@ -85,9 +87,9 @@ class Results(Middleware):
         children = lineage.take(m.id) + [_result_tuple(step) for step, _ in steps]
         meta = state_message(m.id, SUCCESS, result, children=children)
         await self._store(delivery, meta)
-        await self._to_chord(m, meta)
+        await self._to_chord(delivery, m, meta)
         for step, extra in steps:
-            await self._publish_step(step, (result,), m, **extra)
+            await self._publish_step(delivery, step, (result,), m, **extra)
 
     async def after_failure(self, delivery: Delivery, exc: BaseException) -> None:
         m = delivery.message
@@ -96,9 +98,9 @@ class Results(Middleware):
         payload = exception_payload(exc)
         meta = state_message(m.id, FAILURE, payload, payload["traceback"], children=lineage.take(m.id))
         await self._store(delivery, meta)
-        await self._to_chord(m, meta)
+        await self._to_chord(delivery, m, meta)
         for errback in m.errbacks:
-            await self._errback(errback, m, payload)
+            await self._errback(delivery, errback, m, payload)
 
     async def before_retry(self, delivery: Delivery, exc: BaseException | None, countdown: float) -> None:
         payload = exception_payload(exc) if exc is not None else None
@@ -129,7 +131,7 @@ class Results(Middleware):
         except Exception as exc:
             log.warning("%s: could not store its %s state (%r)", delivery.label, meta["status"], exc)
 
-    async def _to_chord(self, m: TaskMessage, meta: dict[str, Any]) -> None:
+    async def _to_chord(self, delivery: Delivery, m: TaskMessage, meta: dict[str, Any]) -> None:
         if not m.chord or not m.group:
             return
         body = encode(meta)
@@ -139,7 +141,7 @@ class Results(Middleware):
             publisher = await self.app.aio_publisher()
             await publisher.publish(envelope)
         except Exception as exc:
-            log.error("%s[%s]: could not hand its result to chord %s (%r)", m.task, m.id, m.group, exc)
+            _handoff_failed(delivery, f"could not hand its result to chord {m.group}", exc)
 
     # --- workflows ---------------------------------------------------------------------------------------
 
@@ -160,7 +162,9 @@ class Results(Middleware):
                 log.error("%s[%s]: could not publish %s (%r)", m.task, m.id, data.get("task"), exc)
         return steps
 
-    async def _publish_step(self, step: Step, prefix: tuple[Any, ...], parent: TaskMessage, **extra: Any) -> None:
+    async def _publish_step(
+        self, delivery: Delivery, step: Step, prefix: tuple[Any, ...], parent: TaskMessage, **extra: Any
+    ) -> None:
         from amqptasks.canvas import chord
 
         try:
@@ -181,7 +185,7 @@ class Results(Middleware):
             # Groups and chords publish with the blocking publisher (a chord also declares its queue).
             await asyncio.to_thread(functools.partial(step.apply_async, prefix, None, **options))
         except Exception as exc:
-            log.error("%s[%s]: could not publish %r (%r)", parent.task, parent.id, step, exc)
+            _handoff_failed(delivery, f"could not publish {step!r}", exc)
 
     def _route_results(self, options: dict[str, Any], parent: TaskMessage) -> None:
         backend = self.app.result_backend
@@ -190,7 +194,9 @@ class Results(Middleware):
         elif backend is not None and backend.uses_reply_to:
             options["ignore_result"] = True  # nobody waits on a reply-to for it
 
-    async def _errback(self, data: Mapping[str, Any], m: TaskMessage, payload: dict[str, Any]) -> None:
+    async def _errback(
+        self, delivery: Delivery, data: Mapping[str, Any], m: TaskMessage, payload: dict[str, Any]
+    ) -> None:
         """Celery 5: ``errback(request, exc, traceback)`` when the errback takes three arguments, else
         ``errback(task_id)``. The request and the exception travel as JSON data (never pickled)."""
         try:
@@ -206,7 +212,14 @@ class Results(Middleware):
         full: tuple[Any, ...] = (request, exc, payload["traceback"])
         if not _accepts(self.app, sig, full):
             full = (m.id,)
-        await self._publish_step(sig, full, m)
+        await self._publish_step(delivery, sig, full, m)
+
+
+def _handoff_failed(delivery: Delivery, what: str, exc: BaseException) -> None:
+    """A publish the workflow needs failed: the worker will not ack the message as if all were well."""
+    log.error("%s: %s (%r)", delivery.label, what, exc)
+    if delivery.handoff_error is None:
+        delivery.handoff_error = exc
 
 
 def _accepts(app: App, sig: Signature, prefix: tuple[Any, ...]) -> bool:

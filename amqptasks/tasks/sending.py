@@ -9,7 +9,7 @@ from typing import Any
 
 from amqptasks.config.diagnostics import did_you_mean
 from amqptasks.config.tasks_model import Route
-from amqptasks.constants import DEFAULT_MAX_MESSAGE_SIZE, MAX_PRIORITY_LIMIT
+from amqptasks.constants import DEFAULT_MAX_MESSAGE_SIZE, DELAY_LEVELS, MAX_PRIORITY_LIMIT
 from amqptasks.message.envelope import Envelope
 from amqptasks.message.ids import new_id
 from amqptasks.message.protocol import TaskMessage, to_envelope
@@ -220,6 +220,9 @@ def prepare_again(
     eta = message.eta
     delay_ms = max(0.0, (eta - now).total_seconds() * 1000) if eta else 0.0
     if delay_ms > 0:
+        # An eta beyond the tiers' longest delay (a Celery client's): it waits that long, comes back early and
+        # is sent round again by the worker's eta check.
+        delay_ms = min(delay_ms, 2**DELAY_LEVELS - 1)
         envelope = _through_delays(envelope, destination, delay_ms, settings, message.task)
     return Prepared(envelope, message, destination, delay_ms)
 

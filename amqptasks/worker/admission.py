@@ -24,6 +24,8 @@ log = logging.getLogger("amqptasks.worker")
 
 #: Early by less than this, a message runs now rather than making another trip through the delay tiers.
 ETA_TOLERANCE = 0.05
+#: An eta further ahead than this (ten years) is taken for a bad header (9999-12-31, a unit mix-up), not waited for.
+MAX_ETA_AHEAD_S = 10 * 366 * 86400.0
 
 
 class Admission:
@@ -41,7 +43,7 @@ class Admission:
         if count > self.settings.max_redeliveries:
             await self.reject(d, "poison", f"redelivered {count} times (it may kill its worker)")
             return True
-        await republish(self.app, d, redeliveries=count)  # counted copy to the back of the queue
+        await republish(self.app, d, headers={REDELIVERIES_HEADER: count})  # counted copy to the back of the queue
         self.settle(d, "ack", f"redelivered: counted ({count}/{self.settings.max_redeliveries})")
         return True
 
@@ -62,14 +64,20 @@ class Admission:
         eta = d.message.eta if d.message else None
         if eta is None:
             return False
-        wait = (eta - datetime.now(UTC)).total_seconds()
+        try:
+            wait = (eta - datetime.now(UTC)).total_seconds()
+        except OverflowError:  # an offset that takes it past year 9999
+            wait = float("inf")
         if wait <= ETA_TOLERANCE:
             return False
+        if wait > MAX_ETA_AHEAD_S:
+            await self.reject(d, "bad-header", f"eta out of range: {eta.isoformat()} is more than ten years ahead")
+            return True
         if not self.app.config.delays.enabled:
             log.warning("%s: its eta is %.1f s ahead, but without 'delays: {enabled: true}' it cannot wait: runs now",
                         d.label, wait)  # fmt: skip
             return False
-        await republish(self.app, d)  # its eta kept: through the tiers until then
+        await republish(self.app, d)  # its eta kept: through the tiers until then (in rounds past ~49.7 days)
         log.info("%s: %.1f s before its eta: sent back through the delay tiers", d.label, wait)
         self.settle(d, "ack", "delayed until its eta")
         return True

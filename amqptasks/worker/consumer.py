@@ -30,7 +30,7 @@ from amqptasks.worker.admission import Admission
 from amqptasks.worker.burst import drained
 from amqptasks.worker.delivery import Delivery
 from amqptasks.worker.execution import Executor, time_limits
-from amqptasks.worker.failure import failed
+from amqptasks.worker.failure import failed, succeeded
 from amqptasks.worker.middleware import Hooks, Middleware
 from amqptasks.worker.request import request_for
 from amqptasks.worker.transport import Incoming, Transport
@@ -280,7 +280,7 @@ class Worker:
             await failed(d, exc, self.app, self.hooks, self._settle)
         else:
             await self.hooks.run("after_success", d, result, reverse=True)
-            self._settle(d, "ack", "succeeded")
+            await succeeded(d, self.app, self._settle)
         finally:
             self._running -= 1
             self.active.pop(message.id, None)

@@ -27,6 +27,9 @@ class Delivery:
     started: float | None = None
     #: "ack", "reject", "requeue" once settled; a message is settled exactly once.
     settled: str | None = None
+    #: Why something its workflow needs (next chain step, chord hand-off, callback, errback) was not published:
+    #: set by the results middleware, and then the message is not acked as if all were well (worker/failure.py).
+    handoff_error: BaseException | None = None
 
     @property
     def label(self) -> str:

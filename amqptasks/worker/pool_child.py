@@ -17,7 +17,6 @@ import pickle
 import signal
 import socket
 import struct
-import threading
 import traceback
 import types
 from collections.abc import Iterable, Iterator
@@ -76,7 +75,8 @@ def dumps(obj: Any) -> bytes:
 #: of a fork stays locked in the child for ever (the child has no such thread to finish it), so a child that
 #: imported it lazily would hang: they are imported in the worker before any child is forked.
 PRELOAD = (
-    "amqptasks.publish.sync", "amqptasks.publish.pipeline", "amqptasks.publish.retry", "amqptasks.canvas",
+    "amqptasks.broker.rabbitmq.blocking", "amqptasks.broker.rabbitmq.pipeline", "amqptasks.broker.retry",
+    "amqptasks.publish.sync", "amqptasks.canvas",
     "amqptasks.delays.tiers", "amqptasks.results", "amqptasks.results.chord", "amqptasks.results.middleware",
 )  # fmt: skip
 
@@ -112,7 +112,6 @@ def _serve(app: App, sock: socket.socket) -> int:
     for signum in WORKER_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_SIGNALS)
-    _forget_parent_connections(app)
     sock.setblocking(True)
     try:
         while (job := _read_blocking(sock)) is not None:
@@ -123,14 +122,6 @@ def _serve(app: App, sock: socket.socket) -> int:
         with contextlib.suppress(Exception):
             app.close()  # a publisher this child opened (tasks that send tasks)
     return 0
-
-
-def _forget_parent_connections(app: App) -> None:
-    # The worker's publishers own sockets (and maybe a lock held by another thread at the fork); using them here
-    # would interleave frames with the worker's. A task that publishes opens this child's own connection.
-    app._publisher = None
-    app._aio_publishers = {}
-    app._lock = threading.Lock()
 
 
 def _read_blocking(sock: socket.socket) -> bytes | None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from amqptasks.constants import REDELIVERIES_HEADER
 from amqptasks.message.protocol import TaskMessage, retried
@@ -19,26 +20,24 @@ log = logging.getLogger("amqptasks.worker")
 
 
 def again(
-    d: Delivery, *, countdown: float | None, redeliveries: int | None, delays: bool, now: datetime
+    d: Delivery, *, retry: bool, countdown: float, headers: Mapping[str, Any], delays: bool, now: datetime
 ) -> TaskMessage:
-    """The message to send again, derived from the one received: only the retry count, the eta and the
-    redelivery count change (see :func:`amqptasks.tasks.sending.prepare_again` for what is kept).
+    """The message to send again, derived from the one received: only the retry count, the eta and our own
+    headers change (see :func:`amqptasks.tasks.sending.prepare_again` for what is kept).
 
-    *countdown* given: a retry (one more retry, due *countdown* s from *now*); None: the same run sent again
-    (a counted redelivery, an early message), its eta kept.
+    *retry*: one more retry, due *countdown* s from *now*. Otherwise the same run sent again: due *countdown* s
+    from now if given (a hand-off that could not be published), else at its own eta (a counted redelivery, an
+    early message). The redelivery count is dropped unless *headers* sets it again.
     """
     assert d.message is not None
     m = d.message
-    headers = {k: v for k, v in m.extra_headers.items() if k != REDELIVERIES_HEADER}
-    if redeliveries is not None:
-        headers[REDELIVERIES_HEADER] = redeliveries
-    if countdown is None:
-        retries, eta = m.retries, m.eta
-    else:
-        retries, eta = m.retries + 1, now + timedelta(seconds=countdown) if countdown > 0 else None
+    extra = {k: v for k, v in m.extra_headers.items() if k != REDELIVERIES_HEADER}
+    extra.update(headers)
+    later = now + timedelta(seconds=countdown) if countdown > 0 else None
+    retries, eta = (m.retries + 1, later) if retry else (m.retries, later or m.eta)
     if eta is not None and eta > now and not delays:
         eta = None  # no tiers to wait in; the eta check then runs it at once, as it would have anyway
-    return retried(m, retries=retries, eta=eta, extra_headers=headers)
+    return retried(m, retries=retries, eta=eta, extra_headers=extra)
 
 
 def destination(d: Delivery) -> Destination:
@@ -49,19 +48,18 @@ def destination(d: Delivery) -> Destination:
     return Destination(target["exchange"], target["routing_key"], None, d.raw.priority)
 
 
-async def republish(app: App, d: Delivery, countdown: float | None = None, *, redeliveries: int | None = None) -> None:
-    """The same task again as a fresh message (no x-death), confirmed before the original is acked.
-
-    A retry (*countdown* given) starts with no redelivery count (the task ran to its end); a counted copy
-    carries *redeliveries*.
-    """
+async def republish(
+    app: App, d: Delivery, *, retry: bool = False, countdown: float = 0.0, headers: Mapping[str, Any] | None = None
+) -> None:
+    """The same task again as a fresh message (no x-death), confirmed before the original is acked (see
+    :func:`again` for what changes). A retry starts with no redelivery count (the task ran to its end)."""
     assert d.message is not None
     delays = app.config.delays.enabled
-    if countdown is not None and countdown > 0 and not delays:
-        log.warning("%s: retrying at once: countdown %.1f s needs 'delays: {enabled: true}'", d.label, countdown)
+    if countdown > 0 and not delays:
+        log.warning("%s: sent again at once: a countdown of %.1f s needs 'delays: {enabled: true}'", d.label, countdown)
         countdown = 0
     now = datetime.now(UTC)
-    message = again(d, countdown=countdown, redeliveries=redeliveries, delays=delays, now=now)
+    message = again(d, retry=retry, countdown=countdown, headers=headers or {}, delays=delays, now=now)
     options = d.task.options if d.task else app.task_options(message.task)
     prepared = prepare_again(message, destination(d), app.send_settings, serializer=options.serializer,
                              compression=options.compression, now=now)  # fmt: skip

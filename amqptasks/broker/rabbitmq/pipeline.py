@@ -21,13 +21,13 @@ import pika.exceptions
 import pika.spec
 
 from amqptasks import errors
+from amqptasks.broker.outcome import Outcome
+from amqptasks.broker.rabbitmq.frames import encode_publish
 from amqptasks.message.envelope import Envelope
-from amqptasks.publish.frames import encode_publish
-from amqptasks.publish.outcome import Outcome
 
 __all__ = ["ConfirmChannel", "ConfirmTimeout"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("amqptasks.publish.pipeline")
 
 #: Hand encoded messages to the socket once this many bytes of them wait (large messages).
 _FLUSH_BYTES = 4 * 1024 * 1024

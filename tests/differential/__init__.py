@@ -1,0 +1,1 @@
+"""Scenarios run against both memory:// and a real RabbitMQ (see tests/test_memory_differential.py)."""
