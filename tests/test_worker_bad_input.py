@@ -277,6 +277,36 @@ def test_quorum_queue_dead_letters_over_its_delivery_limit_by_itself(vhost: Brok
     assert ready(channel, "critical") == 0
 
 
+QUORUM_NO_LIMIT_YAML = """
+topology:
+  queues:
+    - {name: critical, type: quorum, dead_letter: auto}
+"""
+
+
+def test_quorum_queue_without_delivery_limit_dead_letters_a_poison_message_after_max_redeliveries(
+    vhost: BrokerURL, channel: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a task that kills its worker, on a quorum queue with no delivery_limit (RabbitMQ 3.x: redelivered
+    # forever; 4.0+: the broker's default limit of 20), and workers that allow 2 redeliveries
+    caplog.set_level(logging.INFO, logger="amqptasks")
+    app = make_app(vhost, QUORUM_NO_LIMIT_YAML)
+
+    # When workers run it again and again
+    seen = crashing_runs(app, "critical", 3, max_redeliveries=2)
+    run_worker(app, ["critical"], max_redeliveries=2)
+    app.close()
+
+    # Then it ran in place 3 times, counted by the broker
+    assert [s["headers"].get("x-delivery-count") for s in seen] == [None, 1, 2]
+    # And at its third redelivery the worker dead-letters it as poison, saying so
+    [(_, props, _)] = get_all(channel, "critical.dlq")
+    assert death(props)["reason"] == "rejected"
+    logged = [r.getMessage() for r in caplog.records if r.name.startswith("amqptasks")]
+    assert any("poison: redelivered 3 times" in line for line in logged)
+    assert ready(channel, "critical") == 0
+
+
 # --- the hostile corpus, through a worker subprocess and the DLQ tools --------------------------------------
 
 CORPUS_TASKS = f"""

@@ -71,6 +71,7 @@ def plan_json(the_plan: Plan, where: str) -> None:
         {
             "broker": where,
             "source": the_plan.source,
+            "rabbitmq_version": the_plan.rabbitmq_version,
             "has_changes": the_plan.has_changes,
             "changes": [c.as_dict() for c in the_plan.changes],
             "notes": list(the_plan.notes),

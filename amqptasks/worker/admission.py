@@ -36,8 +36,10 @@ class Admission:
 
     async def redelivered_too_often(self, d: Delivery) -> bool:
         raw, headers = d.raw, d.raw.headers or {}
-        if not raw.redelivered or "x-delivery-count" in headers:
+        if not raw.redelivered:
             return False
+        if "x-delivery-count" in headers:
+            return await self._over_quorum_default(d, headers["x-delivery-count"])
         previous = headers.get(REDELIVERIES_HEADER, 0)
         count = (previous if isinstance(previous, int) else 0) + 1
         if count > self.settings.max_redeliveries:
@@ -45,6 +47,18 @@ class Admission:
             return True
         await republish(self.app, d, headers={REDELIVERIES_HEADER: count})  # counted copy to the back of the queue
         self.settle(d, "ack", f"redelivered: counted ({count}/{self.settings.max_redeliveries})")
+        return True
+
+    async def _over_quorum_default(self, d: Delivery, count: object) -> bool:
+        """A quorum queue counts redeliveries itself (x-delivery-count) and enforces its own delivery_limit. Without
+        one, RabbitMQ 3.x redelivers forever and 4.0+ stops at its default of 20, dropping the message when the
+        queue has no dead-letter exchange: the worker dead-letters it after max_redeliveries instead, saying why."""
+        queue = next((q for q in self.app.config.topology.queues if q.name == d.queue), None)
+        if queue is None or queue.delivery_limit is not None or not isinstance(count, int):
+            return False
+        if count <= self.settings.max_redeliveries:
+            return False
+        await self.reject(d, "poison", f"redelivered {count} times (it may kill its worker)")
         return True
 
     async def expired(self, d: Delivery) -> bool:
