@@ -1,6 +1,7 @@
 """amqptasks: a task framework built around RabbitMQ routing."""
 
 from amqptasks.app import App
+from amqptasks.beat.schedule import crontab
 from amqptasks.canvas import chain, chord, group, signature
 from amqptasks.config import Config, load_config
 from amqptasks.errors import AmqpTasksError, ConfigError, TopologyConflict, UnroutableError
@@ -23,6 +24,7 @@ __all__ = [
     "__version__",
     "chain",
     "chord",
+    "crontab",
     "group",
     "load_config",
     "signature",

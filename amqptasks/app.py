@@ -49,6 +49,8 @@ class App:
         else:
             self.config = load_config_text("{}", "<App()>", broker_url=broker_url)
         self.tasks: dict[str, Task[Any, Any]] = {}
+        #: The class ``@app.task`` builds when no ``base=`` is given (integrations such as Django's set their own).
+        self.task_base: type[Task[Any, Any]] = Task
         self._lock = threading.Lock()
         #: The one owner of this app's broker connections in this process (publishers, the rpc reply channel).
         self.connections = Connections(self.config.broker)
@@ -87,7 +89,7 @@ class App:
         def register(func: Callable[..., Any]) -> Task[Any, Any]:
             name = options.get("name") or f"{func.__module__}.{func.__qualname__}"
             check_declaration(options, f"@app.task for {name!r}")
-            base: type[Task[Any, Any]] = options.pop("base", Task)
+            base: type[Task[Any, Any]] = options.pop("base", self.task_base)
             if not (isinstance(base, type) and issubclass(base, Task)):
                 raise TypeError(f"@app.task for {name!r}: base must be a subclass of amqptasks.Task")
             declared = TaskOptions(**{**options, "name": name})

@@ -185,8 +185,8 @@ class TaskRevoked(AmqpTasksError):
     """``AsyncResult.get()`` of a task that was revoked before it ran."""
 
 
-class TaskExpired(AmqpTasksError):
-    """``AsyncResult.get()`` of a task whose ``expires`` passed before it ran."""
+class TaskExpired(TaskRevoked):
+    """``AsyncResult.get()`` of a task whose ``expires`` passed before it ran (its state is REVOKED, as Celery's)."""
 
 
 class MaxRetriesExceeded(TaskControl):

@@ -204,7 +204,7 @@ class AsyncResult:
 
     def _value(self, meta: dict[str, Any]) -> Any:
         if meta.get("status") in EXCEPTION_STATES:
-            return rebuild(meta.get("result"), self._task_module())
+            return rebuild(meta.get("result"), self._task_module(), meta.get("traceback"))
         return meta.get("result")
 
     def _task_module(self) -> str | None:

@@ -1,15 +1,13 @@
-"""Celery interop on the real broker, with the real ``celery`` package, both ways.
+"""Celery interop with real processes on both sides, both directions, on the real broker (and Redis).
 
-A Celery 5 client's messages decode and run on an amqptasks App; messages our App publishes run on a real Celery
-worker (a subprocess of ``tests/celery_interop_app.py``, which appends one JSON line per task run to a file).
+Per module, once: a Celery worker with the rpc:// backend (queue ``interop``, prefork so that time limits apply)
+and one with redis:// (``interop_redis``); our ``amqptasks worker`` with rpc:// (``ours``) and one with redis://
+(``ours_redis``). Clients are in this process: a real Celery app and our App, each with either backend.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -17,282 +15,339 @@ from pathlib import Path
 from typing import Any
 
 import celery
+import celery.exceptions
 import kombu.message
 import pytest
-from kombu import Queue
+import redis
 
 from amqptasks import App
-from amqptasks.broker import BrokerURL
-from amqptasks.config import load_config_text
-from amqptasks.message.protocol import TaskMessage
-from amqptasks.tasks.dispatch import UnknownTask, decode, execute
+from amqptasks.broker import BrokerURL, ManagementClient
+from amqptasks.errors import TaskExpired, TaskRevoked, TimeLimitExceeded
+from amqptasks.results.exceptions import TaskError
 from amqptasks.tasks.signature import Signature
-from tests.celery_interop_app import MAX_PRIORITY, QUEUE
+from tests import celery_interop_app
+from tests.celery_interop_app import QUEUE
+from tests.celery_peers import celery_worker, module_vhost, our_project, our_worker
+from tests.worker_helpers import Project, WorkerProcess
 
-REPO = Path(__file__).resolve().parents[1]
-WORKER_READY_TIMEOUT = 15.0
-RECORD_TIMEOUT = 20.0
+pytestmark = pytest.mark.broker
 
-TOPOLOGY = f"""
-topology:
-  provision: true
-  queues:
-    - {{name: {QUEUE}, max_priority: {MAX_PRIORITY}}}
-"""
+GET_TIMEOUT = 20.0
 
 
-@pytest.fixture
-def app(vhost: BrokerURL) -> Iterator[App]:
-    """Our App: ``math.add`` to run what Celery sends, ``interop.record`` to send to the Celery worker."""
-    config = load_config_text(TOPOLOGY, "interop.yaml", broker_url=vhost.to_url())
-    application = App(config=config, broker_url=vhost.to_url())
-
-    @application.task(name="math.add", queue=QUEUE)
-    def add(x: int, y: int) -> int:
-        return x + y
-
-    @application.task(name="interop.record", queue=QUEUE)
-    def record(*args: Any, **kwargs: Any) -> None: ...
-
-    yield application
-    application.close()
+@pytest.fixture(scope="module")
+def peers_vhost(broker: BrokerURL, mgmt: ManagementClient) -> Iterator[BrokerURL]:
+    with module_vhost(broker, mgmt) as vhost:
+        yield vhost
 
 
-@pytest.fixture
-def client(vhost: BrokerURL, app: App) -> Iterator[Any]:
-    """A Celery client on the test vhost; the queue is ours (provisioned), declared alike on Celery's side."""
-    app.provision()
-    celery_app = celery.Celery("interop-client", broker=vhost.to_url(), set_as_current=False)
-    celery_app.conf.task_queues = [Queue(QUEUE, queue_arguments={"x-max-priority": MAX_PRIORITY})]
-    celery_app.conf.task_default_queue = QUEUE
-    yield celery_app
-    celery_app.close()
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("interop")
 
 
-def received(channel: Any) -> tuple[Any, TaskMessage]:
-    """The next message in the queue, decoded by us. Celery publishes unconfirmed, so allow it a moment."""
-    deadline = time.monotonic() + 5
-    while True:
-        method, props, body = channel.basic_get(QUEUE, auto_ack=True)
-        if method is not None:
-            message = decode(
-                body, props.headers, props.content_type, props.content_encoding, props.correlation_id, props.reply_to
-            )
-            return props, message
-        assert time.monotonic() < deadline, f"no message arrived in queue {QUEUE!r}"
-        time.sleep(0.02)
+@pytest.fixture(scope="module")
+def rpc_project(workdir: Path, peers_vhost: BrokerURL) -> Project:
+    return our_project(workdir / "ours-rpc", peers_vhost, "rpc://")
 
 
-# --- a Celery client → our machinery ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def redis_project(workdir: Path, peers_vhost: BrokerURL, redis_url: str) -> Project:
+    return our_project(workdir / "ours-redis", peers_vhost, redis_url)
 
 
-def test_celery_send_task_runs_on_our_app_with_celerys_task_id(client: Any, app: App, channel: Any) -> None:
-    result = client.send_task("math.add", args=(2, 3), kwargs={}, queue=QUEUE)
-
-    props, message = received(channel)
-
-    assert execute(app, message) == 5
-    assert message.id == result.id == props.correlation_id
-    assert (message.task, message.args, dict(message.kwargs)) == ("math.add", (2, 3), {})
-    assert (message.retries, message.root_id, message.parent_id) == (0, result.id, None)
-    assert message.origin.startswith(f"gen{os.getpid()}@")
-    assert message.reply_to == props.reply_to and message.reply_to
+@pytest.fixture(scope="module")
+def our_rpc_worker(rpc_project: Project) -> Iterator[WorkerProcess]:
+    with our_worker(rpc_project, "-Q", "ours", "-n", "ours-rpc@interop") as worker:
+        yield worker
 
 
-def test_celery_apply_async_options_survive_decoding(client: Any, app: App, channel: Any) -> None:
-    @client.task(name="math.add")
-    def add(x: int, y: int) -> int: ...
-
-    sent_at = datetime.now(UTC)
-    result = add.apply_async(
-        (2,),
-        {"y": 3},
-        queue=QUEUE,
-        link=add.s(10),
-        link_error=client.signature("errors.report", kwargs={"severity": "high"}, immutable=True),
-        expires=60,
-        countdown=30,
-        priority=7,
-    )
-
-    props, message = received(channel)
-
-    assert execute(app, message) == 5
-    assert (message.id, message.args, dict(message.kwargs)) == (result.id, (2,), {"y": 3})
-    assert props.priority == 7
-    assert message.expires is not None and message.expires.tzinfo is not None
-    assert abs(message.expires - (sent_at + timedelta(seconds=60))) < timedelta(seconds=5)
-    assert message.eta is not None and message.eta.tzinfo is not None
-    assert abs(message.eta - (sent_at + timedelta(seconds=30))) < timedelta(seconds=5)
-    [callback] = [Signature.from_dict(data, app) for data in message.callbacks]
-    assert (callback.task, callback.args, callback.immutable) == ("math.add", (10,), False)
-    assert callback(5) == 15  # a link gets the parent's result first, as in Celery
-    [errback] = [Signature.from_dict(data) for data in message.errbacks]
-    assert (errback.task, errback.kwargs, errback.immutable) == ("errors.report", {"severity": "high"}, True)
+@pytest.fixture(scope="module")
+def our_redis_worker(redis_project: Project) -> Iterator[WorkerProcess]:
+    with our_worker(redis_project, "-Q", "ours_redis", "-n", "ours-redis@interop") as worker:
+        yield worker
 
 
-@pytest.mark.parametrize("compression", ["zlib", "gzip"])
-def test_compressed_celery_message_decodes(client: Any, app: App, channel: Any, compression: str) -> None:
-    client.send_task("math.add", args=(20, 22), kwargs={}, queue=QUEUE, compression=compression)
-
-    props, message = received(channel)
-
-    assert props.headers["compression"] == "application/x-gzip"  # kombu: both names mean zlib
-    assert execute(app, message) == 42
+@pytest.fixture(scope="module")
+def celery_rpc_worker(workdir: Path, peers_vhost: BrokerURL) -> Iterator[Any]:
+    # prefork: Celery enforces time limits only in its prefork pool.
+    with celery_worker(workdir / "celery-rpc", peers_vhost, [QUEUE], hostname="celery-rpc@interop",
+                       backend="rpc://", pool="prefork") as worker:  # fmt: skip
+        yield worker
 
 
-def test_celery_task_unknown_to_our_app_raises_unknown_task(client: Any, app: App, channel: Any) -> None:
-    client.send_task("math.multiply", args=(2, 3), kwargs={}, queue=QUEUE)
-
-    _, message = received(channel)
-
-    with pytest.raises(UnknownTask) as raised:
-        execute(app, message)
-    assert raised.value.reason == "unknown-task"
-    assert "no task named 'math.multiply' is registered" in str(raised.value)
+@pytest.fixture(scope="module")
+def celery_redis_worker(workdir: Path, peers_vhost: BrokerURL, redis_url: str) -> Iterator[Any]:
+    with celery_worker(workdir / "celery-redis", peers_vhost, ["interop_redis"], hostname="celery-redis@interop",
+                       backend=redis_url) as worker:  # fmt: skip
+        yield worker
 
 
-def test_naive_eta_and_expires_from_celery_are_read_as_utc(client: Any, channel: Any) -> None:
-    naive = datetime(2030, 1, 1, 12, 0)
-    client.send_task("math.add", args=(1, 2), kwargs={}, queue=QUEUE, eta=naive, expires=naive + timedelta(hours=1))
-
-    _, message = received(channel)
-
-    assert message.eta == naive.replace(tzinfo=UTC)
-    assert message.expires == naive.replace(tzinfo=UTC) + timedelta(hours=1)
+@pytest.fixture(scope="module")
+def ours_rpc(rpc_project: Project, our_rpc_worker: WorkerProcess) -> Iterator[App]:
+    """Our client, rpc:// (the worker is up, so the queues exist)."""
+    app = rpc_project.app()
+    yield app
+    app.close()
 
 
-def test_datetime_argument_from_celery_arrives_as_a_datetime(client: Any, channel: Any) -> None:
+@pytest.fixture(scope="module")
+def ours_redis(redis_project: Project, our_redis_worker: WorkerProcess) -> Iterator[App]:
+    app = redis_project.app()
+    yield app
+    app.close()
+
+
+@pytest.fixture(scope="module")
+def celery_rpc(peers_vhost: BrokerURL) -> Iterator[celery.Celery]:
+    """A Celery client, rpc://."""
+    client = celery_interop_app.make_app(peers_vhost.to_url(), "rpc://", name="interop-client-rpc")
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def celery_redis(peers_vhost: BrokerURL, redis_url: str) -> Iterator[celery.Celery]:
+    client = celery_interop_app.make_app(peers_vhost.to_url(), redis_url, name="interop-client-redis")
+    yield client
+    client.close()
+
+
+# --- time limits ----------------------------------------------------------------------------------------------
+
+
+def test_our_time_limits_travel_in_celerys_order_and_a_celery_worker_reads_them(
+    ours_rpc: App, celery_rpc_worker: Any
+) -> None:
+    sent = ours_rpc.send_task("interop.record", (1, 2), queue=QUEUE, soft_time_limit=5, time_limit=10)
+
+    run = celery_rpc_worker.ran({sent.id})[sent.id]
+
+    assert run["timelimit"] == [10, 5]  # Celery's request.timelimit: [time_limit, soft_time_limit]
+    assert sent.get(timeout=GET_TIMEOUT) == f"recorded {sent.id}"
+
+
+def test_a_celery_clients_time_limit_stops_the_task_on_our_worker_at_about_one_second(
+    celery_rpc: celery.Celery, our_rpc_worker: WorkerProcess
+) -> None:
+    started = time.monotonic()
+    result = celery_rpc.send_task("interop.sleep", (5,), queue="ours", time_limit=1)
+
+    with pytest.raises(celery.exceptions.TimeLimitExceeded):
+        result.get(timeout=GET_TIMEOUT)
+
+    assert time.monotonic() - started < 3.5  # 1 s, plus the trip; the task would sleep 5 s
+    assert result.state == "FAILURE"
+
+
+def test_a_celery_clients_soft_time_limit_is_raised_inside_the_task_on_our_worker(
+    celery_rpc: celery.Celery, our_rpc_worker: WorkerProcess
+) -> None:
+    result = celery_rpc.send_task("interop.soft", (5,), queue="ours", soft_time_limit=0.5, time_limit=10)
+
+    assert result.get(timeout=GET_TIMEOUT) == "soft limit reached"
+
+
+def test_our_time_limit_stops_the_task_on_a_celery_worker(ours_rpc: App, celery_rpc_worker: Any) -> None:
+    started = time.monotonic()
+    result = ours_rpc.send_task("interop.sleep", (5,), queue=QUEUE, time_limit=1)
+
+    with pytest.raises(TimeLimitExceeded):
+        result.get(timeout=GET_TIMEOUT)
+    assert time.monotonic() - started < 4.5
+
+
+# --- failures ---------------------------------------------------------------------------------------------------
+
+
+def test_a_celery_client_gets_the_value_error_our_worker_raised_over_rpc(
+    celery_rpc: celery.Celery, our_rpc_worker: WorkerProcess
+) -> None:
+    result = celery_rpc.send_task("interop.fail", ("kaboom",), queue="ours")
+
+    with pytest.raises(ValueError) as raised:
+        result.get(timeout=GET_TIMEOUT)
+    assert str(raised.value) == "kaboom"
+    assert result.state == "FAILURE"
+    assert "ValueError: kaboom" in result.traceback
+
+
+def test_our_client_gets_the_value_error_a_celery_worker_raised_over_rpc(ours_rpc: App, celery_rpc_worker: Any) -> None:
+    result = ours_rpc.send_task("interop.fail", ("kaboom",), queue=QUEUE)
+
+    with pytest.raises(ValueError) as raised:
+        result.get(timeout=GET_TIMEOUT)
+    assert str(raised.value) == "kaboom"
+    assert result.state == "FAILURE"
+    assert "ValueError: kaboom" in (result.traceback or "")
+    assert "remote traceback" in raised.value.__notes__[0]
+
+
+@pytest.mark.parametrize("direction", ["celery-client-our-worker", "our-client-celery-worker"])
+def test_failures_read_across_over_redis(
+    direction: str, celery_redis: celery.Celery, ours_redis: App, celery_redis_worker: Any
+) -> None:
+    if direction == "celery-client-our-worker":
+        result: Any = celery_redis.send_task("interop.fail", ("kaboom",), queue="ours_redis")
+    else:
+        result = ours_redis.send_task("interop.fail", ("kaboom",), queue="interop_redis")
+
+    with pytest.raises(ValueError) as raised:
+        result.get(timeout=GET_TIMEOUT)
+    assert str(raised.value) == "kaboom"
+    assert result.state == "FAILURE"
+
+
+def test_an_exception_class_our_client_may_not_rebuild_arrives_as_task_error(ours_redis: App) -> None:
+    # A result in Celery's form naming a class of a module this process has not imported: never imported here.
+    stored = {"status": "FAILURE", "task_id": "x", "traceback": "Traceback...", "children": [], "date_done": None,
+              "result": {"exc_type": "Boom", "exc_message": ["no"], "exc_module": "interop_not_imported"}}  # fmt: skip
+    client = redis.Redis.from_url(ours_redis.config.results.backend or "")
+    task_id = f"foreign-{time.monotonic_ns()}"
+    client.set(f"celery-task-meta-{task_id}", json.dumps({**stored, "task_id": task_id}), ex=60)
+
+    with pytest.raises(TaskError) as raised:
+        _result(ours_redis, task_id).get(timeout=GET_TIMEOUT)
+    assert (raised.value.type_name, raised.value.message) == ("interop_not_imported.Boom", "no")
+
+
+def _result(app: App, task_id: str) -> Any:
+    from amqptasks.result import AsyncResult
+
+    return AsyncResult(task_id, app=app, backend=app.result_backend)
+
+
+def sig(app: App, name: str, args: tuple[Any, ...], queue: str) -> Signature:
+    return Signature(name, args, options={"queue": queue}, app=app)
+
+
+# --- redis:// results, both ways -------------------------------------------------------------------------------
+
+
+def test_a_celery_client_reads_our_workers_result_from_redis_and_forget_removes_it(
+    celery_redis: celery.Celery, ours_redis: App, redis_url: str
+) -> None:
+    result = celery_redis.send_task("math.add", (2, 3), queue="ours_redis")
+
+    assert result.get(timeout=GET_TIMEOUT) == 5
+    assert result.state == "SUCCESS" and result.date_done is not None
+
+    # Our client reads the same key, and its forget() is Celery's too
+    ours = _result(ours_redis, result.id)
+    assert ours.get(timeout=GET_TIMEOUT) == 5
+    ours.forget()
+    assert celery_redis.AsyncResult(result.id).state == "PENDING"
+
+
+def test_our_client_reads_a_celery_workers_result_from_redis_with_its_expiry(
+    ours_redis: App, celery_redis: celery.Celery, celery_redis_worker: Any, redis_url: str
+) -> None:
+    result = ours_redis.send_task("math.add", (20, 22), queue="interop_redis")
+
+    assert result.get(timeout=GET_TIMEOUT) == 42
+    key = f"celery-task-meta-{result.id}"
+    assert 0 < redis.Redis.from_url(redis_url).ttl(key) <= 3600  # result_expires on both sides
+    celery_redis.AsyncResult(result.id).forget()
+    assert _result(ours_redis, result.id).state == "PENDING"
+
+
+def test_groups_read_across_over_redis(ours_redis: App, celery_redis: celery.Celery, celery_redis_worker: Any) -> None:
+    from amqptasks.canvas import group
+
+    # Ours, run by the Celery worker
+    ours = group(sig(ours_redis, "math.add", (i, i), "interop_redis") for i in range(3)).apply_async()
+    # Celery's, run by our worker
+    theirs = celery.group(celery_redis.signature("math.add", (i, 1), queue="ours_redis") for i in range(3))()
+
+    assert ours.get(timeout=GET_TIMEOUT) == [0, 2, 4]
+    assert theirs.get(timeout=GET_TIMEOUT) == [1, 2, 3]
+
+
+# --- expiry: REVOKED on both sides ------------------------------------------------------------------------------
+
+
+def test_a_celery_clients_expired_task_on_our_worker_ends_revoked(
+    celery_rpc: celery.Celery, our_rpc_worker: WorkerProcess
+) -> None:
+    result = celery_rpc.send_task("math.add", (1, 1), queue="ours", expires=datetime.now(UTC) - timedelta(seconds=1))
+
+    with pytest.raises(celery.exceptions.TaskRevokedError, match="expired"):
+        result.get(timeout=GET_TIMEOUT)
+    assert result.state == "REVOKED"
+
+
+def test_our_expired_task_on_a_celery_worker_reads_as_expired(ours_rpc: App, celery_rpc_worker: Any) -> None:
+    result = ours_rpc.send_task("math.add", (1, 1), queue=QUEUE, expires=datetime.now(UTC) - timedelta(seconds=1))
+
+    with pytest.raises(TaskExpired):
+        result.get(timeout=GET_TIMEOUT)
+    assert result.state == "REVOKED"
+    assert isinstance(result.info, TaskRevoked)
+
+
+# --- plain calls and their options, both ways --------------------------------------------------------------------
+
+
+def test_a_celery_clients_calls_run_on_our_worker_with_their_options(
+    celery_rpc: celery.Celery, our_rpc_worker: WorkerProcess
+) -> None:
+    sent = celery_rpc.send_task("math.add", (2, 3), queue="ours")
+    zipped = celery_rpc.send_task("math.add", (20, 22), queue="ours", compression="zlib")
+    callback = celery_rpc.signature("math.add", (10,), options={"queue": "ours"})
+    linked = celery_rpc.send_task("math.add", (1, 2), queue="ours", link=callback)
     when = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
-    client.send_task("math.add", args=(when, 1), kwargs={}, queue=QUEUE)
+    dated = celery_rpc.send_task("interop.echo", (when,), queue="ours")
 
-    _, message = received(channel)
-
-    assert message.args == (when, 1)
-
-
-# --- our publisher → a real Celery worker -----------------------------------------------------------------------
+    assert sent.get(timeout=GET_TIMEOUT) == 5
+    assert zipped.get(timeout=GET_TIMEOUT) == 42
+    assert linked.get(timeout=GET_TIMEOUT) == 3
+    assert dated.get(timeout=GET_TIMEOUT) == when  # a datetime, both ways, in kombu's JSON tags
 
 
-class CeleryWorker:
-    """``celery worker`` in a subprocess on the test vhost; what it ran is in ``records``."""
+def test_our_calls_run_on_a_celery_worker_with_our_ids_and_options(ours_rpc: App, celery_rpc_worker: Any) -> None:
+    delayed = ours_rpc.send_task("interop.record", (1, 2), queue=QUEUE)
+    applied = ours_rpc.send_task("interop.record", (3,), {"k": "v"}, queue=QUEUE, priority=7)
+    zipped = ours_rpc.send_task("interop.record", ("x" * 2000,), queue=QUEUE, compression="zlib")
+    parent = ours_rpc.send_task("interop.record", ("parent",), queue=QUEUE,
+                                link=sig(ours_rpc, "interop.record", ("linked",), QUEUE))  # fmt: skip
 
-    def __init__(self, tmp_path: Path) -> None:
-        self.records = tmp_path / "records.jsonl"
-        self.log = tmp_path / "worker.log"
-        self.process: subprocess.Popen[bytes] | None = None
+    runs = celery_rpc_worker.ran({delayed.id, applied.id, zipped.id, parent.id})
 
-    def start(self, vhost: BrokerURL, channel: Any) -> None:
-        env = {**os.environ, "INTEROP_BROKER_URL": vhost.to_url(), "INTEROP_RECORD_FILE": str(self.records)}
-        command = [sys.executable, "-m", "celery", "-A", "tests.celery_interop_app", "worker", "-Q", QUEUE]
-        command += ["--pool", "solo", "--concurrency", "1", "-l", "info"]
-        command += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
-        with self.log.open("wb") as log:
-            self.process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        self._wait_until_consuming(self.process, channel)
-
-    def _wait_until_consuming(self, process: subprocess.Popen[bytes], channel: Any) -> None:
-        # Publishing earlier would work too (the queue holds the messages), but a worker that failed to start
-        # would then look like an interop failure. A passive declare counts consumers live; the management
-        # API's count lags by up to its 5 s statistics interval.
-        deadline = time.monotonic() + WORKER_READY_TIMEOUT
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                pytest.fail(f"the Celery worker exited with {process.returncode}:\n{self.tail()}")
-            if channel.queue_declare(QUEUE, passive=True).method.consumer_count > 0:
-                return
-            time.sleep(0.05)
-        pytest.fail(f"the Celery worker did not consume from {QUEUE!r} within {WORKER_READY_TIMEOUT}s:\n{self.tail()}")
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:]
-
-    def ran(self, count: int) -> list[dict[str, Any]]:
-        """The first *count* task runs, waiting up to RECORD_TIMEOUT seconds for them."""
-        deadline = time.monotonic() + RECORD_TIMEOUT
-        while time.monotonic() < deadline:
-            lines = self.records.read_text().splitlines() if self.records.exists() else []
-            if len(lines) >= count:
-                return [json.loads(line) for line in lines]
-            time.sleep(0.05)
-        pytest.fail(f"the Celery worker ran {len(lines)} of {count} tasks in {RECORD_TIMEOUT}s:\n{self.tail()}")
-
-    def stop(self) -> None:
-        """Warm shutdown (SIGTERM); SIGKILL if it does not exit in 5 s."""
-        if self.process is None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=5)
-
-
-@pytest.fixture
-def worker(vhost: BrokerURL, app: App, channel: Any, tmp_path: Path) -> Iterator[CeleryWorker]:
-    """A Celery worker consuming from our provisioned queue (it declares the queue alike)."""
-    app.provision()
-    celery_worker = CeleryWorker(tmp_path)
-    try:
-        celery_worker.start(vhost, channel)
-        yield celery_worker
-    finally:
-        celery_worker.stop()
-
-
-def by_id(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {record["id"]: record for record in records}
-
-
-def test_celery_worker_runs_delay_apply_async_and_send_task_with_our_ids(app: App, worker: CeleryWorker) -> None:
-    record = app.tasks["interop.record"]
-    delayed = record.delay(1, 2)
-    applied = record.apply_async((3,), {"k": "v"}, priority=7)
-    sent = app.send_task("interop.record", ["sent"], {"x": 1})
-
-    runs = by_id(worker.ran(3))
-
-    assert set(runs) == {delayed.id, applied.id, sent.id}
-    assert (runs[delayed.id]["args"], runs[delayed.id]["kwargs"]) == ([1, 2], {})
-    assert (runs[applied.id]["args"], runs[applied.id]["kwargs"]) == ([3], {"k": "v"})
+    assert (runs[delayed.id]["args"], runs[applied.id]["kwargs"]) == ([1, 2], {"k": "v"})
     assert runs[applied.id]["priority"] == 7
-    assert (runs[sent.id]["args"], runs[sent.id]["kwargs"]) == (["sent"], {"x": 1})
-    for task_id, run in runs.items():
-        assert (run["task"], run["retries"], run["root_id"], run["parent_id"]) == ("interop.record", 0, task_id, None)
+    assert runs[zipped.id]["args"] == ["x" * 2000]
+    for task_id in (delayed.id, applied.id):
+        assert (runs[task_id]["root_id"], runs[task_id]["parent_id"]) == (task_id, None)
+    callback = celery_rpc_worker.ran_where(lambda run: run["parent_id"] == parent.id, "the link callback")
+    assert callback["args"] == [f"recorded {parent.id}", "linked"]  # Celery prepends the parent's result
+    assert delayed.get(timeout=GET_TIMEOUT) == f"recorded {delayed.id}"
 
 
-def test_celery_worker_applies_link_callbacks_our_app_attached(app: App, worker: CeleryWorker) -> None:
-    record = app.tasks["interop.record"]
-    parent = record.apply_async(("parent",), link=record.s("linked"))
+def test_gzip_compressed_message_from_our_app_is_readable_by_kombu(ours_rpc: App, peers_vhost: BrokerURL) -> None:
+    # kombu's Message is what a Celery worker decodes every delivery with; no Celery worker consumes 'fleet' here.
+    from amqptasks.broker import open_blocking
 
-    runs = worker.ran(2)
-
-    first, callback = runs
-    assert (first["id"], first["args"]) == (parent.id, ["parent"])
-    # Celery prepends the parent's return value to the callback's arguments, and chains the ids.
-    assert callback["args"] == [f"recorded {parent.id}", "linked"]
-    assert (callback["root_id"], callback["parent_id"]) == (parent.id, parent.id)
-
-
-def test_zlib_compressed_message_from_our_app_runs_on_celery_worker(app: App, worker: CeleryWorker) -> None:
-    record = app.tasks["interop.record"]
-    zipped = record.apply_async(("zipped", "x" * 2000), {"size": "big"}, compression="zlib")
-
-    [run] = worker.ran(1)
-
-    assert (run["id"], run["args"], run["kwargs"]) == (zipped.id, ["zipped", "x" * 2000], {"size": "big"})
-
-
-def test_gzip_compressed_message_from_our_app_is_readable_by_kombu(app: App, channel: Any) -> None:
-    # kombu's Message is what a Celery worker decodes every delivery with; a worker run would only add a timeout.
-    app.tasks["interop.record"].apply_async(("gzipped",), compression="gzip")
-    [(_, props, body)] = [channel.basic_get(QUEUE, auto_ack=True)]
+    ours_rpc.send_task("interop.record", ("gzipped",), queue="fleet", compression="gzip")
+    connection = open_blocking(peers_vhost, connection_name="interop gzip check")
+    try:
+        method, props, body = connection.channel().basic_get("fleet", auto_ack=True)
+    finally:
+        connection.close()
+    assert method is not None
 
     message = kombu.message.Message(
         body=body, content_type=props.content_type, content_encoding=props.content_encoding, headers=props.headers
     )
-
-    # A worker's kombu consumer checks these errors before the body (kombu.messaging.Consumer._receive_callback).
     assert [repr(error) for _, error, _ in message.errors] == []
     assert message.decode()[0] == ["gzipped"]
+
+
+# --- workflows that cross -----------------------------------------------------------------------------------------
+
+
+def test_a_celery_chain_runs_on_our_worker(celery_rpc: celery.Celery, our_rpc_worker: WorkerProcess) -> None:
+    add = celery_rpc.signature
+    result = celery.chain(add("math.add", (1, 2), options={"queue": "ours"}),
+                          add("math.add", (3,), options={"queue": "ours"}))()  # fmt: skip
+
+    assert result.get(timeout=GET_TIMEOUT) == 6

@@ -42,13 +42,37 @@ CASES = [
     case(
         "yaml-syntax-error",
         "2:21",  # the ':' after "amqp://rabbit"
-        "YAML syntax error: mapping values are not allowed here",
+        "YAML syntax error: a ':' YAML cannot read here: a value that contains ': ' needs quotes",
         """\
         broker:
           url: amqp://rabbit: 5672
         """,
     ),
-    case("tab-indentation", "2:1", "YAML syntax error: found character '\\t'", "topology:\n\tqueues: []\n"),
+    case(
+        "tab-indentation",
+        "2:1",
+        "YAML syntax error: a tab character: YAML indents with spaces only",
+        "topology:\n\tqueues: []\n",
+    ),
+    # PyYAML's "expected <block end>, but found '<block mapping start>'" becomes a sentence about indentation
+    case(
+        "indented-too-shallow",
+        "5:6",
+        "YAML syntax error: this line's indentation does not match the lines above",
+        "topology:\n  queues:\n    - name: a\n      bindings: []\n     max_priority: 5\n",
+    ),
+    case(
+        "unclosed-quote",
+        "2:8",
+        "YAML syntax error: a quote opened here is never closed",
+        'broker:\n  url: "amqp://x\n  heartbeat: 30\n',
+    ),
+    case(
+        "unclosed-bracket",
+        "2:11",
+        "YAML syntax error: a '[' opened here is never closed",
+        "topology:\n  queues: [a, b\n",
+    ),
     case(
         "duplicate-key",
         "5:7",

@@ -92,7 +92,7 @@ def test_apply_async_options_arrive_as_headers_properties_and_body(app: App, cha
     headers = props.headers
     assert headers["tenant"] == "acme" and "x-death" not in headers
     assert headers["expires"] == expires.isoformat()
-    assert headers["timelimit"] == [20, 30]
+    assert headers["timelimit"] == [30, 20]  # Celery's order: [time_limit, soft_time_limit]
     assert props.expiration is None  # expiry is the worker's to check: an AMQP TTL would also hit delay tiers
     args, kwargs, embed = body
     assert (args, kwargs) == (["acme"], {"cents": 1})

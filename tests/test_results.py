@@ -197,10 +197,10 @@ def test_redis_backend_stores_the_result_with_its_expiry(vhost: BrokerURL, redis
         tasks["progress"].delay(1).get(timeout=5, interval=0.01, on_message=lambda m: progress.append(m["status"]))
         ignored = tasks["add"].apply_async((1, 1), ignore_result=True)
         tasks["add"].delay(0, 0).get(timeout=5)
-    key = f"amqptasks-result-{result.id}"
+    key = f"celery-task-meta-{result.id}"
     assert 0 < client.ttl(key) <= 120
     assert progress[-1] == "SUCCESS" and set(progress) <= {"PROGRESS", "SUCCESS"}
-    assert not client.exists(f"amqptasks-result-{ignored.id}")
+    assert not client.exists(f"celery-task-meta-{ignored.id}")
     result.forget()
     assert not client.exists(key)
 
@@ -229,7 +229,7 @@ def test_a_late_retry_state_never_replaces_the_outcome_of_the_retry(vhost: Broke
         assert result.get(timeout=5) == "done"
         time.sleep(1.0)  # the first run's hooks are over now
     # Then the stored state is still the retry's SUCCESS, not RETRY
-    stored = json.loads(redis.Redis.from_url(redis_url).get(f"amqptasks-result-{result.id}") or b"{}")
+    stored = json.loads(redis.Redis.from_url(redis_url).get(f"celery-task-meta-{result.id}") or b"{}")
     assert stored.get("status") == "SUCCESS", stored
     assert runs == [0, 1]
 
@@ -363,15 +363,17 @@ def test_an_exception_of_a_module_not_allowed_is_never_imported(tmp_path: Path) 
     (tmp_path / f"{name}.py").write_text("import os\nos.environ['PWNED'] = '1'\nclass Bad(Exception): pass\n")
     sys.path.insert(0, str(tmp_path))
     try:
-        payload = {"type": f"{name}.Bad", "message": "nope", "args": ["nope"], "traceback": "Traceback..."}
-        # When results naming it are rebuilt, even as the task's own module
-        generic = rebuild(payload, task_module="tasks")
-        own_module_not_imported = rebuild(payload, task_module=name)
+        payload = {"exc_type": "Bad", "exc_message": ["nope"], "exc_module": name}
+        # When results naming it are rebuilt, even as the task's own module (and in the pre-0.2 form)
+        generic = rebuild(payload, task_module="tasks", traceback="Traceback...")
+        own_module_not_imported = rebuild(payload, task_module=name, traceback="Traceback...")
+        legacy = {"type": f"{name}.Bad", "message": "nope", "args": ["nope"], "traceback": "Traceback..."}
+        legacy_not_imported = rebuild(legacy, task_module=name)
     finally:
         sys.path.remove(str(tmp_path))
     # Then nothing was imported; a generic TaskError carries what is known
     assert name not in sys.modules
-    for exc in (generic, own_module_not_imported):
+    for exc in (generic, own_module_not_imported, legacy_not_imported):
         assert isinstance(exc, TaskError) and isinstance(exc, AmqpTasksError)
         assert (exc.type_name, exc.message, exc.traceback) == (f"{name}.Bad", "nope", "Traceback...")
 
@@ -380,7 +382,10 @@ def test_builtin_and_task_module_exceptions_are_rebuilt() -> None:
     assert isinstance(rebuild(exception_payload(KeyError("k"))), KeyError)
     assert isinstance(rebuild(exception_payload(PaymentDeclined("x")), task_module=__name__), PaymentDeclined)
     assert isinstance(rebuild(exception_payload(PaymentDeclined("x")), task_module="other"), TaskError)
-    assert isinstance(rebuild({"type": "builtins.SystemExit", "message": "0", "args": [0]}), TaskError)
+    assert isinstance(rebuild({"exc_type": "SystemExit", "exc_message": [0], "exc_module": "builtins"}), TaskError)
+    assert exception_payload(ValueError("kaboom", 2)) == {
+        "exc_type": "ValueError", "exc_message": ["kaboom", 2], "exc_module": "builtins"
+    }  # fmt: skip
 
 
 class _Done(ResultBackend):
@@ -412,7 +417,9 @@ def test_an_expired_task_is_reported_expired_and_a_revoked_one_revoked(rpc_app: 
         # Then neither runs, and get() says why
         with pytest.raises(TaskExpired):
             expired.get(timeout=5)
-        with pytest.raises(TaskRevoked):
+        with pytest.raises(TaskRevoked) as revoked:
             later.get(timeout=5)
-    assert (expired.state, later.state) == ("EXPIRED", "REVOKED")
+        assert not isinstance(revoked.value, TaskExpired)
+    # Both stored as Celery stores them (REVOKED, so a Celery client's get() ends too); the reason tells them apart
+    assert (expired.state, later.state) == ("REVOKED", "REVOKED")
     assert expired.ready() and later.ready()

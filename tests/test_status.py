@@ -167,13 +167,19 @@ def test_status_watch_refreshes_until_ctrl_c_and_exits_0(tmp_path: Path, vhost: 
     write(tmp_path, "app.yaml", APP)
     args = [console_script(), "status", "app.yaml", "--broker", vhost.to_url(), "--watch", "0.2"]
     process = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
     try:
-        time.sleep(1.5)
+        assert process.stdout is not None
+        for line in process.stdout:  # Ctrl-C once the table was printed twice (refreshed), however slow the box
+            lines.append(line)
+            if sum("QUEUE" in x for x in lines) >= 2:
+                break
         process.send_signal(signal.SIGINT)
-        stdout, stderr = process.communicate(timeout=10)
+        rest, stderr = process.communicate(timeout=30)
     finally:
         if process.poll() is None:
             process.kill()
+    stdout = "".join(lines) + rest
 
     assert process.returncode == 0, stderr
     assert "Traceback" not in stderr

@@ -11,7 +11,6 @@ import pytest
 from amqptasks import Task
 from amqptasks.broker import BrokerURL
 from amqptasks.worker.middleware import Middleware
-from amqptasks.worker.request import Request
 from tests.worker_helpers import celery_headers, get_all, make_app, publish_raw, ready, run_worker
 
 pytestmark = pytest.mark.broker
@@ -33,18 +32,14 @@ def test_base_class_hooks_and_signals_follow_each_task(
         def on_success(self, retval: Any, task_id: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
             hooks.append(("on_success", task_id, retval, args, dict(kwargs)))
 
-        def on_failure(
-            self, exc: BaseException, task_id: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]
-        ) -> None:
+        def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
             hooks.append(("on_failure", task_id, type(exc).__name__))
 
-        def on_retry(
-            self, exc: BaseException | None, task_id: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]
-        ) -> None:
+        def on_retry(self, exc: BaseException | None, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
             hooks.append(("on_retry", task_id, type(exc).__name__))
 
-        def after_return(self, status: str, retval: Any, request: Request) -> None:
-            hooks.append(("after_return", request.id, status))
+        def after_return(self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+            hooks.append(("after_return", task_id, status))
 
     def broken(**_: Any) -> None:
         raise RuntimeError("a broken receiver")

@@ -4,7 +4,8 @@ Entries come from the YAML ``beat:`` section and from code::
 
     from amqptasks.beat import periodic
 
-    periodic(app, "ping", "health.ping", every=30)  # or every="30s"
+    periodic(app, "ping", "health.ping", every=30)  # or every="30s", every=timedelta(seconds=30)
+    periodic(app, "report", report_task, cron=crontab(minute=0, hour=9, day_of_week="mon-fri"))
     periodic(app, "cleanup", cleanup_task, cron="0 3 * * mon", kwargs={"days": 7}, options={"queue": "low"})
 
 Run times:
@@ -46,17 +47,22 @@ _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
 
 
-def parse_every(value: float | str) -> float:
-    """An interval in seconds, from a number of seconds or ``"250ms"``, ``"30s"``, ``"5m"``, ``"1h"``, ``"1d"``."""
+def parse_every(value: float | str | timedelta) -> float:
+    """An interval in seconds, from a number of seconds, a ``timedelta``, or ``"250ms"``, ``"30s"``, ``"5m"``,
+    ``"1h"``, ``"1d"``."""
     if isinstance(value, bool):
         raise ValueError(f"expected seconds or a duration such as '30s', got {value!r}")
-    if isinstance(value, int | float):
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, int | float):
         seconds = float(value)
-    else:
+    elif isinstance(value, str):
         match = _DURATION_RE.match(value)
         if match is None:
             raise ValueError(f"expected seconds or a duration such as '30s', '5m', '1h', got {value!r}")
         seconds = float(match.group(1)) * _UNITS[(match.group(2) or "s").lower()]
+    else:
+        raise ValueError(f"expected seconds, a timedelta or a duration such as '30s', got {value!r}")
     if seconds < 0.001:
         raise ValueError(f"the interval must be positive, got {value!r}")
     return seconds
@@ -67,6 +73,32 @@ def zone(name: str) -> ZoneInfo:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
         raise ValueError(f"unknown time zone {name!r} (an IANA name such as 'Europe/Paris' or 'UTC')") from None
+
+
+@dataclass(frozen=True)
+class crontab:  # Celery's (lowercase) name
+    """A cron schedule in code, as Celery's ``crontab(minute="*/15", hour="9-17", day_of_week="mon-fri")``.
+
+    Each field takes what a cron field takes (a number, ``*``, ``*/N``, ranges, lists, day and month names);
+    unset fields are ``*``. ``expression`` is the five-field cron line it stands for.
+    """
+
+    minute: str | int = "*"
+    hour: str | int = "*"
+    day_of_week: str | int = "*"
+    day_of_month: str | int = "*"
+    month_of_year: str | int = "*"
+
+    def __post_init__(self) -> None:
+        if not croniter.is_valid(self.expression):
+            raise ValueError(
+                f"{self!r} is not a valid schedule (cron line {self.expression!r}: minute 0-59, hour 0-23, "
+                "day_of_month 1-31, month_of_year 1-12 or jan-dec, day_of_week 0-6 or sun-sat)"
+            )
+
+    @property
+    def expression(self) -> str:
+        return f"{self.minute} {self.hour} {self.day_of_month} {self.month_of_year} {self.day_of_week}"
 
 
 @dataclass(frozen=True)
@@ -167,15 +199,29 @@ def periodic(
     name: str,
     task: str | Task[Any, Any],
     *,
-    every: float | str | None = None,
-    cron: str | None = None,
+    every: float | str | timedelta | None = None,
+    cron: str | crontab | None = None,
+    schedule: float | str | timedelta | crontab | None = None,
     args: Iterable[Any] = (),
     kwargs: Mapping[str, Any] | None = None,
     options: Mapping[str, Any] | None = None,
     timezone: str | None = None,
 ) -> Entry:
-    """Add a periodic entry to *app* in code (next to the YAML's ``beat.entries``; a name may not be in both)."""
+    """Add a periodic entry to *app* in code (next to the YAML's ``beat.entries``; a name may not be in both).
+
+    When: *every* (seconds, ``"5m"``, a ``timedelta``), *cron* (a cron line or a :class:`crontab`), or
+    *schedule*, Celery's key, taking any of those.
+    """
     task_name = task if isinstance(task, str) else task.name
+    if schedule is not None:
+        if every is not None or cron is not None:
+            raise ValueError(f"beat entry {name!r}: give one of every, cron and schedule")
+        if isinstance(schedule, crontab):
+            cron = schedule
+        else:
+            every = schedule
+    if isinstance(cron, crontab):
+        cron = cron.expression
     if name in app.config.beat.entries or name in _REGISTRY.get(app, {}):
         raise ValueError(f"beat entry {name!r} is already defined")
     entry = Entry(

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from amqptasks import errors
 from amqptasks.beat.lock import BeatLock
 from amqptasks.beat.schedule import Entry, entries_of, task_id
+from amqptasks.beat.sources import REFRESH_INTERVAL, EntrySource, sources_of
 
 if TYPE_CHECKING:
     from amqptasks.app import App
@@ -54,7 +55,13 @@ class Scheduler:
         name: str = "amqptasks beat",
     ) -> None:
         self.app = app
-        self.entries = dict(entries_of(app) if entries is None else entries)
+        self._fixed = dict(entries_of(app) if entries is None else entries)
+        #: Sources of entries that change while beat runs (the Django admin's table), read by the leader.
+        self._sources: list[EntrySource] = sources_of(app) if entries is None else []
+        self._source_of: dict[str, EntrySource] = {}
+        self._refresh_failed: set[str] = set()
+        self.entries = dict(self._fixed)
+        self._read_sources()
         self._clock = clock
         self._stop = threading.Event()
         self._lock = BeatLock(app.config.broker, name=name)
@@ -99,15 +106,58 @@ class Scheduler:
 
     def _lead(self) -> None:
         start = self._clock()
+        self._read_sources()
         due = self.next_runs(start)
         log.info("beat: leader; %d entr%s", len(due), "y" if len(due) == 1 else "ies")
+        refreshed = start
         while not self._stop.is_set():
             now = self._clock()
+            if self._sources and (now - refreshed).total_seconds() >= REFRESH_INTERVAL:
+                self._apply_changes(due, now)
+                refreshed = now
             for name, entry in self.entries.items():
                 if due[name] <= now:
                     due[name] = self._fire(entry, due[name], now)
             wait = min((d - self._clock() for d in due.values()), default=timedelta(seconds=MAX_SLEEP))
             self._lock.wait(min(MAX_SLEEP, max(0.0, wait.total_seconds())))
+
+    def _read_sources(self) -> None:
+        """``self.entries`` = the fixed entries plus what each source holds now (a failing source keeps its last)."""
+        if not self._sources:
+            return
+        entries = dict(self._fixed)
+        source_of: dict[str, EntrySource] = {}
+        for source in self._sources:
+            try:
+                found = dict(source.entries())
+            except Exception as exc:  # a database that is down must not stop the fixed entries
+                if source.label not in self._refresh_failed:
+                    log.warning("beat: cannot read the %s (%s); keeping its last entries", source.label, exc)
+                    self._refresh_failed.add(source.label)
+                found = {n: e for n, e in self.entries.items() if self._source_of.get(n) is source}
+            else:
+                if source.label in self._refresh_failed:
+                    log.info("beat: the %s can be read again", source.label)
+                    self._refresh_failed.discard(source.label)
+            for name, entry in found.items():
+                if name in entries:
+                    log.warning("beat: %s entry %r has the name of another entry; ignored", source.label, name)
+                    continue
+                entries[name] = entry
+                source_of[name] = source
+        self.entries, self._source_of = entries, source_of
+
+    def _apply_changes(self, due: dict[str, datetime], now: datetime) -> None:
+        """Re-read the sources: new and changed entries start from their next run after *now*; removed ones stop."""
+        before = self.entries
+        self._read_sources()
+        for name in set(before) - set(self.entries):
+            due.pop(name, None)
+            log.info("beat: entry %s removed", name)
+        for name, entry in self.entries.items():
+            if before.get(name) != entry:
+                due[name] = entry.next_after(now)
+                log.info("beat: entry %s %s: %s", name, "changed" if name in before else "added", entry.describe())
 
     def _fire(self, entry: Entry, scheduled: datetime, now: datetime) -> datetime:
         """Send the run at *scheduled* unless too late; returns the entry's next run time."""
@@ -128,6 +178,12 @@ class Scheduler:
             return
         self.sent.setdefault(entry.name, []).append(scheduled)
         log.info("beat: sent %s (%s)", tid, entry.task)
+        source = self._source_of.get(entry.name)
+        if source is not None:
+            try:
+                source.sent(entry.name, scheduled)
+            except Exception as exc:
+                log.warning("beat: %s: recording the run in the %s failed: %s", entry.name, source.label, exc)
 
 
 def start_thread(app: App) -> tuple[Scheduler, threading.Thread]:

@@ -16,6 +16,7 @@ import click
 
 from amqptasks.cli import output
 from amqptasks.cli.common import config_options, load
+from amqptasks.constants import DELAY_BIT_HEADER_PREFIX, DELAY_TARGET_HEADER, DELAYED_HEADER, is_delay_name
 from amqptasks.dlq import reader, replay
 from amqptasks.dlq.reader import DeadLetter, queue_names
 
@@ -44,6 +45,36 @@ def _table(rows: list[dict[str, Any]]) -> None:
     click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
     for row in cells:
         click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _confirm(question: str, command: str) -> None:
+    """Ask on a terminal; without one (a script, CI, a pipe) say to pass --yes instead of aborting silently."""
+    if not sys.stdin.isatty():
+        raise click.UsageError(f"{command} asks before it changes anything, and there is no terminal to ask on: "
+                               "pass --yes to go ahead without asking")  # fmt: skip
+    click.confirm(question, abort=True)
+
+
+def _shown_headers(headers: dict[str, Any], everything: bool) -> tuple[dict[str, Any], list[Any], int]:
+    """(headers, x-death entries, how many were hidden): the delay tiers' routing headers and the x-death
+    entries of the tier queues a delayed retry passed through say nothing about why the task failed."""
+    deaths = list(headers.get("x-death") or [])
+    if everything:
+        return headers, deaths, 0
+    via_tiers = is_delay_name(str(headers.get("x-first-death-queue", "")))
+    shown = {
+        k: v
+        for k, v in headers.items()
+        if not (_is_delay_header(k) or k == "x-death" or (via_tiers and k.startswith("x-first-death-")))
+    }
+    kept = [d for d in deaths if not (isinstance(d, dict) and is_delay_name(str(d.get("queue", ""))))]
+    return shown, kept, (len(headers) - len(shown) - ("x-death" in headers)) + len(deaths) - len(kept)
+
+
+def _is_delay_header(name: str) -> bool:
+    return name in (DELAY_TARGET_HEADER, DELAYED_HEADER) or (
+        name.startswith(DELAY_BIT_HEADER_PREFIX) and name[len(DELAY_BIT_HEADER_PREFIX) :].isdigit()
+    )
 
 
 @click.group("dlq")
@@ -76,8 +107,10 @@ def list_command(queue: str, config_path: str | None, broker_url: str | None, li
 @click.argument("task_id", metavar="ID")
 @click.argument("queue")
 @config_options
-def show_command(task_id: str, queue: str, config_path: str | None, broker_url: str | None) -> None:
-    """One dead letter in full: headers, x-death, decoded body and failure record."""
+@click.option("--all-headers", is_flag=True, help="Also the delay tiers' headers and x-death entries.")
+def show_command(task_id: str, queue: str, config_path: str | None, broker_url: str | None, all_headers: bool) -> None:
+    """One dead letter in full: headers, x-death, decoded body and failure record (the delay tiers' own
+    headers are left out unless --all-headers)."""
     config = load(config_path, broker_url)
     with reader.connect(config, "show") as connection:
         found = [d for d in reader.peek(connection, queue, None, config.broker.max_message_size) if d.id == task_id]
@@ -85,12 +118,18 @@ def show_command(task_id: str, queue: str, config_path: str | None, broker_url: 
             raise click.ClickException(f"no message with id {task_id!r} in {queue_names(queue)[1]!r}")
         letter = reader.with_records(connection, found[:1])[0]
     m = letter.decoded
+    headers, deaths, hidden = _shown_headers(dict(letter.headers), all_headers)
     output.echo_json(
         {
             **_summary(letter),
             "properties": {k: v for k, v in vars(letter.properties).items() if v is not None and k != "headers"},
-            "headers": letter.headers,
-            "x-death": letter.headers.get("x-death"),
+            "headers": headers,
+            "x-death": deaths or None,
+            **(
+                {"hidden": f"{hidden} delay-tier headers and x-death entries (--all-headers shows them)"}
+                if hidden
+                else {}
+            ),
             "body": {"args": list(m.args), "kwargs": dict(m.kwargs), "retries": m.retries} if m else None,
             "raw_body": letter.body.decode("utf-8", "replace") if m is None else None,
             "failure_record": letter.record,
@@ -121,13 +160,15 @@ def _stop_on_signals() -> Iterator[list[int]]:
 @click.option("--all", "replay_all", is_flag=True, help="Replay every dead letter.")
 @click.option("--exchange", help="Send to this exchange instead of the original one.")
 @click.option("--routing-key", help="Send with this routing key instead of the original one.")
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--keep-retries", is_flag=True, help="Keep each task's retry count (default: start again from 0).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (needed without a terminal).")
 def replay_command(
     queue: str, config_path: str | None, broker_url: str | None, ids: tuple[str, ...], replay_all: bool,
-    exchange: str | None, routing_key: str | None, yes: bool,
+    exchange: str | None, routing_key: str | None, keep_retries: bool, yes: bool,
 ) -> None:  # fmt: skip
     """Send dead letters back as fresh messages to their original exchange and routing key; each is removed
-    from the DLQ only once the broker confirmed its copy. Ctrl-C stops after the message in flight."""
+    from the DLQ only once the broker confirmed its copy. A replayed task gets its retries again (its count
+    starts from 0) unless --keep-retries. Ctrl-C stops after the message in flight."""
     if bool(ids) == replay_all:
         raise click.UsageError("pass --id ID (repeatable) or --all")
     config = load(config_path, broker_url)
@@ -136,11 +177,12 @@ def replay_command(
         total = reader.depth(connection, dlq)
         what = "every message" if replay_all else f"{len(ids)} message(s)"
         if not yes:
-            click.confirm(f"replay {what} of {dlq} ({total} there)?", abort=True)
+            _confirm(f"replay {what} of {dlq} ({total} there)?", "dlq replay")
         with _stop_on_signals() as received, click.progressbar(length=total, label="replaying", file=sys.stderr) as bar:
             result = replay.replay(
                 connection, queue, ids=None if replay_all else set(ids), exchange=exchange, routing_key=routing_key,
                 stop_requested=lambda: bool(received), progress=lambda letter: bar.update(1),
+                reset_retries=not keep_retries,
             )  # fmt: skip
     click.echo(f"replayed {result.replayed} message(s) from {dlq}")
     if result.interrupted:
@@ -161,6 +203,6 @@ def purge_command(queue: str, config_path: str | None, broker_url: str | None, y
     with reader.connect(load(config_path, broker_url), "purge") as connection:
         total = reader.depth(connection, dlq)
         if not yes:
-            click.confirm(f"delete the {total} message(s) of {dlq}?", abort=True)
+            _confirm(f"delete the {total} message(s) of {dlq}?", "dlq purge")
         purged = replay.purge(connection, queue)
     click.echo(f"purged {purged} message(s) from {dlq}")

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import click
 
 from amqptasks.broker.management import ManagementClient
+from amqptasks.broker.management_target import management_client
 from amqptasks.broker.url import BrokerURL
 from amqptasks.cli import output
 from amqptasks.cli.common import config_options, load
@@ -79,10 +80,10 @@ def _target(
             url = BrokerURL.parse(broker_url)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--broker") from None
-        return ManagementClient.for_broker(url), url, None
+        return management_client(url), url, None
     config = load(config_path, broker_url)
     url = BrokerURL.parse(config.broker.url)
-    client = ManagementClient.for_broker(url, config.broker.management_url)
+    client = management_client(url, config.broker.management_url)
     return client, url, None if show_all else [q.name for q in config.topology.queues]
 
 

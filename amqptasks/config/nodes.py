@@ -17,6 +17,7 @@ import yaml
 from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
 from amqptasks.config.diagnostics import Diagnostics, Location
+from amqptasks.config.yaml_errors import explain
 
 
 @dataclass
@@ -145,9 +146,8 @@ def parse_text(text: str, file: str, diags: Diagnostics, env: Mapping[str, str] 
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
+        mark, problem = explain(exc)
         loc = Location(file, mark.line + 1, mark.column + 1) if mark else Location(file, 1, 1)
-        problem = exc.problem or exc.context or "invalid YAML"
         diags.error(loc, f"YAML syntax error: {problem}")
         return None
     except yaml.YAMLError as exc:  # composer errors without a mark

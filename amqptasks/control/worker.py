@@ -131,8 +131,8 @@ class WorkerControl:
 
     async def _do_stats(self) -> dict[str, Any]:
         s = self.worker.settings
-        return {"pid": os.getpid(), "pool": s.pool, "concurrency": s.concurrency, "queues": list(s.queues),
-                "processed": self.worker.processed, "running": self.worker.running,
+        return {"pid": os.getpid(), "ppid": os.getppid(), "pool": s.pool, "concurrency": s.concurrency,
+                "queues": list(s.queues), "processed": self.worker.processed, "running": self.worker.running,
                 "revoked": len(self.revoked), "uptime": round(time.time() - self.started, 1)}  # fmt: skip
 
     async def _do_rate_limit(self, task: str, rate: str | None = None) -> str:

@@ -35,10 +35,15 @@ def destination(letter: DeadLetter, exchange: str | None, routing_key: str | Non
     return target_exchange, letter.routing_key
 
 
-def fresh_properties(letter: DeadLetter) -> pika.BasicProperties:
+def fresh_properties(letter: DeadLetter, *, reset_retries: bool = True) -> pika.BasicProperties:
+    """A replayed copy's properties. With *reset_retries* its ``retries`` header starts from 0 again: a task
+    dead-lettered after its last retry would otherwise be dead-lettered again at its first failure."""
     props = letter.properties
+    headers = letter.fresh_headers()
+    if reset_retries and "retries" in headers:
+        headers["retries"] = 0
     return pika.BasicProperties(
-        content_type=props.content_type, content_encoding=props.content_encoding, headers=letter.fresh_headers(),
+        content_type=props.content_type, content_encoding=props.content_encoding, headers=headers,
         delivery_mode=props.delivery_mode, priority=props.priority, correlation_id=props.correlation_id,
         reply_to=props.reply_to, expiration=props.expiration, message_id=props.message_id,
         timestamp=props.timestamp, type=props.type, user_id=props.user_id, app_id=props.app_id,
@@ -54,6 +59,7 @@ def replay(
     routing_key: str | None = None,
     stop_requested: Callable[[], bool] = lambda: False,
     progress: Callable[[DeadLetter], None] = lambda letter: None,
+    reset_retries: bool = True,
 ) -> ReplayResult:
     """Replay the dead letters of *queue* whose id is in *ids* (all when None); the others stay, in order.
 
@@ -78,7 +84,8 @@ def replay(
                 continue
             target_exchange, key = destination(letter, exchange, routing_key)
             try:
-                channel.basic_publish(target_exchange, key, body, fresh_properties(letter), mandatory=True)
+                props = fresh_properties(letter, reset_retries=reset_retries)
+                channel.basic_publish(target_exchange, key, body, props, mandatory=True)
             except pika.exceptions.UnroutableError:
                 raise UnroutableError(target_exchange, key) from None
             except pika.exceptions.NackError:

@@ -1,7 +1,7 @@
 """Celery's task message protocol, version 2 (pure).
 
 Properties: ``correlation_id`` = task id, ``content_type``/``content_encoding``, ``reply_to``, ``priority``.
-Headers: lang, task, id, shadow, eta, expires, group, group_index, retries, timelimit [soft, hard],
+Headers: lang, task, id, shadow, eta, expires, group, group_index, retries, timelimit [hard, soft],
 root_id, parent_id, argsrepr, kwargsrepr, origin, ignore_result. Body: ``[args, kwargs, embed]`` where
 embed holds callbacks, errbacks, chain and chord. A Celery 5 client and worker read what we write.
 """
@@ -84,6 +84,7 @@ class TaskMessage:
     parent_id: str | None = None
     group: str | None = None
     group_index: int | None = None
+    #: ``(time_limit, soft_time_limit)``: the hard limit first, as Celery's header and its ``request.timelimit``.
     timelimit: tuple[float | None, float | None] = (None, None)
     ignore_result: bool = False
     callbacks: tuple[Mapping[str, Any], ...] = ()

@@ -86,6 +86,10 @@ def _decode_tagged(obj: dict[str, Any]) -> Any:
     return obj
 
 
+#: kombu's JSON tags, for other JSON documents that travel beside task bodies (result states).
+json_default = _encode_tagged
+json_object_hook = _decode_tagged
+
 #: One encoder for every call (json.dumps with options builds a new one each time; encoding keeps no state).
 _JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_encode_tagged)
 

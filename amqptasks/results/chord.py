@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from amqptasks.broker.connection import open_blocking, tls_options
 from amqptasks.broker.url import BrokerURL
 from amqptasks.errors import AmqpTasksError
+from amqptasks.results.exceptions import describe, exception_payload
 from amqptasks.results.middleware import CHORD_UNLOCK, chord_queue
 from amqptasks.results.states import FAILURE, SUCCESS, decode, state_message
 from amqptasks.tasks.signature import Signature
@@ -93,10 +94,9 @@ def _fail(app: App, task: Task[Any, Any], sig: Signature, group_id: str, meta: M
     backend, callback_id = app.result_backend, sig.options.get("task_id")
     if backend is None or not callback_id:
         return
-    member = meta.get("result") or {}
-    error = f"chord {group_id}: member {meta.get('task_id')} failed: {member.get('type')}: {member.get('message')}"
-    payload = {"type": f"{ChordError.__module__}.ChordError", "message": error, "args": [error],
-               "traceback": meta.get("traceback")}  # fmt: skip
+    type_name, message = describe(meta.get("result"))
+    error = f"chord {group_id}: member {meta.get('task_id')} failed: {type_name}: {message}"
+    payload = exception_payload(ChordError(error))
     reply_to = sig.options.get("reply_to") or task.request.reply_to
     backend.store(str(callback_id), state_message(str(callback_id), FAILURE, payload, meta.get("traceback")), reply_to)
 

@@ -22,9 +22,9 @@ import logging
 from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from amqptasks.errors import Reject, TaskExpired, TaskRevoked
+from amqptasks.errors import Reject
 from amqptasks.message.envelope import Envelope
-from amqptasks.results.exceptions import exception_payload
+from amqptasks.results.exceptions import describe, exception_payload, format_traceback, revoked_payload
 from amqptasks.results.states import (
     FAILURE,
     REJECTED,
@@ -95,16 +95,17 @@ class Results(Middleware):
         m = delivery.message
         if m is None:
             return
-        payload = exception_payload(exc)
-        meta = state_message(m.id, FAILURE, payload, payload["traceback"], children=lineage.take(m.id))
+        payload, trace = exception_payload(exc), format_traceback(exc)
+        meta = state_message(m.id, FAILURE, payload, trace, children=lineage.take(m.id))
         await self._store(delivery, meta)
         await self._to_chord(delivery, m, meta)
         for errback in m.errbacks:
-            await self._errback(delivery, errback, m, payload)
+            await self._errback(delivery, errback, m, payload, trace)
 
     async def before_retry(self, delivery: Delivery, exc: BaseException | None, countdown: float) -> None:
         payload = exception_payload(exc) if exc is not None else None
-        await self._store(delivery, state_message(_id(delivery), RETRY, payload))
+        trace = format_traceback(exc) if exc is not None else None
+        await self._store(delivery, state_message(_id(delivery), RETRY, payload, trace))
 
     async def after_reject(self, delivery: Delivery, reason: str) -> None:
         if delivery.settled == "reject" and delivery.message is not None:
@@ -116,9 +117,10 @@ class Results(Middleware):
 
     async def after_skip(self, delivery: Delivery, state: str) -> None:
         if delivery.message is not None:
-            why = TaskRevoked if state == REVOKED else TaskExpired
-            payload = exception_payload(why(f"task {delivery.message.id} was {state.lower()} and did not run"))
-            await self._store(delivery, state_message(delivery.message.id, state, payload))
+            # Stored as a Celery worker stores both: REVOKED with TaskRevokedError("revoked" | "expired"), a state
+            # every client's get() ends on; the reason tells an expired task from a revoked one.
+            payload = revoked_payload("revoked" if state == REVOKED else "expired")
+            await self._store(delivery, state_message(delivery.message.id, REVOKED, payload))
 
     # --- states ------------------------------------------------------------------------------------------
 
@@ -195,7 +197,7 @@ class Results(Middleware):
             options["ignore_result"] = True  # nobody waits on a reply-to for it
 
     async def _errback(
-        self, delivery: Delivery, data: Mapping[str, Any], m: TaskMessage, payload: dict[str, Any]
+        self, delivery: Delivery, data: Mapping[str, Any], m: TaskMessage, payload: dict[str, Any], trace: str
     ) -> None:
         """Celery 5: ``errback(request, exc, traceback)`` when the errback takes three arguments, else
         ``errback(task_id)``. The request and the exception travel as JSON data (never pickled)."""
@@ -208,8 +210,9 @@ class Results(Middleware):
             "id": m.id, "task": m.task, "args": list(m.args), "kwargs": dict(m.kwargs), "retries": m.retries,
             "root_id": m.root_id, "parent_id": m.parent_id, "group": m.group,
         }  # fmt: skip
-        exc = {k: payload[k] for k in ("type", "message", "args")}
-        full: tuple[Any, ...] = (request, exc, payload["traceback"])
+        type_name, message = describe(payload)
+        exc = {"type": type_name, "message": message, "args": payload["exc_message"]}
+        full: tuple[Any, ...] = (request, exc, trace)
         if not _accepts(self.app, sig, full):
             full = (m.id,)
         await self._publish_step(delivery, sig, full, m)

@@ -1,5 +1,8 @@
-"""``redis://``: workers write each state to the key ``amqptasks-result-<task id>`` (JSON, expiring after
-``results.result_expires``); ``get()`` polls it. Needs the ``redis`` extra (``pip install amqptasks[redis]``)."""
+"""``redis://``: Celery's redis result backend, on the wire: workers write each state to the key
+``celery-task-meta-<task id>`` (the JSON meta, expiring after ``results.result_expires``, Celery's
+``result_expires``) and publish it on the channel of the same name, which a waiting Celery client subscribes to;
+``get()`` here polls the key. So a Celery client reads our worker's results and we read a Celery worker's.
+Needs the ``redis`` extra (``pip install amqptasks[redis]``)."""
 
 from __future__ import annotations
 
@@ -11,19 +14,21 @@ from amqptasks.errors import AmqpTasksError
 from amqptasks.results.backend import OnMessage, ResultBackend
 from amqptasks.results.states import READY_STATES, REDIS_KEY_PREFIX, decode, encode
 
-#: SET with expiry, except that a non-final state never replaces a final one: a RETRY is reported after the
-#: retry message was published, so the retried run's final state can overtake it.
+#: SET with expiry and PUBLISH (as Celery's ``_set``), except that a non-final state never replaces a final one:
+#: a RETRY is reported after the retry message was published, so the retried run's final state can overtake it.
 _STORE = """
 if ARGV[2] == '0' then
   local current = redis.call('GET', KEYS[1])
   if current then
     local ok, meta = pcall(cjson.decode, current)
-    if ok and (meta['status'] == 'SUCCESS' or meta['status'] == 'FAILURE' or meta['status'] == 'REJECTED') then
+    local status = ok and meta['status']
+    if status == 'SUCCESS' or status == 'FAILURE' or status == 'REJECTED' or status == 'REVOKED' then
       return 0
     end
   end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+redis.call('PUBLISH', KEYS[1], ARGV[1])
 return 1
 """
 

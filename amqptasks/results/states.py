@@ -1,8 +1,12 @@
 """Task states and the state message a worker sends for each (pure: no I/O).
 
 A state message is one JSON document: ``{task_id, status, result, traceback, date_done, children}``, the
-shape of Celery's result meta. For FAILURE (and RETRY) ``result`` holds the exception as data
-(:mod:`amqptasks.results.exceptions`); for custom states (``update_state``) it holds the task's ``meta``.
+shape of Celery's result meta. For FAILURE, RETRY and REVOKED ``result`` holds the exception as data in Celery's
+form (:mod:`amqptasks.results.exceptions`); for custom states (``update_state``) it holds the task's ``meta``.
+
+An expired task is stored as REVOKED (as a Celery worker stores it), with ``TaskRevokedError("expired")``: every
+client's ``get()`` ends on it, and ours raises :class:`~amqptasks.errors.TaskExpired`. ``EXPIRED`` is only read
+(results stored by amqptasks before 0.2).
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ import json
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
+
+from amqptasks.message.serialize import json_default, json_object_hook
 
 PENDING = "PENDING"
 STARTED = "STARTED"
@@ -27,8 +33,10 @@ EXCEPTION_STATES = frozenset({FAILURE, REJECTED, REVOKED, EXPIRED})
 
 #: The pseudo-queue of RabbitMQ's direct reply-to: consumed (no-ack) and published with on the same channel.
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
-#: Redis key of a task's result.
-REDIS_KEY_PREFIX = "amqptasks-result-"
+#: Redis key of a task's result: Celery's (celery/backends/base.py ``task_keyprefix``), so each side reads the other's.
+REDIS_KEY_PREFIX = "celery-task-meta-"
+#: Redis key of a saved group result (Celery's ``group_keyprefix``).
+REDIS_GROUP_PREFIX = "celery-taskset-meta-"
 
 
 def state_message(
@@ -44,13 +52,21 @@ def state_message(
     }
 
 
+def _default(value: Any) -> Any:
+    # kombu's tags for datetimes, Decimals, UUIDs, bytes (what Celery's json writes and reads); repr for the rest:
+    # a result JSON cannot carry still reaches the caller as text rather than failing the task.
+    try:
+        return json_default(value)
+    except TypeError:
+        return repr(value)
+
+
 def encode(meta: Mapping[str, Any]) -> bytes:
-    # default=repr: a result JSON cannot carry still reaches the caller as text rather than failing the task.
-    return json.dumps(meta, default=repr).encode()
+    return json.dumps(meta, default=_default).encode()
 
 
 def decode(body: bytes | str) -> dict[str, Any]:
-    meta = json.loads(body)
+    meta = json.loads(body, object_hook=json_object_hook)
     if not isinstance(meta, dict) or "status" not in meta:
         raise ValueError(f"not a result state message: {body!r:.200}")
     return meta

@@ -166,7 +166,7 @@ def prepare(
         parent_id=options.get("parent_id"),
         group=options.get("group_id"),
         group_index=options.get("group_index"),
-        timelimit=(soft_limit, time_limit),
+        timelimit=(time_limit, soft_limit),  # Celery's order: hard first
         ignore_result=bool(options.get("ignore_result", task.ignore_result)),
         callbacks=_signature_dicts(options.get("link")),
         errbacks=_signature_dicts(options.get("link_error")),

@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, ParamSpec, TypeVar
 
 from amqptasks.errors import MaxRetriesExceeded, Retry
+from amqptasks.tasks.einfo import ExceptionInfo
 from amqptasks.tasks.options import TaskOptions
 from amqptasks.tasks.signature import Signature
 from amqptasks.worker import request as request_context
@@ -27,6 +28,35 @@ class LimitedRetry(Retry):
     def __init__(self, exc: BaseException | None, countdown: float | None, max_retries: int | None) -> None:
         super().__init__(exc, countdown)
         self.max_retries = max_retries
+
+
+#: The hooks a base class may define, with the arguments Celery (and the worker) passes them, after ``self``.
+HOOKS: dict[str, tuple[str, ...]] = {
+    "on_success": ("retval", "task_id", "args", "kwargs"),
+    "on_failure": ("exc", "task_id", "args", "kwargs", "einfo"),
+    "on_retry": ("exc", "task_id", "args", "kwargs", "einfo"),
+    "after_return": ("status", "retval", "task_id", "args", "kwargs", "einfo"),
+}
+
+
+def check_hooks(cls: type, task: str) -> None:
+    """Refuse, when the task is declared, a hook of base class *cls* that cannot be called as the worker will."""
+    for hook, arguments in HOOKS.items():
+        method = getattr(cls, hook, None)
+        if method is None or method is getattr(Task, hook):
+            continue
+        try:
+            signature = inspect.signature(method)
+        except ValueError:  # no signature to inspect (a builtin): trust it
+            continue
+        try:
+            signature.bind(None, *arguments)
+        except TypeError as exc:
+            given = ", ".join(str(p.replace(annotation=inspect.Parameter.empty)) for p in signature.parameters.values())
+            raise TypeError(
+                f"task {task!r}: {cls.__name__}.{hook}({given}) cannot be called as the worker calls it, "
+                f"{hook}(self, {', '.join(arguments)}) (Celery's signature): {exc}"
+            ) from None
 
 
 class Task(Generic[P, R]):
@@ -51,6 +81,7 @@ class Task(Generic[P, R]):
         plain = all(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in parameters)
         required = sum(1 for p in parameters if p.default is inspect.Parameter.empty)
         self._positional_range = (required, len(parameters)) if plain else None
+        check_hooks(type(self), options.name)
 
     @property
     def name(self) -> str:
@@ -108,15 +139,26 @@ class Task(Generic[P, R]):
 
         update_state(self.app, task_id, state, meta)
 
-    # Hooks a custom base class may override (as in Celery).
-    def on_success(self, retval: Any, task_id: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None: ...
+    # Hooks a custom base class may override, with Celery's signatures (checked when the task is declared).
+    def on_success(self, retval: Any, task_id: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+        """The task returned *retval*."""
+
     def on_failure(
-        self, exc: BaseException, task_id: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]
-    ) -> None: ...
+        self, exc: BaseException, task_id: str, args: tuple[Any, ...], kwargs: Mapping[str, Any], einfo: ExceptionInfo
+    ) -> None:
+        """The task raised *exc* and will not be retried (*einfo*: its formatted traceback, as in Celery)."""
+
     def on_retry(
-        self, exc: BaseException | None, task_id: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]
-    ) -> None: ...
-    def after_return(self, status: str, retval: Any, request: Request) -> None: ...
+        self, exc: BaseException | None, task_id: str, args: tuple[Any, ...], kwargs: Mapping[str, Any],
+        einfo: ExceptionInfo,
+    ) -> None:  # fmt: skip
+        """The task will run again: *exc* is the exception given to ``retry()`` (or caught by autoretry_for)."""
+
+    def after_return(
+        self, status: str, retval: Any, task_id: str, args: tuple[Any, ...], kwargs: Mapping[str, Any],
+        einfo: ExceptionInfo | None,
+    ) -> None:  # fmt: skip
+        """After on_success (status SUCCESS, *einfo* None) or on_failure (FAILURE, *retval* the exception)."""
 
     def check_arguments(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
         """Raise TypeError as the function would, before anything is sent."""

@@ -8,6 +8,7 @@ import pika
 
 from amqptasks.broker.connection import open_blocking, tls_options
 from amqptasks.broker.management import ManagementClient
+from amqptasks.broker.management_target import management_client as checked_management_client
 from amqptasks.broker.server import server_version
 from amqptasks.broker.url import BrokerURL
 from amqptasks.config import version_rules
@@ -29,8 +30,11 @@ def connect(broker: Broker, purpose: str) -> pika.BlockingConnection:
 
 
 def management_client(broker: Broker) -> ManagementClient | None:
-    url = BrokerURL.parse(broker.url)
-    client = ManagementClient.for_broker(url, broker.management_url)
+    """The broker's management API when it answers; None sends plan to AMQP probing."""
+    try:
+        client = checked_management_client(BrokerURL.parse(broker.url), broker.management_url)
+    except ManagementAPIError:  # none found for this broker's port: never read another broker's
+        return None
     return client if client.is_reachable() else None
 
 

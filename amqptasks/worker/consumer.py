@@ -32,6 +32,7 @@ from amqptasks.worker.delivery import Delivery
 from amqptasks.worker.execution import Executor, time_limits
 from amqptasks.worker.failure import failed, succeeded
 from amqptasks.worker.middleware import Hooks, Middleware
+from amqptasks.worker.names import warn_if_shared
 from amqptasks.worker.request import request_for
 from amqptasks.worker.transport import Incoming, Transport
 
@@ -98,6 +99,7 @@ class Worker:
         #: For control commands, the burst watch and publishing: consuming has its own (see transport.py).
         self._connection: aio_pika.abc.AbstractRobustConnection | None = None
         self.processed = 0
+        self._name_check: asyncio.Future[None] | None = None
 
     @property
     def connected(self) -> bool:
@@ -122,6 +124,8 @@ class Worker:
         self._transport = Transport(self.app.config.broker, name, self.settings.queues, prefetch, self._on_batch, loop)
         await self._transport.start()
         log.info("ready: consuming %s", ", ".join(self.settings.queues))
+        if not self.settings.burst:  # a burst worker is gone before the others could answer
+            self._name_check = asyncio.ensure_future(warn_if_shared(self.app.config, self.settings.hostname))
 
     async def run(self) -> None:
         """Consume until :meth:`stop` (or, in burst mode, until the queues are drained)."""
@@ -144,6 +148,8 @@ class Worker:
             self._gone_cold.set()
 
     async def _shutdown(self) -> None:
+        if self._name_check is not None:
+            self._name_check.cancel()
         if self._transport is not None:
             await self._transport.cancel()
         if not self._cold and self._inflight:

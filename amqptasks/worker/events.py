@@ -9,6 +9,8 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from amqptasks.dlq.records import FailureRecords
+from amqptasks.errors import Retry
+from amqptasks.tasks.einfo import ExceptionInfo
 from amqptasks.tasks.options import parse_rate
 from amqptasks.worker.middleware import Middleware
 
@@ -81,21 +83,28 @@ class SignalHooks(Middleware):
 
 
 class TaskHooks(Middleware):
-    """A custom ``base=`` class's on_success / on_failure / on_retry / after_return."""
+    """A custom ``base=`` class's on_success / on_failure / on_retry / after_return, called as Celery calls them."""
 
     def after_success(self, delivery: Delivery, result: Any) -> None:
-        if delivery.task is not None and delivery.request is not None:
-            delivery.task.on_success(result, delivery.request.id, delivery.request.args, delivery.request.kwargs)
-            delivery.task.after_return("SUCCESS", result, delivery.request)
+        task, request = delivery.task, delivery.request
+        if task is not None and request is not None:
+            task.on_success(result, request.id, request.args, request.kwargs)
+            task.after_return("SUCCESS", result, request.id, request.args, request.kwargs, None)
 
     def after_failure(self, delivery: Delivery, exc: BaseException) -> None:
-        if delivery.task is not None and delivery.request is not None:
-            delivery.task.on_failure(exc, delivery.request.id, delivery.request.args, delivery.request.kwargs)
-            delivery.task.after_return("FAILURE", exc, delivery.request)
+        task, request = delivery.task, delivery.request
+        if task is not None and request is not None:
+            einfo = ExceptionInfo(exc)
+            task.on_failure(exc, request.id, request.args, request.kwargs, einfo)
+            task.after_return("FAILURE", exc, request.id, request.args, request.kwargs, einfo)
 
     def after_retry(self, delivery: Delivery, exc: BaseException | None, countdown: float) -> None:
-        if delivery.task is not None and delivery.request is not None:
-            delivery.task.on_retry(exc, delivery.request.id, delivery.request.args, delivery.request.kwargs)
+        task, request = delivery.task, delivery.request
+        if task is not None and request is not None and exc is not None:
+            # As in Celery: exc is the exception given to retry() (autoretry_for: the one caught), einfo describes
+            # what the task raised (the Retry, whose traceback shows its cause).
+            cause = exc.exc if isinstance(exc, Retry) else exc
+            task.on_retry(cause, request.id, request.args, request.kwargs, ExceptionInfo(exc))
 
 
 class RateLimits(Middleware):

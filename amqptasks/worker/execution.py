@@ -53,12 +53,13 @@ def _raise_in_thread(thread_id: int, exc_type: type[BaseException]) -> None:
 
 
 def time_limits(header: Sequence[Any], soft: float | None, hard: float | None) -> tuple[float | None, float | None]:
-    """The message's ``timelimit`` [soft, hard] (``apply_async(time_limit=...)``, Celery clients) over the task's."""
+    """The message's ``timelimit`` over the task's, as ``(soft, hard)``. The header is Celery's
+    ``[time_limit, soft_time_limit]`` (hard first: celery/app/amqp.py), from our clients and Celery's alike."""
 
     def given(value: Any) -> float | None:
         return float(value) if isinstance(value, int | float) and not isinstance(value, bool) and value > 0 else None
 
-    return given(header[0]) or soft, given(header[1]) or hard
+    return given(header[1]) or soft, given(header[0]) or hard
 
 
 class Executor:

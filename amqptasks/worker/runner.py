@@ -52,6 +52,9 @@ def setup_logging(level: str, fmt: str) -> None:
     root.setLevel(level.upper())
     for noisy in ("pika", "aio_pika", "aiormq"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # pika warns of every channel the broker closes; the worker says so itself, with what to do (a missing
+    # queue, a consumer_timeout), so pika's line would only come first with a repr of its internals.
+    logging.getLogger("pika.channel").setLevel(logging.ERROR)
 
 
 def banner(app: App, settings: WorkerSettings, pool: str, processes: int) -> str:

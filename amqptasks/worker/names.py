@@ -1,0 +1,56 @@
+"""Worker names (``-n/--hostname``): warn when another live worker answers to the same one.
+
+Control replies, ``inspect`` output, events and monitoring tell workers apart by name only, so two workers
+sharing one (two hosts with the same hostname, or two workers started with the same ``-n``) look like one.
+Like Celery's DuplicateNodenameWarning, this is a warning: the worker still runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from amqptasks.config.model import Config
+
+log = logging.getLogger("amqptasks.worker")
+
+#: Seconds the check listens for the other workers' replies.
+REPLY_WINDOW = 1.5
+
+
+def others_named(replies: list[dict[str, Any]], hostname: str, pid: int, siblings_of: int | None) -> list[int]:
+    """Pids of the other live workers named *hostname* among ``stats`` replies (not this process, nor, for a
+    worker started with ``--processes N``, its siblings: children of the same parent *siblings_of*)."""
+    found = []
+    for reply in replies:
+        stats = reply.get("ok")
+        if reply.get("hostname") != hostname or not isinstance(stats, dict):
+            continue
+        other = stats.get("pid")
+        if other == pid or (siblings_of is not None and stats.get("ppid") == siblings_of):
+            continue
+        found.append(int(other) if isinstance(other, int) else -1)
+    return found
+
+
+async def warn_if_shared(config: Config, hostname: str) -> None:
+    """Ask the live workers for their stats; warn if another one is named *hostname*. Never raises."""
+    from amqptasks.control.client import broadcast
+
+    try:
+        replies = await asyncio.to_thread(broadcast, config, "stats", timeout=REPLY_WINDOW)
+    except Exception as exc:  # a check, not a duty: the worker runs anyway
+        log.debug("could not check for other workers named %r (%r)", hostname, exc)
+        return
+    siblings_of = os.getppid() if multiprocessing.parent_process() is not None else None
+    others = others_named(replies, hostname, os.getpid(), siblings_of)
+    if others:
+        log.warning(
+            "another live worker is named %r (pid %s): control replies, inspect, events and monitoring cannot tell "
+            "them apart; give each worker its own name with -n/--hostname (e.g. -n billing-1@HOST)",
+            hostname, ", ".join(str(p) for p in others),
+        )  # fmt: skip
