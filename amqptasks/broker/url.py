@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode
 
 from amqptasks.constants import MANAGEMENT_PORT, MANAGEMENT_TLS_PORT
 
-__all__ = ["BrokerURL", "mask_url", "query_options"]
+__all__ = ["BrokerURL", "auth_mechanism", "mask_url", "query_options"]
 
 _DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671}
 _DEFAULT_HOST = "localhost"
@@ -214,6 +214,9 @@ _QUERY_OPTIONS: dict[str, tuple[str, Any]] = {
     "locale": ("locale", str),
 }
 _TLS_QUERY = frozenset({"cacertfile", "certfile", "keyfile", "verify", "server_name_indication"})
+#: RabbitMQ's URI query parameter for the SASL mechanism: EXTERNAL logs in with the TLS client certificate
+#: (the rabbitmq_auth_mechanism_ssl plugin); the URL's user and password are then not sent.
+_AUTH_MECHANISMS = ("plain", "external")
 
 
 def query_options(url: BrokerURL) -> dict[str, Any]:
@@ -222,11 +225,12 @@ def query_options(url: BrokerURL) -> dict[str, Any]:
     verify = url.query.get("verify", "verify_peer")
     if verify not in ("verify_peer", "verify_none"):
         raise ValueError(f"broker URL {url.masked()}: verify={verify!r}: expected verify_peer or verify_none")
+    auth_mechanism(url)
     for key, value in url.query.items():
-        if key in _TLS_QUERY:
+        if key in _TLS_QUERY or key == "auth_mechanism":
             continue
         if key not in _QUERY_OPTIONS:
-            known = ", ".join(sorted([*_QUERY_OPTIONS, *_TLS_QUERY]))
+            known = ", ".join(sorted([*_QUERY_OPTIONS, *_TLS_QUERY, "auth_mechanism"]))
             raise ValueError(f"broker URL {url.masked()}: unknown query parameter {key!r} (known: {known})")
         name, convert = _QUERY_OPTIONS[key]
         try:
@@ -234,3 +238,16 @@ def query_options(url: BrokerURL) -> dict[str, Any]:
         except ValueError:
             raise ValueError(f"broker URL {url.masked()}: invalid value {value!r} for {key!r}") from None
     return options
+
+
+def auth_mechanism(url: BrokerURL) -> str:
+    """``"plain"`` (user and password) or ``"external"`` (the TLS client certificate), from ``?auth_mechanism=``."""
+    mechanism = url.query.get("auth_mechanism", "plain").lower()
+    if mechanism not in _AUTH_MECHANISMS:
+        raise ValueError(
+            f"broker URL {url.masked()}: auth_mechanism={mechanism!r}: expected plain or external "
+            "(external: log in with the TLS client certificate, over amqps://)"
+        )
+    if mechanism == "external" and url.scheme != "amqps":
+        raise ValueError(f"broker URL {url.masked()}: auth_mechanism=external needs amqps:// (a client certificate)")
+    return mechanism
