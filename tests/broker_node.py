@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -174,6 +175,20 @@ class BrokerNode:
         except (RuntimeError, subprocess.TimeoutExpired):
             process.kill()  # only the node we started, by its pid
             process.wait(timeout=STOP_TIMEOUT)
+
+    def kill(self) -> None:
+        """SIGKILL the node's Erlang VM (a crash, a lost machine): no clean shutdown; its data directory stays."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        vm = int((self.base / "node.pid").read_text().split()[0])  # the VM's own pid, written by RabbitMQ
+        os.kill(vm, signal.SIGKILL)  # only the node we started, by its pid
+        if vm != process.pid:
+            process.kill()
+        process.wait(timeout=STOP_TIMEOUT)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while Path(f"/proc/{vm}").exists() and time.monotonic() < deadline:  # gone, not just signalled
+            time.sleep(0.05)
 
     def restart(self) -> None:
         self.stop()

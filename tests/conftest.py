@@ -55,8 +55,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if "broker" in info.names_closure:
             item.add_marker(pytest.mark.broker)
         defs = (d for ds in info.name2fixturedefs.values() for d in ds)
-        if any("private_node" in getattr(getattr(d.func, "__code__", None), "co_names", ()) for d in defs):
+        if any(_starts_a_node(d.func) for d in defs):
             item.add_marker(pytest.mark.private_node)
+
+
+def _starts_a_node(fixture: object) -> bool:
+    names = getattr(getattr(fixture, "__code__", None), "co_names", ())
+    return "private_node" in names or "private_cluster" in names
 
 
 def pytest_report_header() -> str:

@@ -108,19 +108,25 @@ def open_blocking(
     tls: TLSOptions | None = None,
     blocked_connection_timeout: float = 30.0,
 ) -> pika.BlockingConnection:
-    """Connect to ``url``; any failure becomes ``amqptasks.errors.ConnectionError`` naming the masked URL."""
+    """Connect to ``url``; any failure becomes ``amqptasks.errors.ConnectionError`` naming the masked URL.
+
+    A URL with several nodes (``amqp://h1;amqp://h2``) connects to the first of them that answers, in order.
+    """
     try:
-        parameters = pika_parameters(
-            url,
-            heartbeat=heartbeat,
-            connection_name=connection_name,
-            tls=tls,
-            blocked_connection_timeout=blocked_connection_timeout,
-        )
+        parameters = [
+            pika_parameters(
+                node,
+                heartbeat=heartbeat,
+                connection_name=connection_name,
+                tls=tls,
+                blocked_connection_timeout=blocked_connection_timeout,
+            )
+            for node in url.nodes()
+        ]
     except ValueError as exc:  # a bad URL query parameter, or TLS options for an amqp:// URL
         raise errors.ConnectionError(str(exc)) from None
     try:
-        return pika.BlockingConnection(parameters)
+        return pika.BlockingConnection(parameters if len(parameters) > 1 else parameters[0])
     except (pika.exceptions.AMQPError, OSError) as exc:
         raise connect_error(url, exc) from None
 

@@ -2,6 +2,11 @@
 
 Spec: https://www.rabbitmq.com/docs/uri-spec -- ``amqp[s]://user:pass@host:port/vhost?query``, where the vhost is
 the single path segment, percent-decoded.
+
+A cluster is several URLs separated by ``;``, as Celery writes them: ``amqp://u:p@h1/v;amqp://h2;amqp://h3``.
+The first is the :class:`BrokerURL` itself, the others its ``alternates``; one that gives no user (no ``@``) takes
+the first's user and password, one that gives no vhost and no query takes the first's. Connecting tries the
+nodes in turn (``nodes()``).
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ _DEFAULT_VHOST = "/"
 _MASK = "****"
 _SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
 _SHAPE = "expected amqp://user:password@host:port/vhost"
+#: Between the URLs of a cluster's nodes: a ';' that a scheme follows (a ';' elsewhere is part of one URL).
+_NODE_SEPARATOR = re.compile(r";(?=\s*[A-Za-z][A-Za-z0-9+.-]*://)")
 
 
 @dataclass(frozen=True, repr=False)
@@ -39,6 +46,8 @@ class BrokerURL:
     vhost: str
     # Not hashed: a mapping is unhashable; equal URLs still hash equally through the other fields.
     query: Mapping[str, str] = field(default_factory=dict, hash=False)
+    #: The cluster's other nodes, for failover (``amqp://h1;amqp://h2``); empty for one node.
+    alternates: tuple[BrokerURL, ...] = ()
 
     def __post_init__(self) -> None:
         if self.scheme not in _DEFAULT_PORTS:
@@ -50,10 +59,36 @@ class BrokerURL:
 
     @classmethod
     def parse(cls, url: str) -> BrokerURL:
-        """Parse ``url``; ``ValueError`` (never showing the password) when it is not a valid broker URL."""
+        """Parse ``url`` (one node, or several separated by ``;``); ``ValueError`` (never showing the password)
+        when it is not a valid broker URL."""
         if not isinstance(url, str):
             raise ValueError(f"broker URL must be a string, not {type(url).__name__}")
-        url = url.strip()
+        pieces = [p.strip() for p in _NODE_SEPARATOR.split(url.strip())]
+        if len(pieces) == 1:
+            return cls._parse_node(pieces[0])
+        if not all(pieces):
+            raise ValueError(f"broker URL {mask_url(url)}: an empty node between ';' separators")
+        first = cls._parse_node(pieces[0])
+        return dataclasses.replace(first, alternates=tuple(first._alternate(p) for p in pieces[1:]))
+
+    def _alternate(self, text: str) -> BrokerURL:
+        node = self._parse_node(text)
+        rest = text.partition("://")[2]
+        authority, remainder = rest[: _authority_end(rest)], rest[_authority_end(rest) :]
+        if "@" not in authority:
+            node = dataclasses.replace(node, username=self.username, password=self.password)
+        if remainder in ("", "/"):
+            node = dataclasses.replace(node, vhost=self.vhost, query=self.query)
+        if node.scheme != self.scheme:
+            raise ValueError(f"broker URL {node.masked()}: every node of a cluster has the same scheme ({self.scheme})")
+        return node
+
+    def nodes(self) -> tuple[BrokerURL, ...]:
+        """Every node, this one first, each without alternates: what connecting tries in turn."""
+        return (dataclasses.replace(self, alternates=()), *self.alternates)
+
+    @classmethod
+    def _parse_node(cls, url: str) -> BrokerURL:
         scheme, sep, rest = url.partition("://")
         if not sep:
             raise ValueError(f"broker URL must start with amqp:// or amqps:// ({_SHAPE})")
@@ -82,6 +117,10 @@ class BrokerURL:
             if colon:
                 password = unquote(pass_part)
 
+        if ";" in hostport:
+            raise ValueError(
+                f"broker URL {shown}: to give several nodes, separate whole URLs with ';' (amqp://h1;amqp://h2)"
+            )
         host, port = _split_hostport(hostport, scheme, shown)
 
         path, _, query_string = remainder.partition("?")
@@ -106,15 +145,17 @@ class BrokerURL:
         )
 
     def to_url(self) -> str:
-        """The full URL, password included; ``parse(u.to_url()) == u``."""
-        return self._format(quote(self.password, safe=""))
+        """The full URL (every node), passwords included; ``parse(u.to_url()) == u``."""
+        return ";".join(n._format(quote(n.password, safe="")) for n in self.nodes())
 
     def masked(self) -> str:
         """The URL with the password replaced by ``****``: safe for logs and error messages."""
-        return self._format(_MASK)
+        return ";".join(n._format(_MASK) for n in self.nodes())
 
     def with_vhost(self, vhost: str) -> BrokerURL:
-        return dataclasses.replace(self, vhost=vhost)
+        """The same node(s), on another vhost."""
+        alternates = tuple(dataclasses.replace(n, vhost=vhost) for n in self.alternates)
+        return dataclasses.replace(self, vhost=vhost, alternates=alternates)
 
     def management_url(self) -> str:
         """Base URL of the management HTTP API on the same host (default ports; no credentials)."""

@@ -54,7 +54,7 @@ class Admission:
         one, RabbitMQ 3.x redelivers forever and 4.0+ stops at its default of 20, dropping the message when the
         queue has no dead-letter exchange: the worker dead-letters it after max_redeliveries instead, saying why."""
         queue = next((q for q in self.app.config.topology.queues if q.name == d.queue), None)
-        if queue is None or queue.delivery_limit is not None or not isinstance(count, int):
+        if queue is None or queue.type != "quorum" or queue.delivery_limit is not None or not isinstance(count, int):
             return False
         if count <= self.settings.max_redeliveries:
             return False
