@@ -6,20 +6,25 @@ There is no global default app (a known trap in dramatiq); tasks belong to the A
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypeVar, overload
 
 from amqptasks import errors
 from amqptasks.broker import forks
 from amqptasks.broker.connections import Connections
+from amqptasks.broker.memory import broker_for, is_memory_url
 from amqptasks.config.load import load_config, load_config_text, override_broker_url
 from amqptasks.config.model import Config
 from amqptasks.message.envelope import Envelope
+from amqptasks.publish import batch as batching
+from amqptasks.publish import deferred
 from amqptasks.result import AsyncResult
 from amqptasks.results.states import DIRECT_REPLY_TO
 from amqptasks.signals import Signals
@@ -59,6 +64,8 @@ class App:
         self._priority_warned: set[str] = set()
         self._options_cache: dict[tuple[str, TaskOptions | None], TaskOptions] = {}
         self.signals = Signals()
+        #: Each thread's open ``with app.batch():`` block (see amqptasks.publish.batch).
+        self._batches = batching.Batches()
         self._backend: ResultBackend | Literal[False] | None = False  # False: not created yet
         from amqptasks.canvas import register_builtin_tasks
 
@@ -121,7 +128,7 @@ class App:
     def _prepare(
         self, options: TaskOptions, args: tuple[Any, ...], kwargs: Mapping[str, Any], call: Mapping[str, Any]
     ) -> Prepared:
-        prepared = prepare(options, args, kwargs, call, self.send_settings)
+        prepared = prepare(options, args, kwargs, call, self.send_settings, self.now() if self._memory else None)
         self._warn_priority(prepared)
         return prepared
 
@@ -145,42 +152,71 @@ class App:
     def publish_task(
         self, options: TaskOptions, args: tuple[Any, ...], kwargs: Mapping[str, Any], call: Mapping[str, Any]
     ) -> AsyncResult:
-        self._ensure_provisioned()  # first, so that a countdown starts when the message can leave
-        call = lineage.inherit(call)
-        rpc, backend = self._via_reply_to(options, call)
-        if rpc:
-            call = {**call, "reply_to": DIRECT_REPLY_TO}
+        """``delay()``/``apply_async()``: returns once confirmed; on a running event loop it does not wait for the
+        confirm there (see :mod:`amqptasks.publish.deferred`)."""
+        batch = self._batches.current()
+        loop = deferred.running_loop()  # under abatch() too: an rpc:// task is published as outside a block
+        if loop is None:
+            self._ensure_provisioned()  # first, so that a countdown starts when the message can leave
+        call, rpc, backend = self._reply_route(options, call)
         prepared = self._prepare(options, args, kwargs, call)
         self.signals.before_publish.send(message=prepared.message, envelope=prepared.envelope)
-        if rpc and backend is not None:
-            backend.publish(prepared.envelope)  # on the channel that consumes the replies
+        if batch is not None and not rpc:
+            result = self._result(prepared, options, backend, call)
+            batch.add(prepared.envelope, result, prepared.message)
+            return result
+        if loop is not None:
+            deferred.defer(loop, self._send(prepared, rpc, call), prepared.envelope.describe())
         else:
-            self.publisher.publish(prepared.envelope, retry_policy=_retry_policy(call))
-        self.signals.after_publish.send(message=prepared.message, envelope=prepared.envelope)
-        return lineage.added(
-            AsyncResult(prepared.message.id, options.name, app=self, backend=backend), call.get("add_to_parent", True)
-        )
+            if rpc:
+                self._rpc_backend().publish(prepared.envelope)  # on the channel that consumes the replies
+            else:
+                self.publisher.publish(prepared.envelope, retry_policy=_retry_policy(call))
+            self.signals.after_publish.send(message=prepared.message, envelope=prepared.envelope)
+        return self._result(prepared, options, backend, call)
 
     async def apublish_task(
         self, options: TaskOptions, args: tuple[Any, ...], kwargs: Mapping[str, Any], call: Mapping[str, Any]
     ) -> AsyncResult:
-        if self.config.topology.provision and not self._provisioned:
-            await asyncio.to_thread(self._ensure_provisioned)
-        call = lineage.inherit(call)
-        rpc, backend = self._via_reply_to(options, call)
-        if rpc:
-            call = {**call, "reply_to": DIRECT_REPLY_TO}
-        publisher = await self.aio_publisher()
+        call, rpc, backend = self._reply_route(options, call)
         prepared = self._prepare(options, args, kwargs, call)
         self.signals.before_publish.send(message=prepared.message, envelope=prepared.envelope)
-        if rpc and backend is not None:
-            await asyncio.to_thread(backend.publish, prepared.envelope)  # the reply channel is a pika thread's
+        batch = self._batches.current()
+        if batch is not None and not rpc:  # under abatch(): handed over, its confirm collected at the block's end
+            result = self._result(prepared, options, backend, call)
+            batch.add(prepared.envelope, result, prepared.message)
+            return result
+        await self._send(prepared, rpc, call)
+        return self._result(prepared, options, backend, call)
+
+    def _reply_route(
+        self, options: TaskOptions, call: Mapping[str, Any]
+    ) -> tuple[Mapping[str, Any], bool, ResultBackend | None]:
+        call = lineage.inherit(call)
+        rpc, backend = self._via_reply_to(options, call)
+        return ({**call, "reply_to": DIRECT_REPLY_TO} if rpc else call), rpc, backend
+
+    async def _send(self, prepared: Prepared, rpc: bool, call: Mapping[str, Any]) -> None:
+        """Publish on the running loop without blocking it; returns once confirmed."""
+        if self._auto_provision and not self._provisioned:
+            await asyncio.to_thread(self._ensure_provisioned)
+        if rpc:
+            await asyncio.to_thread(self._rpc_backend().publish, prepared.envelope)  # the reply channel's thread
         else:
+            publisher = await self.aio_publisher()
             await publisher.publish(prepared.envelope, retry_policy=_retry_policy(call))
         self.signals.after_publish.send(message=prepared.message, envelope=prepared.envelope)
-        return lineage.added(
-            AsyncResult(prepared.message.id, options.name, app=self, backend=backend), call.get("add_to_parent", True)
-        )
+
+    def _rpc_backend(self) -> ResultBackend:
+        backend = self.result_backend
+        assert backend is not None  # _via_reply_to said rpc: there is one
+        return backend
+
+    def _result(
+        self, prepared: Prepared, options: TaskOptions, backend: ResultBackend | None, call: Mapping[str, Any]
+    ) -> AsyncResult:
+        result = AsyncResult(prepared.message.id, options.name, app=self, backend=backend)
+        return lineage.added(result, call.get("add_to_parent", True))
 
     def send_task(
         self, name: str, args: Iterable[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Any
@@ -195,6 +231,46 @@ class App:
         """Celery's ``app.signature(name, args, kwargs, **options)``: a signature of task *name*, bound to this app."""
         return Signature(name, tuple(args), kwargs, options, app=self)
 
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[list[AsyncResult]]:
+        """``with app.batch(): for x in xs: task.delay(x)``: every task published in the block is sent at once, and
+        the block ends once all are confirmed, or raises one ``BatchPublishError`` saying which failed (with the
+        results of the others). Yields the results, in order. See :mod:`amqptasks.publish.batch`."""
+        if deferred.running_loop() is not None:
+            raise RuntimeError("app.batch() blocks: on an event loop, use 'async with app.abatch():'")
+        self._ensure_provisioned()
+        batch, opened = self._batches.enter(self._new_batch)
+        try:
+            yield batch.results
+        except BaseException as failure:
+            if self._batches.leave(batch, opened):
+                batching.settle(batch, failure)
+            raise
+        if self._batches.leave(batch, opened):
+            batching.settle(batch, None)
+
+    @contextlib.asynccontextmanager
+    async def abatch(self) -> AsyncIterator[list[AsyncResult]]:
+        """``async with app.abatch():`` -- :meth:`batch` for asyncio: ``delay()`` and ``adelay()`` in the block
+        return at once; the block's end awaits every confirm without blocking the loop."""
+        if self.config.topology.provision and not self._provisioned:
+            await asyncio.to_thread(self._ensure_provisioned)
+        batch, opened = self._batches.enter(self._new_batch)
+        try:
+            yield batch.results
+        except BaseException as failure:
+            if self._batches.leave(batch, opened):
+                await asyncio.to_thread(batching.settle, batch, failure)
+            raise
+        if self._batches.leave(batch, opened):
+            await asyncio.to_thread(batching.settle, batch, None)
+
+    def _new_batch(self) -> batching.Batch:
+        def confirmed(message: Any, envelope: Envelope) -> None:
+            self.signals.after_publish.send(message=message, envelope=envelope)
+
+        return batching.Batch(self.publisher, confirmed if self.signals.after_publish.receivers else None)
+
     def publish_many(self, signatures: Iterable[Signature], *, stream: bool = False) -> list[AsyncResult]:
         """Publish many signatures with pipelined confirms; each one confirmed, as with ``delay()``.
 
@@ -206,7 +282,16 @@ class App:
         instead of being held whole. A bad signature then raises ``BatchInterrupted`` once the messages before it
         are settled: its ``position`` says where to resume, ``results`` holds the results of the messages sent,
         and ``__cause__`` is the original error.
+
+        On a running event loop (in a coroutine) the batch is built here and sent from a thread without waiting for
+        its confirms (see :mod:`amqptasks.publish.deferred`); ``stream`` makes no difference there.
         """
+        loop = deferred.running_loop()
+        if loop is not None:  # on an event loop: built here (a bad one raises here), sent by a thread, unwaited
+            sent_here: list[tuple[str, str, Mapping[str, Any]]] = []
+            batch = list(self._envelopes(signatures, sent_here))
+            deferred.defer(loop, asyncio.to_thread(self._publish_many_now, batch), f"a batch of {len(batch)}")
+            return self._results(sent_here)
         self._ensure_provisioned()
         # Only what publishing and the results need is kept per message (not the TaskMessage): fewer live
         # objects for the garbage collector to walk while a large batch is prepared (~10 µs a message at 20,000).
@@ -243,6 +328,10 @@ class App:
     def AsyncResult(self, id: str, task_name: str = "") -> AsyncResult:
         """Celery's ``app.AsyncResult(id)``: the result of task *id*, read from this app's result backend."""
         return AsyncResult(id, task_name, app=self)
+
+    def _publish_many_now(self, envelopes: list[Envelope]) -> None:
+        self._ensure_provisioned()
+        self.publisher.publish_many(envelopes)
 
     def _envelopes(
         self, signatures: Iterable[Signature], sent: list[tuple[str, str, Mapping[str, Any]]]
@@ -300,8 +389,24 @@ class App:
         self._provisioned = True
         return result
 
+    @property
+    def _auto_provision(self) -> bool:
+        # A memory:// broker starts empty in every process: it always gets the YAML's topology.
+        return self.config.topology.provision or is_memory_url(self.config.broker.url)
+
+    @functools.cached_property
+    def _memory(self) -> bool:
+        return is_memory_url(self.config.broker.url)
+
+    def now(self) -> datetime:
+        """The broker's time: the wall clock, or a memory:// broker's clock (which tests may move ahead): what a
+        countdown, eta or expiry counts from, on both sides (publishing, and the worker's checks)."""
+        if self._memory:
+            return datetime.fromtimestamp(broker_for(self.config.broker.url).now(), UTC)
+        return datetime.now(UTC)
+
     def _ensure_provisioned(self) -> None:
-        if self.config.topology.provision and not self._provisioned:
+        if self._auto_provision and not self._provisioned:
             with self._lock:
                 if not self._provisioned:
                     self.provision()
@@ -313,7 +418,9 @@ class App:
         self.connections.close()
 
     async def aclose(self) -> None:
-        """Close the running loop's publisher (``close()`` closes the threads' connections)."""
+        """Wait for the publishes still in flight on the running loop (``delay()`` called in a coroutine), then
+        close its publisher (``close()`` closes the threads' connections)."""
+        await deferred.drain()
         await self.connections.aclose()
 
     def __enter__(self) -> App:

@@ -79,14 +79,10 @@ FAILURES_QUEUE = "amqptasks.failures"
 # then closes the whole connection with 541 INTERNAL_ERROR -- the worker's publishing connection.
 FAILURES_QUEUE_ARGUMENTS = {"x-max-length": 100_000, "x-overflow": "drop-head"}
 
-#: Task events (``amqptasks worker --events``): a topic exchange, routing key ``task.<event>``. Durable so that it
-#: (and the bindings of long-lived consumers) survives a broker restart; the events themselves are transient.
-EVENTS_EXCHANGE = "amqptasks.events"
-EVENTS_ROUTING_PREFIX = "task."
-#: Broadcast control (``amqptasks inspect`` / ``amqptasks control``): a fanout exchange; each worker binds its own
-#: exclusive, auto-delete queue (named with this prefix), so a command reaches every worker running now.
-CONTROL_EXCHANGE = "amqptasks.control"
-CONTROL_QUEUE_PREFIX = "amqptasks.control."
+#: Events (``amqptasks worker --events``): Celery's topic exchange, routing key the event type with dots
+#: (``task.succeeded``, ``worker.heartbeat``), so ``celery events`` and Flower read them. Durable, as Celery declares
+#: it; the events themselves are transient. Remote control uses Celery's pidbox exchanges (control/pidbox.py).
+EVENTS_EXCHANGE = "celeryev"
 #: RabbitMQ's direct reply-to pseudo-queue: replies need no queue of their own.
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 #: Stored revocations (``amqptasks control revoke``): a stream each revoke appends ``{"task_id", "time"}`` to and

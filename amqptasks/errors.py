@@ -6,7 +6,7 @@ transport library's exceptions.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from amqptasks.result import AsyncResult
@@ -61,6 +61,23 @@ class UnroutableError(PublishError):
         )
 
 
+class UnroutableStep(UnroutableError):
+    """A step of a workflow (chain, group, chord) that the topology cannot route: refused before anything of the
+    workflow was published. ``workflow`` and ``step`` name them; ``reason`` says what is missing."""
+
+    def __init__(self, workflow: str, step: str, exchange: str, routing_key: str, reason: str) -> None:
+        self.workflow, self.step, self.reason = workflow, step, reason
+        super().__init__(exchange, routing_key)
+        self.args = (
+            f"{workflow}: {step} cannot be routed: {reason}. Nothing of the workflow was published; declare it in "
+            "the topology YAML (and run 'amqptasks topology apply'), or route the task elsewhere (routes:, "
+            "@app.task(queue=...))",
+        )
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 class BatchUnroutableError(UnroutableError):
     """``publish_many``: some messages were returned as unroutable; all the others were confirmed.
 
@@ -112,6 +129,33 @@ class BatchInterrupted(PublishError):
         self.__cause__ = cause
 
 
+class BatchPublishError(PublishError):
+    """``with app.batch():`` ended with messages not confirmed: one error for the whole block.
+
+    ``failed``: ``(position, result, reason)`` of each message known not to be stored, ``reason`` being
+    "unroutable" (returned: no queue bound for it) or "nacked" (refused by the broker); every other message was
+    confirmed, and ``results`` holds their results in order. When the publisher lost its connection for good or
+    the broker closed its channel, which messages were stored is not known: ``unknown`` then holds the results
+    of all of them (publishing them again may duplicate some). ``__cause__`` is the publisher's own error.
+    """
+
+    def __init__(
+        self, *, failed: list[tuple[int, Any, str]], results: list[Any], unknown: list[Any], total: int,
+        cause: BaseException,
+    ) -> None:  # fmt: skip
+        self.failed, self.results, self.unknown, self.total = failed, results, unknown, total
+        if failed:
+            shown = ", ".join(f"#{position} {reason}" for position, _, reason in failed[:10])
+            more = ", ..." if len(failed) > 10 else ""
+            text = (f"app.batch(): {len(failed)} of {total} messages were not stored ({shown}{more}); "
+                    f"the other {len(results)} were confirmed: {cause}")  # fmt: skip
+        else:
+            text = (f"app.batch(): the fate of the {total} messages is not known (which were stored cannot be "
+                    f"told; publishing them again may duplicate some): {cause}")  # fmt: skip
+        super().__init__(text)
+        self.__cause__ = cause
+
+
 class PublishNacked(PublishError):
     """The broker refused responsibility for a message (basic.nack): a full queue with
     ``x-overflow: reject-publish``, or an internal error. The message was not stored; publishing it again is safe.
@@ -119,9 +163,13 @@ class PublishNacked(PublishError):
     ``positions``: which messages of a ``publish_many`` were refused (0-based); ``confirmed``: how many were taken.
     """
 
-    def __init__(self, message: str, *, positions: tuple[int, ...] = (0,), confirmed: int = 0) -> None:
+    def __init__(
+        self, message: str, *, positions: tuple[int, ...] = (0,), confirmed: int = 0, returned: tuple[int, ...] = ()
+    ) -> None:
         self.positions = positions
         self.confirmed = confirmed
+        #: Positions of the batch that were returned as unroutable besides the nacked ones.
+        self.returned = returned
         super().__init__(message)
 
 
@@ -168,6 +216,9 @@ class Ignore(TaskControl):
 class SoftTimeLimitExceeded(TaskControl):
     """Raised inside a task when its soft time limit passes; it may clean up and return."""
 
+    def __init__(self, *args: object) -> None:  # raised in a thread as a bare type: it still says what happened
+        super().__init__(*(args or ("soft time limit exceeded",)))
+
 
 class TimeLimitExceeded(TaskControl):
     """The task ran past its hard time limit and was stopped; its message goes down the failure path."""
@@ -175,6 +226,9 @@ class TimeLimitExceeded(TaskControl):
 
 class Terminated(TaskControl):
     """Raised inside a sync task running in a thread when ``revoke(terminate=True)`` stops it (as Celery's)."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(args or ("terminated by revoke(terminate=True)",)))
 
 
 class ResultUnavailable(AmqpTasksError):

@@ -172,9 +172,14 @@ class AsyncResult:
         try:
             meta = self._final or self.backend.wait(self.id, timeout, interval, on_message)
         except TimeoutError:
+            rpc = (
+                " With rpc://, a result reaches only the process that published the task."
+                if self.backend.uses_reply_to
+                else ""
+            )
             raise TimeoutError(
                 f"task {self.task_name}[{self.id}]: no result within {timeout:g} s (is a worker consuming its "
-                "queue? did it publish to the same broker and vhost?)"
+                f"queue? did it publish to the same broker and vhost?).{rpc}"
             ) from None
         self._final = meta
         value = self._value(meta)
@@ -182,15 +187,8 @@ class AsyncResult:
             raise value
         return value
 
-    def wait(
-        self,
-        timeout: float | None = None,
-        propagate: bool = True,
-        interval: float = 0.05,
-        on_message: Callable[[dict[str, Any]], Any] | None = None,
-    ) -> Any:
-        """Celery's alias of :meth:`get`."""
-        return self.get(timeout, propagate, interval, on_message)
+    #: Celery's alias of :meth:`get`.
+    wait = get
 
     async def aget(
         self,

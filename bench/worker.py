@@ -52,6 +52,9 @@ BIN = Path(sys.executable).parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 OURS, TUNED, CELERY, DRAMATIQ = "amqptasks", "amqptasks (tuned)", "Celery 5", "Dramatiq"
+CEILING = "broker ceiling (drain)"
+#: amqptasks' default prefetch per process (WorkerSettings), for the settings line.
+DEFAULT_PREFETCH = 128
 
 log = logging.getLogger("bench.worker")
 
@@ -211,6 +214,10 @@ class Framework:
     #: Where this framework's delayed tasks wait.
     delayed_in: str
     is_ours: bool = False
+    #: "defaults" (no flags for anyone) or "tuned" (amqptasks tuned, and the broker's ceiling).
+    table: str = "defaults"
+    #: Only (a) drain makes sense (the raw consumer).
+    drain_only: bool = False
 
 
 def publish_amqptasks(url: BrokerURL, n: int, delayed: bool, chunked: bool) -> str:
@@ -259,24 +266,29 @@ def publish_dramatiq(url: BrokerURL, n: int, delayed: bool, chunked: bool) -> st
 
 
 def frameworks(tuned: str) -> list[Framework]:
+    """Two tables: every framework with no flags at all (what a user gets), and amqptasks tuned beside the broker's
+    own ceiling for the drain."""
     cores = os.cpu_count() or 1
     ours = [str(BIN / "amqptasks"), "worker", "-A", "worker_apps.amqptasks_app:app", "-Q", QUEUE]
-    quiet = ["--loglevel", "warning"]
     tuned_args = shlex.split(tuned)
-    tuned_processes = int(tuned_args[tuned_args.index("--processes") + 1]) if "--processes" in tuned_args else 1
-    celery = [str(BIN / "celery"), "-A", "worker_apps.celery_app", "worker", "-Q", QUEUE, "--loglevel", "warning"]
+    tuned_processes = int(tuned_args[tuned_args.index("--processes") + 1]) if "--processes" in tuned_args else cores
+    celery = [str(BIN / "celery"), "-A", "worker_apps.celery_app", "worker", "-Q", QUEUE]
+    raw = [sys.executable, "-m", "worker_apps.raw_consumer"]
     return [
-        Framework(OURS, "defaults: 1 process (pika on an asyncio loop), 8 task threads, prefetch 32; "
-                  "`--loglevel warning`", [*ours, *quiet], publish_amqptasks, 1, "the broker (delay tiers)",
-                  is_ours=True),
-        Framework(TUNED, f"`{tuned}`, otherwise defaults; `--loglevel warning`", [*ours, *tuned_args, *quiet],
-                  publish_amqptasks, tuned_processes, "the broker (delay tiers)", is_ours=True),
-        Framework(CELERY, f"defaults: prefork pool, concurrency {cores} (= cores), prefetch multiplier 4 "
-                  f"(prefetch {4 * cores}), gossip/mingle/heartbeat on; `task_acks_late=True`; `--loglevel warning`",
+        Framework(OURS, f"defaults, no flags: {cores} processes (one per core) x 8 task threads, prefetch "
+                  f"{DEFAULT_PREFETCH} per process, level info without the per-task lines", ours,
+                  publish_amqptasks, cores, "the broker (delay tiers)", is_ours=True),
+        Framework(CELERY, f"defaults, no flags: prefork pool, concurrency {cores} (= cores), prefetch multiplier 4 "
+                  f"(prefetch {4 * cores}), gossip/mingle/heartbeat on, level warning; `task_acks_late=True`",
                   celery, publish_celery, 1, "the worker's memory (ETA tasks)"),
-        Framework(DRAMATIQ, f"defaults: {cores} processes (= cores) x 8 threads, prefetch 16 per process "
+        Framework(DRAMATIQ, f"defaults, no flags: {cores} processes (= cores) x 8 threads, prefetch 16 per process "
                   "(delay queue: 8,000 per process)", [str(BIN / "dramatiq"), "worker_apps.dramatiq_app"],
                   publish_dramatiq, cores, "the worker's memory (delay queue)"),
+        Framework(TUNED, f"`{tuned}`, otherwise defaults", [*ours, *tuned_args], publish_amqptasks,
+                  tuned_processes, "the broker (delay tiers)", is_ours=True, table="tuned"),
+        Framework(CEILING, "one raw pika consumer (`worker_apps/raw_consumer.py`): prefetch 1,000, counts each "
+                  "delivery and multi-acks every 100, nothing else", raw, publish_amqptasks, 1, "—",
+                  table="tuned", drain_only=True),
     ]  # fmt: skip
 
 
@@ -468,6 +480,13 @@ def ratios(results: list[Result]) -> list[str]:
             ]
             if parts:
                 lines.append(f"{ours_name} vs {theirs_name} (target ≥ {target:g}x): {', '.join(parts)}")
+    ceiling = by_name.get(CEILING)
+    for name in (TUNED, OURS):
+        r = by_name.get(name)
+        if ceiling is not None and r is not None and ceiling.drain_rate and r.drain_rate:
+            share = r.drain_rate / ceiling.drain_rate
+            target = " (target ≥ 50%: " + ("met)" if share >= 0.5 else "NOT met)") if name == TUNED else ""
+            lines.append(f"{name}: (a) drain {share:.0%} of the {CEILING}{target}")
     return lines
 
 
@@ -501,9 +520,9 @@ def run_table(bench: Bench, args: argparse.Namespace) -> int:
     steps: list[tuple[str, Result, Callable[[], None]]] = []
     for r in results:
         steps.append(("drain", r, functools.partial(bench.drain, r.framework, args.n, r)))
-    for r in results:
+    for r in (r for r in results if not r.framework.drain_only):
         steps.append(("e2e", r, functools.partial(bench.end_to_end, r.framework, args.n, r)))
-    for r in results:
+    for r in (r for r in results if not r.framework.drain_only):
         k = args.delayed if r.framework.is_ours or args.delayed_theirs is None else args.delayed_theirs
         if k:
             steps.append(("delayed", r, functools.partial(bench.delayed, r.framework, k, args.delayed_wait, r)))
@@ -516,8 +535,11 @@ def run_table(bench: Bench, args: argparse.Namespace) -> int:
             result.errors.append(f"{name}: {exc}")
             say(f"  {name} failed: {exc}")
 
-    print(markdown_table(results))
-    print()
+    for table, title in (("defaults", "Defaults vs defaults (no flags for any framework)"),
+                         ("tuned", "Tuned, beside the broker's ceiling")):  # fmt: skip
+        rows = [r for r in results if r.framework.table == table]
+        if rows:
+            print(f"{title}:\n\n{markdown_table(rows)}\n")
     for line in ratios(results):
         print(line)
     for r in results:
@@ -612,12 +634,13 @@ def run_profile(bench: Bench, args: argparse.Namespace) -> int:
     fw = frameworks(args.tuned)[0]
     raw = Path(args.profile_out)
     rate = 1000
-    spy = [py_spy, "record", "--rate", str(rate), "--nonblocking", "--threads", "--format", "raw", "-o", str(raw),
-           "--"]  # fmt: skip
+    gil = ["--gil"] if args.gil else []
+    spy = [py_spy, "record", "--rate", str(rate), "--nonblocking", "--threads", *gil, "--format", "raw", "-o",
+           str(raw), "--"]  # fmt: skip
     with bench.row(fw, f"profile: drain {args.n:,} under py-spy") as (url, counts, worker):
         fw.publish(url, args.n, False, False)
         wait_for_depth(url, args.n)
-        worker.command = [*spy, *fw.command, "--burst"]
+        worker.command = [*spy, *fw.command, "--processes", "1", "--burst"]
         worker.start()
         counts.wait_for(args.n, worker)
         seconds = (counts.last_ns() - counts.first_ns()) / 1e9
@@ -638,12 +661,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="(d): the same for Celery and Dramatiq, if it must differ [--delayed]")  # fmt: skip
     parser.add_argument("--delayed-wait", type=float, default=120.0,
                         help="(d): at most this many seconds for the worker to take them in [120]")  # fmt: skip
-    parser.add_argument("--tuned", default="--processes 2 --prefetch 500",
+    parser.add_argument("--tuned", default="--prefetch 500",
                         help="amqptasks worker options of the tuned row [%(default)s]")  # fmt: skip
     parser.add_argument("--only", help="comma-separated frameworks to run, e.g. 'amqptasks,Dramatiq'")
     parser.add_argument("--skip", default="", help="comma-separated measurements to skip: drain,e2e,delayed")
     parser.add_argument("--profile", action="store_true", help="only profile amqptasks' default worker (py-spy)")
     parser.add_argument("--py-spy", help="the py-spy executable [on PATH]")
+    parser.add_argument("--gil", action="store_true", help="--profile: only samples holding the GIL (CPU, not waits)")
     parser.add_argument("--profile-out", default="amqptasks-worker.pyspy.txt", help="raw stacks [%(default)s]")
     parser.add_argument("--broker", default=os.environ.get(ENV_BROKER_URL) or DEFAULT_BROKER_URL)
     args = parser.parse_args(argv)

@@ -96,7 +96,12 @@ def our_project(path: Path, vhost: BrokerURL, backend: str | None) -> Project:
 
 @contextmanager
 def our_worker(project: Project, *args: str) -> Iterator[WorkerProcess]:
-    """``amqptasks worker -A tasks:app ARGS`` in *project*, consuming once this yields; killed afterwards."""
+    """``amqptasks worker -A tasks:app ARGS`` in *project*, consuming once this yields; killed afterwards.
+
+    One consuming process unless ARGS say otherwise, so that ``-n`` names exactly one node (``--processes N``
+    names them ``name-1@host``...)."""
+    if "--processes" not in args:
+        args = (*args, "--processes", "1")
     worker = WorkerProcess(project, *args)
     try:
         worker.wait_for_log("ready: consuming", timeout=READY_TIMEOUT)

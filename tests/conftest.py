@@ -100,9 +100,7 @@ def mgmt(broker: BrokerURL) -> ManagementClient:
     return ManagementClient.for_broker(broker)
 
 
-@pytest.fixture
-def vhost(broker: BrokerURL, mgmt: ManagementClient) -> Iterator[BrokerURL]:
-    """The broker URL of a fresh vhost, where the URL's user has full permissions; deleted afterwards."""
+def _fresh_vhost(broker: BrokerURL, mgmt: ManagementClient) -> Iterator[BrokerURL]:
     name = f"amqptasks-test-{uuid.uuid4().hex[:8]}"
     mgmt.create_vhost(name)
     try:
@@ -110,6 +108,18 @@ def vhost(broker: BrokerURL, mgmt: ManagementClient) -> Iterator[BrokerURL]:
         yield broker.with_vhost(name)
     finally:
         mgmt.delete_vhost(name)
+
+
+@pytest.fixture
+def vhost(broker: BrokerURL, mgmt: ManagementClient) -> Iterator[BrokerURL]:
+    """The broker URL of a fresh vhost, where the URL's user has full permissions; deleted afterwards."""
+    yield from _fresh_vhost(broker, mgmt)
+
+
+@pytest.fixture(scope="module")
+def module_vhost(broker: BrokerURL, mgmt: ManagementClient) -> Iterator[BrokerURL]:
+    """A fresh vhost shared by one test module (for a module-scoped worker process); deleted afterwards."""
+    yield from _fresh_vhost(broker, mgmt)
 
 
 @pytest.fixture

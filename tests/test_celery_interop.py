@@ -263,6 +263,46 @@ def test_groups_read_across_over_redis(ours_redis: App, celery_redis: celery.Cel
     assert theirs.get(timeout=GET_TIMEOUT) == [1, 2, 3]
 
 
+def test_a_celery_chord_over_redis_completes_on_our_worker(celery_redis: celery.Celery, ours_redis: App) -> None:
+    header = [celery_redis.signature("math.add", (i, i), options={"queue": "ours_redis"}) for i in range(4)]
+    callback = celery_redis.signature("math.tsum", options={"queue": "ours_redis"})
+
+    result = celery.chord(header)(callback)
+
+    assert result.get(timeout=GET_TIMEOUT) == 0 + 2 + 4 + 6
+
+
+def test_our_chord_over_redis_completes_on_a_celery_worker(ours_redis: App, celery_redis_worker: Any) -> None:
+    from amqptasks.canvas import chord
+
+    header = [sig(ours_redis, "math.add", (i, 10), "interop_redis") for i in range(3)]
+    result = chord(header, sig(ours_redis, "math.tsum", (), "interop_redis")).apply_async()
+
+    assert result.get(timeout=GET_TIMEOUT) == 33
+
+
+def test_a_chord_whose_member_fails_on_our_worker_fails_its_celery_callback(
+    celery_redis: celery.Celery, ours_redis: App
+) -> None:
+    header = [celery_redis.signature("math.add", (1, 1), options={"queue": "ours_redis"}),
+              celery_redis.signature("interop.fail", ("kaboom",), options={"queue": "ours_redis"})]  # fmt: skip
+    callback = celery_redis.signature("math.tsum", options={"queue": "ours_redis"})
+
+    result = celery.chord(header)(callback)
+
+    # Celery's get() raises the failed member's own error first (it walks the parents) ...
+    with pytest.raises(ValueError, match="kaboom"):
+        result.get(timeout=GET_TIMEOUT)
+    # ... and the callback never ran: it is stored as failed with Celery's ChordError
+    callback_result = celery_redis.AsyncResult(result.id)
+    deadline = time.monotonic() + GET_TIMEOUT
+    while callback_result.state != "FAILURE" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert callback_result.state == "FAILURE"
+    assert isinstance(callback_result.result, celery.exceptions.ChordError)
+    assert "kaboom" in str(callback_result.result)
+
+
 # --- expiry: REVOKED on both sides ------------------------------------------------------------------------------
 
 
@@ -343,6 +383,19 @@ def test_gzip_compressed_message_from_our_app_is_readable_by_kombu(ours_rpc: App
 
 
 # --- workflows that cross -----------------------------------------------------------------------------------------
+
+
+def test_our_chain_runs_on_a_celery_worker_and_its_result_reaches_our_get(
+    ours_rpc: App, celery_rpc_worker: Any
+) -> None:
+    from amqptasks.canvas import chain
+
+    steps = [sig(ours_rpc, "math.add", args, QUEUE) for args in ((1, 2), (3,), (4,))]
+    result = chain(*steps).apply_async()
+
+    # Each later step carries our reply-to address (as Celery's freeze() sets it), so its result comes back here
+    assert result.get(timeout=GET_TIMEOUT) == 10
+    assert result.parent is not None and result.parent.get(timeout=GET_TIMEOUT) == 6
 
 
 def test_a_celery_chain_runs_on_our_worker(celery_rpc: celery.Celery, our_rpc_worker: WorkerProcess) -> None:

@@ -16,6 +16,7 @@ from amqptasks import App, crontab
 from amqptasks.beat import entries_of, periodic
 from amqptasks.broker import BrokerURL
 from amqptasks.control.client import broadcast
+from amqptasks.worker.names import expand_hostname
 from tests.cli_helpers import console_script
 from tests.worker_helpers import Project, WorkerProcess, wait_until
 
@@ -46,7 +47,7 @@ def test_broker_flag_names_and_every_timedelta_through_real_worker_and_beat(tmp_
     nowhere = BrokerURL.parse("amqp://guest:guest@127.0.0.1:1/%2F")
     project = Project.create(tmp_path, nowhere, TASKS, YAML)
     real = ["--broker", vhost.to_url()]
-    first = WorkerProcess(project, *real, "-Q", "work", "-n", "flows-1@test")
+    first = WorkerProcess(project, *real, "-Q", "work", "--processes", "1", "-n", "flows-1@test")
     beat = subprocess.Popen([console_script(), "beat", "-A", "tasks:app", *real], cwd=tmp_path,
                             env={**os.environ, **project.env}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.STDOUT)  # fmt: skip
@@ -61,7 +62,7 @@ def test_broker_flag_names_and_every_timedelta_through_real_worker_and_beat(tmp_
         stats = broadcast(config, "stats", timeout=1.5)
         assert [s["hostname"] for s in stats] == ["flows-1@test"]
         # When a second worker starts with the same name
-        second = WorkerProcess(project, *real, "-Q", "work", "-n", "flows-1@test")
+        second = WorkerProcess(project, *real, "-Q", "work", "--processes", "1", "-n", "flows-1@test")
         second.wait_for_log("another live worker is named 'flows-1@test'", timeout=15)
         # Then it warns, naming the other's pid, and the first one did not
         assert f"pid {first.pid}" in second.output
@@ -91,3 +92,10 @@ def test_crontab_in_code_is_celerys_schedule() -> None:
         crontab(hour=25)
     with pytest.raises(ValueError, match="one of every, cron and schedule"):
         periodic(app, "both", "x", every=1, schedule=crontab())
+
+
+def test_worker_names_are_expanded_as_celery_does() -> None:
+    assert expand_hostname("billing@%h", "web-3.example.com") == "billing@web-3.example.com"
+    assert expand_hostname("billing-%n@%d", "web-3.example.com") == "billing-web-3@example.com"
+    assert expand_hostname("billing", "web-3") == "billing@web-3"  # a name without @ gets the host
+    assert expand_hostname("100%%@%h", "web-3") == "100%@web-3"

@@ -149,7 +149,7 @@ def test_active_lists_a_running_async_task_and_terminate_cancels_it(vhost: Broke
         wait_until(lambda: "cancelled" in events, what="the task to be cancelled")
         wait_until(lambda: not worker.active, what="the worker to let go of it")
     # Then active showed it, and it was cancelled, never finished, and its message acknowledged (not dead-lettered)
-    assert [(a["id"], a["task"], a["args"]) for a in active["ok"]] == [(result.id, "m.slow", [30])]
+    assert [(a["id"], a["name"], a["args"]) for a in active["ok"]] == [(result.id, "m.slow", [30])]
     assert replies[0]["ok"] == "terminated"
     assert events == ["started", "cancelled"]
     assert ready(channel, "work") == 0 and ready(channel, "work.dlq") == 0
@@ -275,7 +275,7 @@ def test_control_rate_limit_changes_a_task_rate_in_the_running_worker(vhost: Bro
     with running_worker(app, concurrency=4):
         # When the CLI sets it to 5 per second, then 4 are sent at once
         changed = run(["control", "rate_limit", "m.api", "5/s", config, "--timeout", "0.5"], cwd=tmp_path, env=env)
-        bad = broadcast(app.config, "rate_limit", {"task": "m.api", "rate": "fast"}, timeout=0.5)
+        bad = broadcast(app.config, "rate_limit", {"task_name": "m.api", "rate_limit": "fast"}, timeout=0.5)
         for _ in range(4):
             api.delay()
         wait_until(lambda: len(starts) == 4, what="4 tasks")

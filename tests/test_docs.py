@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from amqptasks.config import check_file, check_text
+from tests.cli_helpers import run
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -19,8 +20,9 @@ PAGES = sorted(DOCS.glob("*.md"))
 _YAML_BLOCK = re.compile(r"^```yaml\n(.*?)^```", re.DOTALL | re.MULTILINE)
 
 
-def load_generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gen_reference", DOCS / "gen_reference.py")
+def load_generator(name: str = "gen_reference") -> ModuleType:
+    """One of the docs generators (docs/gen_reference.py, docs/gen_cli.py), imported from its file."""
+    spec = importlib.util.spec_from_file_location(name, DOCS / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -42,7 +44,7 @@ def quickstart() -> str:
     return (DOCS / "quickstart.md").read_text(encoding="utf-8")
 
 
-VALIDATED = [(where, text) for where, text in yaml_blocks() if re.match(r"# validate\b", text)]
+VALIDATED = [(where, text) for where, text in yaml_blocks() if re.match(r"# (validate\b|file: )", text)]
 
 
 def test_yaml_reference_is_generated_from_the_current_model() -> None:
@@ -130,3 +132,78 @@ def test_documented_conflict_example_points_at_billings_max_priority(page: str) 
     assert documented
     assert {int(line) for line in documented} == {billing.where("max_priority").line}
     assert billing.max_priority == 10
+
+
+# --- the command reference (docs/cli/, generated from the click definitions) and the site ---------------------
+
+
+def load_cli_generator() -> ModuleType:
+    return load_generator("gen_cli")
+
+
+def test_cli_pages_are_generated_from_the_current_commands() -> None:
+    generator = load_cli_generator()
+
+    assert generator.main(["--check"]) == 0, "docs/cli/ is stale: run python docs/gen_cli.py"
+
+
+def test_cli_generator_check_mode_fails_on_a_stale_missing_or_left_over_page(tmp_path: Path) -> None:
+    generator = load_cli_generator()
+    generator.main(["-o", str(tmp_path)])
+    fresh = generator.main(["--check", "-o", str(tmp_path)])
+    (tmp_path / "worker.md").write_text("stale\n", encoding="utf-8")
+    stale = generator.main(["--check", "-o", str(tmp_path)])
+    generator.main(["-o", str(tmp_path)])
+    (tmp_path / "gone.md").write_text("a command that no longer exists\n", encoding="utf-8")
+    left_over = generator.main(["--check", "-o", str(tmp_path)])
+
+    assert (fresh, stale, left_over) == (0, 1, 1)
+
+
+def test_every_command_has_a_page_with_its_options() -> None:
+    worker = (DOCS / "cli" / "worker.md").read_text(encoding="utf-8")
+    dlq = (DOCS / "cli" / "dlq.md").read_text(encoding="utf-8")
+
+    assert "| <code>-Q, --queues TEXT</code> | Comma-separated queues to consume. |" in worker
+    assert "## amqptasks dlq replay" in dlq and "<code>--keep-retries</code>" in dlq
+
+
+def _nav_pages(node: object) -> list[str]:
+    if isinstance(node, str):
+        return [node]
+    if isinstance(node, list):
+        return [page for item in node for page in _nav_pages(item)]
+    if isinstance(node, dict):
+        return [page for value in node.values() for page in _nav_pages(value)]
+    return []
+
+
+def test_the_site_navigation_lists_every_page_once() -> None:
+    nav = _nav_pages(yaml.safe_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"))["nav"])
+    pages = sorted(p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md"))
+
+    assert sorted(nav) == pages, "add the page to mkdocs.yml's nav (python docs/gen_cli.py writes docs/cli/)"
+
+
+@pytest.mark.parametrize(
+    ("shell", "marker"), [("bash", "complete -o"), ("zsh", "compdef"), ("fish", "complete --no-files --command")]
+)
+def test_the_documented_shell_completion_lines_work(shell: str, marker: str, tmp_path: Path) -> None:
+    documented = (DOCS / "cli" / "index.md").read_text(encoding="utf-8")
+    assert f"_AMQPTASKS_COMPLETE={shell}_source amqptasks" in documented
+
+    result = run([], cwd=tmp_path, env={"_AMQPTASKS_COMPLETE": f"{shell}_source"})
+
+    assert result.code == 0, str(result)
+    assert marker in result.stdout and "amqptasks" in result.stdout
+
+
+def test_no_page_holds_a_merge_conflict_marker() -> None:
+    marked = [
+        f"{page.relative_to(ROOT)}:{number}"
+        for page in [*DOCS.rglob("*.md"), ROOT / "README.md"]
+        for number, line in enumerate(page.read_text(encoding="utf-8").splitlines(), start=1)
+        if line.startswith(("<<<<<<< ", ">>>>>>> ")) or line == "======="
+    ]
+
+    assert marked == []

@@ -10,7 +10,7 @@ from typing import Any
 
 from amqptasks.broker import BrokerURL
 from amqptasks.constants import ENV_BROKER_URL, ENV_CONFIG
-from amqptasks.monitor.events import format_event
+from amqptasks.monitor.events import EventFormatter
 from tests.cli_helpers import console_script
 from tests.test_control import project_yaml, running_worker
 from tests.worker_helpers import make_app, ready, wait_until
@@ -40,11 +40,14 @@ def test_events_tail_shows_a_task_received_started_and_succeeded(vhost: BrokerUR
     # Then the tail printed one JSON line per event, in order, the success with its runtime
     assert tail.returncode == 0, err
     events = [json.loads(line) for line in out.splitlines()]
-    assert [e["event"] for e in events] == ["received", "started", "succeeded"]
-    seen = {(e["id"], e["task"], e["hostname"], e["queue"]) for e in events}
-    assert seen == {(result.id, "m.add", "w1@test", "work")}
+    # in Celery's event format (celery/events): only task-received names the task
+    assert [e["type"] for e in events] == ["task-received", "task-started", "task-succeeded"]
+    assert {(e["uuid"], e["hostname"]) for e in events} == {(result.id, "w1@test")}
+    assert (events[0]["name"], events[0]["args"], events[2]["result"]) == ("m.add", "(1, 2)", "3")
     assert events[2]["runtime"] >= 0
-    assert "succeeded m.add[" in format_event(events[2]) and " ms" in format_event(events[2])
+    formatter = EventFormatter()
+    lines = [formatter(e) for e in events]
+    assert "succeeded m.add[" in lines[2] and " ms" in lines[2]
 
 
 def test_a_worker_without_events_publishes_none(vhost: BrokerURL, channel: Any) -> None:
@@ -56,9 +59,9 @@ def test_a_worker_without_events_publishes_none(vhost: BrokerURL, channel: Any) 
     def noop() -> None:
         ran.append(True)
 
-    channel.exchange_declare("amqptasks.events", "topic", durable=True)
+    channel.exchange_declare("celeryev", "topic", durable=True)
     channel.queue_declare("seen", durable=True)  # never transient: RabbitMQ 4.3 refuses it
-    channel.queue_bind("seen", "amqptasks.events", "task.#")
+    channel.queue_bind("seen", "celeryev", "#")
     # When a task runs
     with running_worker(app):
         noop.delay()

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from amqptasks import App, AsyncResult
-from amqptasks.broker import BrokerURL, ManagementClient
+from amqptasks.broker import BrokerURL
 from amqptasks.constants import ENV_BROKER_URL
 from amqptasks.errors import ResultUnavailable
 from tests.cli_helpers import write
@@ -54,17 +54,6 @@ else:
     same = app.AsyncResult(sys.argv[1])
     print(json.dumps({"value": value, "state": same.state, "date_done": type(same.date_done).__name__}))
 """
-
-
-@pytest.fixture(scope="module")
-def module_vhost(broker: BrokerURL, mgmt: ManagementClient) -> Iterator[BrokerURL]:
-    name = f"amqptasks-test-{uuid.uuid4().hex[:8]}"
-    mgmt.create_vhost(name)
-    try:
-        mgmt.set_permissions(name, broker.username)
-        yield broker.with_vhost(name)
-    finally:
-        mgmt.delete_vhost(name)
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +101,7 @@ def test_publish_many_results_are_bound_to_the_app_and_its_backend(app: App) -> 
     assert isinstance(first.date_done, datetime)
     assert app.AsyncResult(first.id).get(timeout=5) == 0
     # and revoke() reaches the running worker through the app
-    assert [reply["ok"] for reply in first.revoke(timeout=2)] == ["revoked"]
+    assert {reply["ok"] for reply in first.revoke(timeout=2)} == {"revoked"}  # one reply per worker process
 
 
 def test_rpc_lookup_from_a_process_that_published_nothing_says_why_at_once(

@@ -7,6 +7,7 @@ script there, with ``AMQPTASKS_BROKER_URL`` pointing at the test's vhost.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from pathlib import Path
@@ -106,7 +107,8 @@ def test_profile_from_the_yaml_sets_queues_and_concurrency_and_the_banner_shows_
     # Then it consumed the profile's queue, with its settings, and the banner says what it serves
     assert result.code == 0, str(result)
     assert [(r["task"], r["result"]) for r in project.records()] == [("shop.add", 5)]
-    assert "concurrency 3 x 1 process(es) on uvloop, prefetch 5" in result.stderr  # uvloop: a dependency
+    cores = os.cpu_count() or 1  # the profile does not say: one process per core
+    assert f"concurrency 3 x {cores} process(es) on uvloop, prefetch 5" in result.stderr  # uvloop: a dependency
     assert "work <- tasks[work.#]; dead letters -> amqptasks.dlx -> work.dlq" in result.stderr
     assert "tasks:   shop.add, shop.slow" in result.stderr
     assert "other <-" not in result.stderr
@@ -118,8 +120,8 @@ def test_json_log_format_prints_one_object_per_line_with_an_event(project: Proje
         ok = app.send_task("shop.add", [1, 1])
         unknown = app.send_task("shop.nope")
 
-    # When a burst worker runs with --log-format json
-    result = worker_burst(project, "-Q", "work", "--log-format", "json")
+    # When a burst worker runs with --log-format json, and the per-task lines on
+    result = worker_burst(project, "-Q", "work", "--log-format", "json", "--log-tasks")
 
     # Then every line it printed is a JSON object with an event
     assert result.code == 0, str(result)
@@ -132,6 +134,70 @@ def test_json_log_format_prints_one_object_per_line_with_an_event(project: Proje
     assert "work <- tasks[work.#]" in banner
 
 
+def test_default_worker_runs_a_process_per_core_and_logs_failures_but_not_each_success(project: Project) -> None:
+    # Given tasks that succeed and one that names no registered task
+    with project.app() as app:
+        ok = [app.send_task("shop.add", [n, n]) for n in range(20)]
+        unknown = app.send_task("shop.nope")
+
+    # When a burst worker runs with no flags
+    result = worker_burst(project, "-Q", "work")
+
+    # Then one process per core ran, each under its own name, every task once
+    assert result.code == 0, str(result)
+    cores = os.cpu_count() or 1
+    assert f"x {cores} process(es)" in result.stderr
+    assert sorted(r["result"] for r in project.records()) == sorted(2 * n for n in range(20))
+    # And the dead-lettered message is logged, but no success line
+    assert f"shop.nope[{unknown.id}] rejected to the DLQ" in result.stderr
+    assert not any(r.id in result.stderr for r in ok), result.stderr
+    assert " succeeded in " not in result.stderr and " received" not in result.stderr
+    if cores > 1:
+        assert "worker-1" in result.stderr and "worker-2" in result.stderr  # the processes' log prefix
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if entry.name.isdigit() and int(fields[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_sigkill_of_a_multi_process_worker_takes_its_processes_and_their_tasks_with_it(
+    project: Project, channel: Any
+) -> None:
+    # Given a worker of two processes, one of them running a 3 s task
+    with project.app() as app:
+        slow = app.send_task("shop.slow", [3])
+    with worker_process(project, "-Q", "work", "--processes", "2") as worker:
+        wait_until(lambda: [r.get("event") for r in project.records()] == ["start"], what="the task to start")
+        processes = _children(worker.pid)
+        assert len(processes) == 2, processes
+
+        # When the worker (its first process) is killed with SIGKILL
+        worker.signal(signal.SIGKILL)
+        assert worker.wait() == -signal.SIGKILL
+
+        # Then its processes die with it, and the task's message goes back to the queue, unfinished
+        wait_until(lambda: not any(_alive(pid) for pid in processes), what="the worker's processes to exit")
+        wait_until(lambda: ready(channel, "work") == 1, timeout=10, what="the message back in the queue")
+    [(method, props, _)] = get_all(channel, "work")
+    assert props.correlation_id == slow.id and method.redelivered
+    assert [r.get("event") for r in project.records()] == ["start"]
+
+
 def test_sigterm_lets_the_running_task_finish_and_hands_back_unstarted_messages_at_once(
     project: Project, channel: Any
 ) -> None:
@@ -140,7 +206,7 @@ def test_sigterm_lets_the_running_task_finish_and_hands_back_unstarted_messages_
         app.send_task("shop.slow", [2])
         for n in range(3):
             app.send_task("shop.add", [n, n])
-    with worker_process(project, "-Q", "work", "-c", "1") as worker:
+    with worker_process(project, "-Q", "work", "-c", "1", "--processes", "1", "--log-tasks") as worker:
         worker.wait_for_log("shop.slow[")
         worker.wait_for_log("started")
         wait_until(lambda: ready(channel, "work") == 0, what="the worker to prefetch all 4")
@@ -165,10 +231,10 @@ def test_sigterm_lets_the_running_task_finish_and_hands_back_unstarted_messages_
 def test_second_sigterm_goes_cold_and_the_running_task_message_returns_to_the_queue(
     project: Project, channel: Any
 ) -> None:
-    # Given a worker running a 3 s task
+    # Given a worker running a 6 s task (a cold shutdown must not wait for it, even on a busy machine)
     with project.app() as app:
-        slow = app.send_task("shop.slow", [3])
-    with worker_process(project, "-Q", "work") as worker:
+        slow = app.send_task("shop.slow", [6])
+    with worker_process(project, "-Q", "work", "--log-tasks") as worker:
         worker.wait_for_log("started")
 
         # When it gets SIGTERM twice
@@ -179,7 +245,7 @@ def test_second_sigterm_goes_cold_and_the_running_task_message_returns_to_the_qu
 
         # Then it stops without waiting for the task, whose message goes back to the queue (redelivered)
         code = worker.wait()
-        assert time.monotonic() - sent < 1.5, worker.output
+        assert time.monotonic() - sent < 3.0, worker.output
         assert code == 0, worker.output
     [(method, props, _)] = get_all(channel, "work")
     assert props.correlation_id == slow.id and method.redelivered

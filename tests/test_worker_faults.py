@@ -133,8 +133,10 @@ class WorkerProcess:
         env.update({ENV_BROKER_URL: broker_url, ENV_RECORD: str(record.path)})
         if management is not None:
             env[ENV_MANAGEMENT] = management
+        # One consuming process (not one per core): these tests find the worker's connection by its name.
+        single = [] if "--processes" in options else ["--processes", "1"]
         command = [console_script(), "worker", "-A", "tests.test_worker_faults:worker_app", "-Q", QUEUE,
-                   "-n", self.hostname, *options]  # fmt: skip
+                   "-n", self.hostname, *single, *options]  # fmt: skip
         with log.open("ab") as out:
             self.process = subprocess.Popen(
                 command, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,

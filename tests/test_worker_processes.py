@@ -176,8 +176,8 @@ def test_soft_time_limit_raises_inside_the_task_in_its_child(
     # Given a task sleeping 10 s under a 0.3 s soft limit, which catches SoftTimeLimitExceeded and returns
     send(app, "proc.slow")
 
-    # When the worker runs it
-    result = work(project, vhost, "-c", "1")
+    # When the worker runs it, with the per-task lines on
+    result = work(project, vhost, "-c", "1", "--log-tasks")
 
     # Then the exception interrupted the sleep inside the child, and the task succeeded
     [slow] = runs(project, "slow")

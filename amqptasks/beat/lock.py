@@ -16,8 +16,7 @@ import pika
 import pika.exceptions
 
 from amqptasks import errors
-from amqptasks.broker.connection import open_blocking, tls_options
-from amqptasks.broker.url import BrokerURL
+from amqptasks.broker.connection import connect
 from amqptasks.config.model import Broker
 
 #: The exclusive queue whose owner is the active beat of the vhost.
@@ -57,12 +56,7 @@ class BeatLock:
             return True
         try:
             if self._connection is None or not self._connection.is_open:
-                self._connection = open_blocking(
-                    BrokerURL.parse(self._broker.url),
-                    heartbeat=LOCK_HEARTBEAT,
-                    connection_name=self._name,
-                    tls=tls_options(self._broker),
-                )
+                self._connection = connect(self._broker, self._name, heartbeat=LOCK_HEARTBEAT)
                 self._channel = None
             if self._channel is None or not self._channel.is_open:
                 self._channel = self._connection.channel()

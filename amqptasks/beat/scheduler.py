@@ -115,11 +115,16 @@ class Scheduler:
             if self._sources and (now - refreshed).total_seconds() >= REFRESH_INTERVAL:
                 self._apply_changes(due, now)
                 refreshed = now
-            for name, entry in self.entries.items():
-                if due[name] <= now:
-                    due[name] = self._fire(entry, due[name], now)
+            self.fire_due(due, now)
             wait = min((d - self._clock() for d in due.values()), default=timedelta(seconds=MAX_SLEEP))
             self._lock.wait(min(MAX_SLEEP, max(0.0, wait.total_seconds())))
+
+    def fire_due(self, due: dict[str, datetime], now: datetime) -> None:
+        """One step of the leader's loop: send each run of *due* (entry -> scheduled time) that has come by *now*,
+        moving the entry to its next run. ``amqptasks.testing.tick_beat`` drives it with a virtual clock."""
+        for name, entry in self.entries.items():
+            if due[name] <= now:
+                due[name] = self._fire(entry, due[name], now)
 
     def _read_sources(self) -> None:
         """``self.entries`` = the fixed entries plus what each source holds now (a failing source keeps its last)."""

@@ -6,6 +6,7 @@ import socket
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import pika
 import pika.credentials
@@ -13,10 +14,11 @@ import pika.exceptions
 
 from amqptasks import errors
 from amqptasks.broker import pika_floats, tls_errors  # noqa: F401  (pika decodes float headers as ints without it)
+from amqptasks.broker.memory import broker_for, is_memory_url
 from amqptasks.broker.url import BrokerURL, auth_mechanism, query_options
 from amqptasks.config.model import Broker
 
-__all__ = ["TLSOptions", "open_blocking", "pika_parameters"]
+__all__ = ["TLSOptions", "connect", "open_blocking", "pika_parameters"]
 
 _CONNECT_HINT = "is RabbitMQ running? set AMQPTASKS_BROKER_URL or --broker"
 
@@ -129,6 +131,18 @@ def open_blocking(
         return pika.BlockingConnection(parameters if len(parameters) > 1 else parameters[0])
     except (pika.exceptions.AMQPError, OSError) as exc:
         raise connect_error(url, exc) from None
+
+
+def connect(broker: Broker, name: str, *, heartbeat: int | None = None) -> Any:
+    """A blocking connection to the YAML's broker named *name* in the management UI: pika's for amqp(s)://,
+    the in-process broker's (pika's shapes and exceptions) for memory://."""
+    if is_memory_url(broker.url):
+        from amqptasks.broker.memory.blocking import BlockingConnection
+
+        return BlockingConnection(broker_for(broker.url))
+    url = BrokerURL.parse(broker.url)
+    beat = broker.heartbeat if heartbeat is None else heartbeat
+    return open_blocking(url, heartbeat=beat, connection_name=name, tls=tls_options(broker))
 
 
 def connect_error(url: BrokerURL, exc: BaseException) -> errors.ConnectionError:

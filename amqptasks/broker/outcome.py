@@ -82,4 +82,5 @@ class Outcome:
             f"the first is #{first_position}, {first.describe()}; {self.confirmed} were confirmed",
             positions=positions,
             confirmed=self.confirmed,
+            returned=tuple(sorted(position for position, _ in self.returned)),
         )

@@ -1,4 +1,7 @@
-"""``amqptasks inspect ...`` asks every running worker; ``amqptasks control ...`` tells them."""
+"""``amqptasks inspect ...`` asks every running worker; ``amqptasks control ...`` tells them.
+
+Celery's remote-control protocol (control/pidbox.py): Celery's workers answer these too, and ``celery inspect``
+gets answers from ours."""
 
 from __future__ import annotations
 
@@ -53,7 +56,7 @@ def _show(replies: list[dict[str, Any]], as_json: bool, nobody: str | None = Non
 
 @click.group("inspect")
 def inspect_group() -> None:
-    """Ask every running worker: ping, registered, active, stats."""
+    """Ask every running worker (ours and Celery's): ping, registered, active, stats, ..."""
 
 
 def _inspect_command(name: str, help_text: str) -> None:
@@ -69,11 +72,16 @@ _inspect_command("ping", "Which workers are alive.")
 _inspect_command("registered", "The tasks each worker knows.")
 _inspect_command("active", "The tasks each worker is running now.")
 _inspect_command("stats", "Each worker's pid, pool, concurrency, counts and uptime.")
+_inspect_command("reserved", "The tasks each worker holds, not yet started.")
+_inspect_command("scheduled", "The tasks each worker holds for a later eta (ours keep none: they wait on the broker).")
+_inspect_command("revoked", "The task ids each worker was told to revoke.")
+_inspect_command("active_queues", "The queues each worker consumes.")
+_inspect_command("conf", "Each worker's settings.")
 
 
 @click.group("control")
 def control_group() -> None:
-    """Tell every running worker: rate_limit, revoke."""
+    """Tell every running worker (ours and Celery's): rate_limit, revoke, shutdown."""
 
 
 @control_group.command("rate_limit")
@@ -104,3 +112,14 @@ def revoke_command(
     replies = client.revoke(load(config_path, broker_url), task_id, terminate=terminate, timeout=timeout)
     nobody = f"no worker replied: the revocation of {task_id} is stored, and workers started within 3 hours honour it"
     _show(replies, as_json, nobody)
+
+
+@control_group.command("shutdown")
+@click.option("-d", "--destination", help="Comma-separated worker names (default: every worker).")
+@config_options
+@_timeout
+def shutdown_command(destination: str | None, config_path: str | None, broker_url: str | None, timeout: float) -> None:
+    """Warm shutdown of running workers (each finishes its running tasks)."""
+    names = [d.strip() for d in destination.split(",") if d.strip()] if destination else None
+    broadcast(load(config_path, broker_url), "shutdown", timeout=timeout, reply=False, destination=names)
+    click.echo(f"shutdown sent to {', '.join(names) if names else 'every worker'}")

@@ -6,12 +6,14 @@ import importlib
 import logging
 import os
 import sys
+import traceback
 from typing import Any
 
 import click
 
 from amqptasks.app import App
 from amqptasks.constants import ENV_BROKER_URL
+from amqptasks.errors import AmqpTasksError
 
 
 def load_app(spec: str | None, broker_url: str | None = None) -> App:
@@ -47,6 +49,12 @@ def _import_app(spec: str | None) -> App:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise click.BadParameter(f"cannot import {module_name!r}: {exc}", param_hint="-A") from None
+    except AmqpTasksError:
+        raise  # e.g. the app's YAML is invalid: its own message says where
+    except Exception as exc:  # a bug in the user's module: say where, without amqptasks' frames around it
+        raise click.BadParameter(
+            f"importing {module_name!r} raised {type(exc).__name__}: {exc}{_where(exc)}", param_hint="-A"
+        ) from None
     apps = sorted(name for name, value in vars(module).items() if isinstance(value, App))
     found = f"it defines {', '.join(apps)}, so write -A {module_name}:{apps[0]}" if apps else "it defines no App"
     name = attribute or "app"
@@ -63,6 +71,19 @@ def _import_app(spec: str | None) -> App:
         kind = type(app).__name__
         raise click.BadParameter(f"{module_name}:{name} is a {kind}, not an amqptasks App ({found})", param_hint="-A")
     return app
+
+
+def _where(exc: BaseException) -> str:
+    """' (at FILE:LINE)' of the innermost frame of the user's code (a SyntaxError says where itself)."""
+    if isinstance(exc, SyntaxError):
+        return ""
+    ours = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    frames = [
+        f
+        for f in traceback.extract_tb(exc.__traceback__)
+        if "importlib" not in f.filename and not os.path.abspath(f.filename).startswith(ours + os.sep)
+    ]
+    return f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
 
 
 def _django_app() -> App:
@@ -95,19 +116,25 @@ APP_HELP = "The app: pkg.module:app [the Django project's, when DJANGO_SETTINGS_
 @click.option("-Q", "--queues", help="Comma-separated queues to consume.")
 @click.option("--profile", help="A named setup from the YAML's workers: section.")
 @click.option("-c", "--concurrency", type=click.IntRange(min=1), help="Tasks run at once per process [8].")
-@click.option("--prefetch", type=click.IntRange(min=1), help="Messages prefetched [concurrency x 4].")
+@click.option("--prefetch", type=click.IntRange(min=1), help="Messages prefetched per process [concurrency x 16].")
 @click.option("--pool", type=click.Choice(["asyncio", "threads", "processes"]), help="Where sync tasks run [threads].")
-@click.option("--processes", type=click.IntRange(min=1), help="Consuming processes [1].")
+@click.option("--processes", type=click.IntRange(min=1),
+              help="Consuming processes [one per core; 1 with --pool processes or --metrics-port].")  # fmt: skip
 @click.option("--max-tasks-per-child", type=click.IntRange(min=1), help="Recycle pool children after N tasks.")
 @click.option("--grace", type=click.FloatRange(min=0), help="Warm shutdown: seconds for running tasks [30].")
 @click.option("--burst", is_flag=True, help="Drain the queues, then exit 0.")
-@click.option("-n", "--hostname", help="Worker name [amqptasks@HOST].")
+@click.option(
+    "-n", "--hostname", help="Worker name, as Celery's: %h host, %n its first label, %d domain [amqptasks@HOST]."
+)
 @click.option("--beat", "embed_beat", is_flag=True, help="Also run the periodic-task scheduler (beat) here.")
 @click.option("--metrics-port", type=click.IntRange(min=0), help="Serve Prometheus metrics on this port.")
-@click.option("--events", is_flag=True, help="Publish task events to the amqptasks.events exchange.")
+@click.option("--events", is_flag=True, help="Publish Celery-format events on celeryev (for celery events, Flower).")
 @click.option("-l", "--loglevel", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))  # fmt: skip
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--log-tasks", is_flag=True,
+              help="Log each task's received/started/succeeded lines (off by default: they halve the throughput "
+              "of short tasks; failures, retries and dead-letters are always logged).")  # fmt: skip
 def worker_command(
     app_spec: str | None, broker_url: str | None, queues: str | None, profile: str | None, embed_beat: bool,
     **options: Any,
@@ -118,7 +145,7 @@ def worker_command(
 
     app = load_app(app_spec, broker_url)
     log_format = options.pop("log_format")
-    setup_logging(options.pop("loglevel"), log_format)
+    setup_logging(options.pop("loglevel"), log_format, log_tasks=options.pop("log_tasks"))
     plan = plan_worker(app.config, [q for q in (queues or "").split(",") if q], profile, options)
     text = banner(app, plan.settings, plan.pool, plan.processes)
     if log_format == "json":  # every line a JSON object, the banner too

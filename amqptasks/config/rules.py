@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TypeVar
 
+from amqptasks.broker.memory.registry import is_memory_url, memory_name
 from amqptasks.broker.url import BrokerURL, query_options
 from amqptasks.config import version_rules
 from amqptasks.config.diagnostics import Diagnostics, did_you_mean
@@ -122,6 +123,13 @@ class _Checker:
             self.delays()
 
     def broker(self, broker: Broker) -> None:
+        if is_memory_url(broker.url):  # the in-process broker: no host, credentials, TLS or heartbeat apply
+            try:
+                memory_name(broker.url)
+            except ValueError as exc:
+                self.diags.error(broker.where("url"), f"broker: url: {exc}")
+            self.message_size(broker)
+            return
         try:
             url = BrokerURL.parse(broker.url)
             query_options(url)

@@ -37,6 +37,12 @@ class RevokedIds:
         expiry = self._expiry.get(task_id)
         return expiry is not None and expiry > time.monotonic()
 
+    def ids(self) -> list[str]:
+        """The ids revoked now, oldest first."""
+        self._prune()
+        now = time.monotonic()
+        return [task_id for task_id, expiry in self._expiry.items() if expiry > now]
+
     def __len__(self) -> int:
         self._prune()
         return len(self._expiry)

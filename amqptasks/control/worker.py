@@ -1,7 +1,10 @@
-"""The worker's side of broadcast control, and the monitoring it switches on (events, metrics).
+"""The worker's side of remote control (Celery's pidbox: control/pidbox.py), and the monitoring it switches on
+(events, metrics).
 
-Each worker consumes its own exclusive, auto-delete queue bound to the ``amqptasks.control`` fanout exchange and
-answers on the command's ``reply_to`` (direct reply-to) with ``{"hostname", "id", "ok" | "error"}``.
+Each worker consumes its own exclusive, auto-delete queue ``<hostname>.celery.pidbox`` bound to the
+``celery.pidbox`` fanout exchange, runs the commands meant for it (control/commands.py) and replies
+``{hostname: reply}`` to the command's ``reply_to`` exchange and routing key with its ``ticket``: so
+``celery inspect``, ``celery control``, ``celery status`` and Flower see it as they see Celery's workers.
 
 ``revoke`` remembers the id (:class:`RevokedIds`): a revoked message is acknowledged and never run when it
 arrives. Revocations are also stored on the broker (control/stored.py): at start, before answering commands, a
@@ -15,29 +18,41 @@ in it, at its next Python bytecode (not while it is blocked in C, e.g. in ``time
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
-import os
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import aio_pika
 import aio_pika.abc
 
-from amqptasks.constants import CONTROL_EXCHANGE, CONTROL_QUEUE_PREFIX
+from amqptasks.control import pidbox
+from amqptasks.control.commands import Commands
 from amqptasks.control.revoked import RevokedIds
 from amqptasks.control.stored import StoredRevocations
 from amqptasks.monitor.events import TaskEvents
 from amqptasks.monitor.metrics import Metrics
-from amqptasks.tasks.options import parse_rate
-from amqptasks.worker.events import RateLimits
 from amqptasks.worker.middleware import Middleware
 
 if TYPE_CHECKING:
+    from amqptasks.broker.memory import MemoryBroker
     from amqptasks.worker.consumer import Worker
+    from amqptasks.worker.delivery import Delivery
 
 log = logging.getLogger("amqptasks.worker")
+
+
+class _Totals(Middleware):
+    """Tasks accepted per name, for ``stats`` (Celery's ``total``)."""
+
+    def __init__(self, totals: collections.Counter[str]) -> None:
+        self.totals = totals
+
+    def before_execute(self, delivery: Delivery) -> None:
+        if delivery.message is not None:
+            self.totals[delivery.message.task] += 1
 
 
 class WorkerControl:
@@ -45,26 +60,41 @@ class WorkerControl:
         self.worker = worker
         self.revoked = RevokedIds()
         self.started = time.time()
-        self.events = TaskEvents(worker.settings.hostname) if worker.settings.events else None
+        self.totals: collections.Counter[str] = collections.Counter()
+        self.commands = Commands(self)
+        self.events = TaskEvents(worker) if worker.settings.events else None
         self.metrics = Metrics(worker) if worker.settings.metrics_port is not None else None
         self._channel: aio_pika.abc.AbstractChannel | None = None
+        self._memory: MemoryBroker | None = None
         name = worker.app.config.broker.connection_name or f"amqptasks worker {worker.settings.hostname}"
         self.stored = StoredRevocations(worker.app.config, f"{name} (revocations)", self._on_stored_revocation)
 
     def middleware(self) -> list[Middleware]:
-        return [m for m in (self.events, self.metrics) if m is not None]
+        return [m for m in (_Totals(self.totals), self.events, self.metrics) if m is not None]
 
     def is_revoked(self, task_id: str) -> bool:
+        if self._memory is not None and task_id not in self.revoked:
+            at = self._memory.revocations.get(task_id)
+            if at is not None:
+                self._on_stored_revocation(task_id, at)
         return task_id in self.revoked
+
+    def start_memory(self, broker: MemoryBroker) -> None:
+        """memory://: revocations are stored in the in-process broker (no control queue: every sender is here)."""
+        self._memory = broker
 
     async def start(self, connection: aio_pika.abc.AbstractRobustConnection) -> None:
         # First: a message checked against revoked ids must find every revocation already stored. On a connection
         # of its own, which a RabbitMQ 3.10 stream bug may close (see control/stored.py).
         await self.stored.start()
         channel = self._channel = await connection.channel()
-        exchange = await channel.declare_exchange(CONTROL_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True)
-        name = f"{CONTROL_QUEUE_PREFIX}{self.worker.settings.hostname}.{uuid.uuid4().hex[:8]}"
-        queue = await channel.declare_queue(name, exclusive=True, auto_delete=True)
+        exchange = await channel.declare_exchange(pidbox.EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=False)
+        # One queue per process (its name made unique), not Celery's one per name: the processes of
+        # 'worker --processes N' share a name, and each answers for itself (worker/names.py warns of other workers
+        # sharing it).
+        name = pidbox.queue_name(f"{self.worker.settings.hostname}.{uuid.uuid4().hex[:8]}")
+        queue = await channel.declare_queue(name, exclusive=True, auto_delete=True,
+                                            arguments=dict(pidbox.QUEUE_ARGUMENTS))  # fmt: skip
         await queue.bind(exchange)
         await queue.consume(self._on_command, no_ack=True)
         if self.events is not None:
@@ -73,6 +103,8 @@ class WorkerControl:
             self.metrics.start(self.worker.settings.metrics_port or 0)
 
     async def stop(self) -> None:
+        if self.events is not None:
+            await self.events.stop()
         if self.metrics is not None:
             self.metrics.stop()
         await self.stored.stop()
@@ -86,65 +118,37 @@ class WorkerControl:
         if task_id not in self.revoked and self.revoked.add(task_id, at):
             log.debug("control: task %s revoked (stored %.0f s ago)", task_id, time.time() - at)
 
-    # --- commands -------------------------------------------------------------------------------------
+    # --- commands -----------------------------------------------------------------------------------------
 
     async def _on_command(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        hostname = self.worker.settings.hostname
         try:
-            command = json.loads(message.body)
-            name, arguments = str(command["command"]), dict(command.get("arguments") or {})
-        except (ValueError, KeyError, TypeError, AttributeError):
-            log.warning("control: ignoring a malformed command: %r", message.body[:200])
+            command = pidbox.parse(json.loads(message.body))
+        except ValueError as exc:
+            log.warning("control: ignoring a malformed command (%s): %r", exc, message.body[:200])
             return
-        handler = getattr(self, f"_do_{name}", None)
-        reply: dict[str, Any] = {"hostname": self.worker.settings.hostname, "id": command.get("id")}
+        if not command.is_for(hostname) or pidbox.expired(message.headers):
+            return
+        handler = self.commands.find(command.method)
         try:
             if handler is None:
-                raise ValueError(f"unknown command {name!r}")
-            reply["ok"] = await handler(**arguments)
+                raise ValueError(f"unknown command {command.method!r}")
+            reply = await handler(**command.arguments)
         except Exception as exc:  # a bad command must never harm the worker
-            reply["error"] = f"{type(exc).__name__}: {exc}"
-        # The broker rewrites the reply_to *property* into this sender's own direct reply-to address.
-        reply_to = message.reply_to if command.get("reply_to") else None
-        if reply_to and self._channel is not None:
-            body = json.dumps(reply, default=str).encode()
-            out = aio_pika.Message(body, content_type="application/json", correlation_id=message.correlation_id,
-                                   delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT)  # fmt: skip
-            try:
-                await self._channel.default_exchange.publish(out, routing_key=str(reply_to))
-            except Exception:  # the sender may have gone (direct reply-to): nothing to do
-                log.debug("control: reply to %s failed", reply_to, exc_info=True)
+            reply = {"error": f"{type(exc).__name__}: {exc}"}
+        if command.reply_to is None or self._channel is None:
+            return
+        body = json.dumps({hostname: reply}, default=str).encode()
+        out = aio_pika.Message(body, content_type="application/json", content_encoding="utf-8",
+                               headers={"ticket": command.ticket, "clock": 0},
+                               delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT)  # fmt: skip
+        try:
+            exchange = await self._channel.get_exchange(str(command.reply_to["exchange"]), ensure=False)
+            await exchange.publish(out, routing_key=str(command.reply_to["routing_key"]), mandatory=False)
+        except Exception:  # the sender may have gone: nothing to do
+            log.debug("control: reply to %s failed", command.reply_to, exc_info=True)
 
-    async def _do_ping(self) -> str:
-        return "pong"
-
-    async def _do_registered(self) -> list[str]:
-        return sorted(self.worker.app.tasks)
-
-    async def _do_active(self) -> list[dict[str, Any]]:
-        now = time.monotonic()
-        return [
-            {"id": task_id, "task": d.message.task if d.message else None, "queue": d.queue,
-             "args": list(d.message.args) if d.message else [], "kwargs": dict(d.message.kwargs) if d.message else {},
-             "running_for": round(now - (d.started or d.received), 3)}
-            for task_id, (d, _task) in list(self.worker.active.items())
-        ]  # fmt: skip
-
-    async def _do_stats(self) -> dict[str, Any]:
-        s = self.worker.settings
-        return {"pid": os.getpid(), "ppid": os.getppid(), "pool": s.pool, "concurrency": s.concurrency,
-                "queues": list(s.queues), "processed": self.worker.processed, "running": self.worker.running,
-                "revoked": len(self.revoked), "uptime": round(time.time() - self.started, 1)}  # fmt: skip
-
-    async def _do_rate_limit(self, task: str, rate: str | None = None) -> str:
-        if rate is not None:
-            parse_rate(rate)  # a bad rate is refused here, not when the next task starts
-        limits = [m for m in self.worker.middleware if isinstance(m, RateLimits)]
-        for m in limits:
-            m.overrides[task] = rate
-        log.info("control: rate limit of %s set to %s", task, rate or "the task's own")
-        return f"rate limit of {task} set to {rate or 'its own'}"
-
-    async def _do_revoke(self, task_id: str, terminate: bool = False) -> str:
+    async def revoke(self, task_id: str, terminate: bool = False) -> str:
         self.revoked.add(task_id)
         log.info("control: task %s revoked%s", task_id, " (terminate)" if terminate else "")
         running = self.worker.active.get(task_id)

@@ -19,8 +19,7 @@ from typing import Any
 import pika
 import pika.exceptions
 
-from amqptasks.broker import BrokerURL
-from amqptasks.broker.connection import open_blocking, tls_options
+from amqptasks.broker.connection import connect as connect_blocking
 from amqptasks.config.model import Config
 from amqptasks.constants import (
     DEFAULT_MAX_MESSAGE_SIZE,
@@ -167,9 +166,7 @@ def dead_letter(
 
 @contextmanager
 def connect(config: Config, purpose: str) -> Iterator[pika.BlockingConnection]:
-    connection = open_blocking(
-        BrokerURL.parse(config.broker.url), connection_name=f"amqptasks dlq {purpose}", tls=tls_options(config.broker)
-    )
+    connection = connect_blocking(config.broker, f"amqptasks dlq {purpose}")
     try:
         yield connection
     finally:

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from amqptasks.broker.aio import open_robust
+from amqptasks.broker.memory import broker_for, is_memory_url
 from amqptasks.constants import FAILURES_QUEUE, FAILURES_QUEUE_ARGUMENTS
 from amqptasks.dlq.reader import record_key
 from amqptasks.message.envelope import Envelope
@@ -81,6 +82,11 @@ class FailureRecords(Middleware):
             log.warning("could not write the failure record of task %s (%s); continuing", record["task_id"], exc)
 
     async def _declare(self) -> None:
+        if is_memory_url(self.app.config.broker.url):
+            channel = broker_for(self.app.config.broker.url).channel()
+            channel.queue_declare(FAILURES_QUEUE, durable=True, arguments=dict(FAILURES_QUEUE_ARGUMENTS))
+            self._declared = True
+            return
         # A connection of its own: a declare that conflicts closes its channel, which must never be the
         # consuming channel (that would requeue every delivery) nor the publisher's.
         connection = await open_robust(self.app.config.broker, f"amqptasks failure records {self.hostname}")

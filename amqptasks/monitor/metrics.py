@@ -35,7 +35,7 @@ class Metrics(Middleware):
                                     registry=r)  # fmt: skip
         # Messages being handled: received and not yet through the worker (acks_late=False ones included).
         self.prefetch = Gauge("amqptasks_prefetch_in_use", "Messages received, not yet settled.", registry=r)
-        self.prefetch.set_function(lambda: len(worker._inflight))
+        self.prefetch.set_function(lambda: worker.held)
         self.connection_up = Gauge("amqptasks_connection_up", "1 while connected to the broker.", registry=r)
         self.connection_up.set_function(lambda: 1.0 if worker.connected else 0.0)
         self.server: WSGIServer | None = None

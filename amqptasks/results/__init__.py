@@ -24,10 +24,15 @@ def backend_for(app: App) -> ResultBackend | None:
         from amqptasks.results.rpc import RpcBackend
 
         return RpcBackend(app)
+    if url.startswith("memory://"):
+        from amqptasks.results.memory import MemoryBackend
+
+        return MemoryBackend(url)
     if url.startswith(("redis://", "rediss://", "unix://")):
         from amqptasks.results.redis import RedisBackend
 
         return RedisBackend(url, settings.result_expires)
     raise AmqpTasksError(
-        f"results.backend {url!r} is not supported: use 'rpc://', 'redis://host:6379/0', or leave it out"
+        f"results.backend {url!r} is not supported: use 'rpc://', 'redis://host:6379/0', 'memory://' (tests), "
+        "or leave it out"
     )

@@ -2,10 +2,12 @@
 
 Each member of a chord hands its final state to the durable queue ``amqptasks.chord.<group id>`` (declared by
 the publisher, ``x-expires`` one day). The ``amqptasks.chord_unlock`` task, published with the members, counts
-that queue with a passive declare and retries itself every half second until every member is in; then it reads
-the states, orders them by ``group_index``, publishes the callback with the list of results, and deletes the
-queue. The states are acknowledged only by deleting the queue after the callback was published, so an unlock
-that dies half-way leaves them for its next attempt.
+that queue with a passive declare and retries itself every half second (backing off to 5 s) until every member
+is in (a member that ran twice counts once); then it reads the states, orders them by ``group_index``,
+publishes the callback with the list of results, and deletes the queue. A member that will never run
+(revoked, expired, rejected) reports that state, so its chord fails at once. The states are acknowledged only
+by deleting the queue after the callback was published, so an unlock that dies half-way leaves them for its
+next attempt.
 """
 
 from __future__ import annotations
@@ -14,8 +16,7 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from amqptasks.broker.connection import open_blocking, tls_options
-from amqptasks.broker.url import BrokerURL
+from amqptasks.broker.connection import connect
 from amqptasks.errors import AmqpTasksError
 from amqptasks.results.exceptions import describe, exception_payload
 from amqptasks.results.middleware import CHORD_UNLOCK, chord_queue
@@ -26,8 +27,10 @@ if TYPE_CHECKING:
     from amqptasks.app import App
     from amqptasks.tasks.task import Task
 
-#: Seconds between two counts of a chord's queue.
+#: Seconds between two counts of a chord's queue, growing (by UNLOCK_INTERVAL every 20 counts) up to the max: a
+#: chord whose member never reports (lost) is not polled every half second until its queue expires.
 UNLOCK_INTERVAL = 0.5
+UNLOCK_MAX_INTERVAL = 5.0
 
 
 class ChordError(AmqpTasksError):
@@ -48,8 +51,7 @@ def declare_queue(app: App, group_id: str) -> None:
 
 
 def _connect(app: App) -> Any:
-    broker = app.config.broker
-    return open_blocking(BrokerURL.parse(broker.url), connection_name="amqptasks chord", tls=tls_options(broker))
+    return connect(app.config.broker, "amqptasks chord")
 
 
 def unlock(task: Task[Any, Any], group_id: str, size: int, callback: Mapping[str, Any]) -> None:
@@ -60,18 +62,23 @@ def unlock(task: Task[Any, Any], group_id: str, size: int, callback: Mapping[str
         channel = connection.channel()
         name = chord_queue(group_id)
         count = int(channel.queue_declare(name, passive=True).method.message_count)
-        if count < size:
+        by_index: dict[int, dict[str, Any]] = {}
+        if count >= size:
+            # A member that ran twice (redelivered, or sent again after a failed hand-off) is in twice: count
+            # each member once. The states stay unacked, so they are back in the queue if the unlock waits on.
+            for _ in range(count):
+                method, properties, body = channel.basic_get(name, auto_ack=False)
+                if method is None:
+                    break
+                by_index.setdefault(int((properties.headers or {}).get("group_index", 0)), decode(body))
+        if len(by_index) < size:
+            connection.close()  # hands back what was read before waiting
+            wait = min(UNLOCK_MAX_INTERVAL, UNLOCK_INTERVAL * (1 + task.request.retries // 20))
             if app.config.delays.enabled:
-                task.retry(countdown=UNLOCK_INTERVAL)
-            time.sleep(UNLOCK_INTERVAL)  # no delay tiers: wait here rather than spin through the queue
+                task.retry(countdown=wait)
+            time.sleep(wait)  # no delay tiers: wait here rather than spin through the queue
             task.retry(countdown=0)
-        states: list[tuple[int, dict[str, Any]]] = []
-        while len(states) < size:
-            method, properties, body = channel.basic_get(name, auto_ack=False)
-            if method is None:
-                break
-            states.append((int((properties.headers or {}).get("group_index", 0)), decode(body)))
-        states.sort(key=lambda pair: pair[0])
+        states = sorted(by_index.items())
         sig = Signature.from_dict(callback, app)
         failed = [meta for _, meta in states if meta.get("status") != SUCCESS]
         if failed:

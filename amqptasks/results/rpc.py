@@ -56,6 +56,13 @@ class RpcBackend(ResultBackend):
         self._published = True
         self.app.connections.reply_channel(self._on_reply).publish(envelope)
 
+    def reply_address(self) -> str | None:
+        """This process's own reply-to address (opening the reply channel if need be), for the steps of a chain
+        to carry; None where the broker has no such address (memory://)."""
+        channel = self.app.connections.reply_channel(self._on_reply)
+        address = getattr(channel, "address", None)  # RabbitMQ's reply channel knows it; others have none
+        return str(address) if address else None
+
     def peek(self, task_id: str) -> dict[str, Any] | None:
         return self.book.latest(task_id)
 

@@ -175,19 +175,34 @@ def prepare(
         reply_to=options.get("reply_to"),
         extra_headers=dict(options.get("headers") or {}),
     )
+    compression = options.get("compression") or task.compression
+    return _sealed(message, destination, settings, serializer, compression, bool(options.get("mandatory", True)), now)
+
+
+def _sealed(
+    message: TaskMessage, destination: Destination, settings: SendSettings, serializer: Serializer,
+    compression: Compression | None, mandatory: bool, now: datetime, *, capped: bool = False,
+) -> Prepared:  # fmt: skip
+    """The envelope of *message* to *destination*, through the delay tiers when its eta is ahead of *now*.
+
+    *capped*: an eta beyond the tiers' longest delay (a Celery client's) waits that long, comes back early and is
+    sent round again by the worker's eta check (else the tiers refuse it)."""
     envelope = to_envelope(
         message,
         exchange=destination.exchange,
         routing_key=destination.routing_key,
         priority=destination.priority,
         serializer=serializer,
-        compression=options.get("compression") or task.compression,
+        compression=compression,
         max_size=settings.max_message_size,
-        mandatory=bool(options.get("mandatory", True)),
+        mandatory=mandatory,
     )
+    eta = message.eta
     delay_ms = max(0.0, (eta - now).total_seconds() * 1000) if eta else 0.0
     if delay_ms > 0:
-        envelope = _through_delays(envelope, destination, delay_ms, settings, task.name)
+        if capped:
+            delay_ms = min(delay_ms, 2**DELAY_LEVELS - 1)
+        envelope = _through_delays(envelope, destination, delay_ms, settings, message.task)
     return Prepared(envelope, message, destination, delay_ms)
 
 
@@ -208,23 +223,7 @@ def prepare_again(
     reply-to, ignore_result, time limits, expiry) is the original's, so a retried step is still that step.
     """
     now = now or datetime.now(UTC)
-    envelope = to_envelope(
-        message,
-        exchange=destination.exchange,
-        routing_key=destination.routing_key,
-        priority=destination.priority,
-        serializer=serializer,
-        compression=compression,
-        max_size=settings.max_message_size,
-    )
-    eta = message.eta
-    delay_ms = max(0.0, (eta - now).total_seconds() * 1000) if eta else 0.0
-    if delay_ms > 0:
-        # An eta beyond the tiers' longest delay (a Celery client's): it waits that long, comes back early and
-        # is sent round again by the worker's eta check.
-        delay_ms = min(delay_ms, 2**DELAY_LEVELS - 1)
-        envelope = _through_delays(envelope, destination, delay_ms, settings, message.task)
-    return Prepared(envelope, message, destination, delay_ms)
+    return _sealed(message, destination, settings, serializer, compression, True, now, capped=True)
 
 
 def _through_delays(

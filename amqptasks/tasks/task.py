@@ -17,6 +17,7 @@ from amqptasks.worker.request import Request
 if TYPE_CHECKING:
     from amqptasks.app import App
     from amqptasks.result import AsyncResult
+    from amqptasks.tasks.eager import EagerResult
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -96,10 +97,27 @@ class Task(Generic[P, R]):
         return f"<task {self.name}>"
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        """Run the function here and now, like calling it directly."""
+        """Run the function here and now, like calling it directly (``self.request.called_directly`` is true)."""
         if self.declared.bind:
-            return self.fn(self, *args, **kwargs)
+            from amqptasks.tasks.eager import direct_request
+
+            token = request_context.current.set(direct_request(self, args, kwargs))
+            try:
+                return self.fn(self, *args, **kwargs)
+            finally:
+                request_context.current.reset(token)
         return self.fn(*args, **kwargs)
+
+    def apply(
+        self, args: tuple[Any, ...] | list[Any] | None = None, kwargs: Mapping[str, Any] | None = None, **options: Any
+    ) -> EagerResult:
+        """Run the task here and now, in this thread, and return an :class:`~amqptasks.tasks.eager.EagerResult`
+        (Celery's ``Task.apply``): ``self.request.is_eager`` is true, retries run again at once, and the
+        exception is kept in the result unless ``throw=True``. Options: ``task_id``, ``retries``, ``throw``,
+        ``headers``; the rest (``queue``, ``routing_key``...) only show in ``self.request.delivery_info``."""
+        from amqptasks.tasks.eager import apply
+
+        return apply(self, args, kwargs, **options)
 
     def run_callable(self) -> Callable[..., Any]:
         """What the worker calls with the message's arguments (``self`` already bound for bind=True)."""
@@ -127,6 +145,10 @@ class Task(Generic[P, R]):
         With no retries left, raises *exc* (or ``MaxRetriesExceeded``) so the message is dead-lettered.
         """
         limit = self.options.max_retries if max_retries is None else max_retries
+        if self.request.called_directly:  # as Celery: nothing could run it again, so the error is raised
+            if exc is not None:
+                raise exc
+            raise LimitedRetry(None, countdown, limit)
         if limit is not None and self.request.retries >= limit:
             if exc is not None:
                 raise exc

@@ -8,6 +8,7 @@ from typing import Any
 import pika
 import pika.exceptions
 
+from amqptasks.broker.memory import ChannelError as MemoryChannelError
 from amqptasks.errors import BrokerError, TopologyConflict
 from amqptasks.topology.declare import declare, unbind
 from amqptasks.topology.desired import BindingDecl
@@ -44,8 +45,9 @@ def conflict_report(plan: Plan) -> str:
     )
 
 
-def apply_plan(plan: Plan, connection: pika.BlockingConnection) -> ApplyResult:
-    """Make the changes of *plan*; raises :class:`TopologyConflict` before touching anything."""
+def apply_plan(plan: Plan, connection: Any) -> ApplyResult:
+    """Make the changes of *plan* on *connection* (pika's, or a memory:// broker: anything with ``channel()``);
+    raises :class:`TopologyConflict` before touching anything."""
     if plan.conflicts:
         raise TopologyConflict(conflict_report(plan))
     work = sorted((c for c in plan.changes if (c.action, c.kind) in _ORDER), key=lambda c: _ORDER[(c.action, c.kind)])
@@ -54,7 +56,7 @@ def apply_plan(plan: Plan, connection: pika.BlockingConnection) -> ApplyResult:
     for change in work:
         try:
             _run(channel, change)
-        except pika.exceptions.ChannelClosedByBroker as exc:
+        except (pika.exceptions.ChannelClosedByBroker, MemoryChannelError) as exc:
             done = ", ".join(c.describe() for c in result.done) or "nothing"
             raise BrokerError(
                 f"{change.action} {change.describe()} failed: {exc.reply_text} (already done: {done})"

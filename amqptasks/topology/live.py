@@ -6,9 +6,10 @@ from dataclasses import replace
 
 import pika
 
-from amqptasks.broker.connection import open_blocking, tls_options
+from amqptasks.broker.connection import connect as connect_blocking
 from amqptasks.broker.management import ManagementClient
 from amqptasks.broker.management_target import management_client as checked_management_client
+from amqptasks.broker.memory import is_memory_url
 from amqptasks.broker.server import server_version
 from amqptasks.broker.url import BrokerURL
 from amqptasks.config import version_rules
@@ -24,9 +25,7 @@ from amqptasks.topology.plan import Plan, make_plan
 
 def connect(broker: Broker, purpose: str) -> pika.BlockingConnection:
     """A blocking connection named for *purpose* in the management UI (unless the YAML names it)."""
-    url = BrokerURL.parse(broker.url)
-    name = broker.connection_name or f"amqptasks {purpose}"
-    return open_blocking(url, heartbeat=broker.heartbeat, connection_name=name, tls=tls_options(broker))
+    return connect_blocking(broker, broker.connection_name or f"amqptasks {purpose}")
 
 
 def management_client(broker: Broker) -> ManagementClient | None:
@@ -40,6 +39,10 @@ def management_client(broker: Broker) -> ManagementClient | None:
 
 def plan(config: Config, *, prune: bool = False) -> Plan:
     """What ``apply`` would do. Reads through the management API when reachable, else probes over AMQP."""
+    if is_memory_url(config.broker.url):
+        from amqptasks.topology import memory
+
+        return memory.plan(config, prune=prune)
     # Connect over AMQP even when the HTTP API answers: it proves the URL's port, credentials and vhost
     # are the ones the API describes, and gives RabbitMQ's own error when they are not.
     connection = connect(config.broker, "plan")
@@ -51,6 +54,10 @@ def plan(config: Config, *, prune: bool = False) -> Plan:
 
 def provision(config: Config, *, prune: bool = False) -> tuple[Plan, ApplyResult]:
     """Check every object against the broker; if nothing conflicts, make the missing ones."""
+    if is_memory_url(config.broker.url):
+        from amqptasks.topology import memory
+
+        return memory.provision(config, prune=prune)
     connection = connect(config.broker, "provision")
     try:
         the_plan = _plan(config, connection, prune)

@@ -74,7 +74,7 @@ class Prober:
     def __init__(self, connection: pika.BlockingConnection) -> None:
         self.connection = connection
 
-    def _attempt(self, action: Callable[[Any], object]) -> tuple[int, str]:
+    def attempt(self, action: Callable[[Any], object]) -> tuple[int, str]:
         channel = self.connection.channel()
         try:
             action(channel)
@@ -86,10 +86,10 @@ class Prober:
         return 200, ""
 
     def _change(self, kind: str, name: str, decl: ExchangeDecl | QueueDecl, passive: Callable[[Any], object]) -> Change:
-        code, _ = self._attempt(passive)
+        code, _ = self.attempt(passive)
         if code == 404:
             return Change("create", kind, name, decl=decl)  # type: ignore[arg-type]
-        code, text = self._attempt(lambda channel: declare(channel, decl))
+        code, text = self.attempt(lambda channel: declare(channel, decl))
         if code == 200:
             return Change("unchanged", kind, name, decl=decl)  # type: ignore[arg-type]
         diffs = conflict_from_broker_text(text, dict(decl.locs))

@@ -8,7 +8,6 @@ when it has settled the message: the worker then goes no further with it.
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from amqptasks.constants import REDELIVERIES_HEADER
@@ -63,7 +62,7 @@ class Admission:
 
     async def expired(self, d: Delivery) -> bool:
         expires = d.message.expires if d.message else None
-        if expires is None or expires > datetime.now(UTC):
+        if expires is None or expires > self.app.now():
             return False
         if self.settings.dead_letter_expired:
             await self.reject(d, "expired", f"expired at {expires.isoformat()}")
@@ -79,7 +78,7 @@ class Admission:
         if eta is None:
             return False
         try:
-            wait = (eta - datetime.now(UTC)).total_seconds()
+            wait = (eta - self.app.now()).total_seconds()
         except OverflowError:  # an offset that takes it past year 9999
             wait = float("inf")
         if wait <= ETA_TOLERANCE:

@@ -1,4 +1,4 @@
-"""The worker's built-in middleware: one log line per task event, user signals, rate limits."""
+"""The worker's built-in middleware: log lines for failures, retries and rejects, user signals, rate limits."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from amqptasks.dlq.records import FailureRecords
 from amqptasks.errors import Retry
 from amqptasks.tasks.einfo import ExceptionInfo
 from amqptasks.tasks.options import parse_rate
+from amqptasks.worker import tasklog
 from amqptasks.worker.middleware import Middleware
+from amqptasks.worker.tasklog import TaskProgress
 
 if TYPE_CHECKING:
     from amqptasks.app import App
@@ -26,20 +28,7 @@ def _ms(delivery: Delivery) -> float:
 
 
 class TaskLog(Middleware):
-    """received / started / succeeded in X ms / retried in Y s / failed / rejected to DLQ."""
-
-    # The INFO lines run three times per message: skip building their arguments when INFO is off.
-    def after_receive(self, delivery: Delivery) -> None:
-        if log.isEnabledFor(logging.INFO):
-            log.info("%s received", delivery.label, extra={"task_event": "received"})
-
-    def before_execute(self, delivery: Delivery) -> None:
-        if log.isEnabledFor(logging.INFO):
-            log.info("%s started", delivery.label, extra={"task_event": "started"})
-
-    def after_success(self, delivery: Delivery, result: Any) -> None:
-        if log.isEnabledFor(logging.INFO):
-            log.info("%s succeeded in %.1f ms", delivery.label, _ms(delivery), extra={"task_event": "succeeded"})
+    """retried in Y s / failed / rejected to DLQ (received, started, succeeded: :mod:`amqptasks.worker.tasklog`)."""
 
     def after_retry(self, delivery: Delivery, exc: BaseException | None, countdown: float) -> None:
         log.warning("%s retried in %.1f s: %r", delivery.label, countdown, exc, extra={"task_event": "retried"})
@@ -135,4 +124,5 @@ class RateLimits(Middleware):
 def builtin_middleware(app: App) -> list[Middleware]:
     from amqptasks.results.middleware import Results
 
-    return [RateLimits(), TaskLog(), SignalHooks(app), TaskHooks(), FailureRecords(app), Results(app)]
+    progress = [TaskProgress()] if tasklog.enabled() else []  # off by default: see amqptasks.worker.tasklog
+    return [RateLimits(), *progress, TaskLog(), SignalHooks(app), TaskHooks(), FailureRecords(app), Results(app)]

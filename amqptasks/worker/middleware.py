@@ -8,8 +8,9 @@ be ``async``, and receives the :class:`Delivery` being processed. Users add thei
 from __future__ import annotations
 
 import inspect
+import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -68,12 +69,39 @@ class Hooks:
     async def run(self, hook: str, *args: Any, reverse: bool = False) -> None:
         """Run *hook* of every middleware. ``after_*`` hooks (``reverse=True``) report what already happened:
         one that raises is logged and the others still run, so a broken hook cannot change a message's fate."""
+        pending = self.fire(hook, *args, reverse=reverse)
+        if pending is not None:
+            await pending
+
+    def fire(self, hook: str, *args: Any, reverse: bool = False) -> Awaitable[None] | None:
+        """:meth:`run` without a coroutine while every hook is synchronous (the per-message path): None when
+        done, else an awaitable that finishes the chain from the first hook that returned one."""
         chain = self._chains[hook]
-        for method in reversed(chain) if reverse else chain:
+        methods = iter(reversed(chain) if reverse else chain)
+        for method in methods:
             try:
                 result = method(*args)
-                if inspect.isawaitable(result):
-                    await result
+            except Exception:
+                if not reverse:
+                    raise
+                log.exception("%s.%s failed (ignored)", type(method.__self__).__name__, hook)
+                continue
+            if result is not None and inspect.isawaitable(result):
+                return self._finish(hook, result, method, methods, args, reverse)
+        return None
+
+    async def _finish(
+        self, hook: str, first: Awaitable[Any], method: Any, rest: Iterator[Any], args: tuple[Any, ...], reverse: bool
+    ) -> None:
+        for current in itertools.chain([None], rest):
+            try:
+                if current is None:
+                    await first
+                else:
+                    method = current
+                    result = current(*args)
+                    if result is not None and inspect.isawaitable(result):
+                        await result
             except Exception:
                 if not reverse:
                     raise

@@ -31,10 +31,14 @@ class Request:
     root_id: str | None
     parent_id: str | None
     message: TaskMessage = field(repr=False)
+    #: Run by ``Task.apply()`` (here and now, not by a worker), as Celery's ``request.is_eager``.
+    eager: bool = False
+    #: The task was called like a function (``add(2, 3)``), as Celery's ``request.called_directly``.
+    called_directly: bool = False
 
     @property
     def is_eager(self) -> bool:
-        return False
+        return self.eager
 
 
 #: The request of the task running in this context (asyncio task or thread); None outside a task.

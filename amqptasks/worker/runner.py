@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -10,19 +12,26 @@ import multiprocessing
 import os
 import signal
 import sys
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from amqptasks.broker.url import BrokerURL
-from amqptasks.constants import ENV_EVENT_LOOP, dlq_name, is_delay_name
+from amqptasks.broker.connection import open_blocking, tls_options
+from amqptasks.broker.memory import is_memory_url
+from amqptasks.broker.url import BrokerURL, mask_url
+from amqptasks.constants import ENV_EVENT_LOOP, REVOKED_STREAM, REVOKED_STREAM_ARGUMENTS, dlq_name, is_delay_name
+from amqptasks.errors import AmqpTasksError
 from amqptasks.topology.desired import desired
+from amqptasks.topology.observe import Prober
 from amqptasks.worker.consumer import Worker, WorkerSettings
+from amqptasks.worker.tasklog import TASKS_LOGGER
+from amqptasks.worker.transport import missing_queue
 
 if TYPE_CHECKING:
     from amqptasks.app import App
 
 T = TypeVar("T")
+_PR_SET_PDEATHSIG = 1
 log = logging.getLogger("amqptasks.worker")
 
 
@@ -41,7 +50,9 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data)
 
 
-def setup_logging(level: str, fmt: str) -> None:
+def setup_logging(level: str, fmt: str, log_tasks: bool = False) -> None:
+    """The root logger at *level*; the per-task progress lines (:mod:`~amqptasks.worker.tasklog`) only with
+    *log_tasks* or at debug level."""
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
@@ -52,6 +63,10 @@ def setup_logging(level: str, fmt: str) -> None:
     root.setLevel(level.upper())
     for noisy in ("pika", "aio_pika", "aiormq"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if log_tasks:  # asked for: shown whatever the level
+        logging.getLogger(TASKS_LOGGER).setLevel(logging.INFO)
+    else:
+        logging.getLogger(TASKS_LOGGER).setLevel(logging.NOTSET if level.upper() == "DEBUG" else logging.WARNING)
     # pika warns of every channel the broker closes; the worker says so itself, with what to do (a missing
     # queue, a consumer_timeout), so pika's line would only come first with a repr of its internals.
     logging.getLogger("pika.channel").setLevel(logging.ERROR)
@@ -60,10 +75,15 @@ def setup_logging(level: str, fmt: str) -> None:
 def banner(app: App, settings: WorkerSettings, pool: str, processes: int) -> str:
     want = desired(app.config.topology, app.config.delays)
     lines = [
-        f"amqptasks worker {settings.hostname}",
-        f"  broker:  {BrokerURL.parse(app.config.broker.url).masked()}",
+        f"amqptasks worker {settings.hostname}"
+        + (
+            f" (processes {', '.join(child_settings(settings, i + 1).hostname for i in range(processes))})"
+            if processes > 1
+            else ""
+        ),
+        f"  broker:  {mask_url(app.config.broker.url)}",
         f"  pool:    {pool}, concurrency {settings.concurrency} x {processes} process(es) on {event_loop()}, "
-        f"prefetch {settings.prefetch or settings.concurrency * 4}",
+        f"prefetch {settings.prefetch_count}",
         "  queues:",
     ]
     for name in settings.queues:
@@ -122,8 +142,17 @@ def run_loop(main: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(main)
 
 
+def _refuse_memory(app: App) -> None:
+    if is_memory_url(app.config.broker.url):
+        raise AmqpTasksError(
+            f"broker {app.config.broker.url!r} lives inside one process: a worker process cannot reach the one your "
+            "app publishes to; run the tasks in that process with amqptasks.testing.drain(app), or use amqp://"
+        )
+
+
 def serve(app: App, settings: WorkerSettings, *, beat: bool = False) -> None:
     """One consuming process (blocks until shutdown); with *beat*, the periodic-task scheduler in a thread."""
+    _refuse_memory(app)
     if app.config.topology.provision:
         app.provision()
     with _beat_thread(app, beat):
@@ -141,10 +170,17 @@ def serve_many(app: App, settings: WorkerSettings, processes: int, *, beat: bool
 
     With *beat*, the scheduler runs in a thread of this (parent) process, started after the fork.
     """
+    _refuse_memory(app)
     if app.config.topology.provision:
         app.provision()
+    _prepare_broker(app, settings.queues)
     context = multiprocessing.get_context("fork")
-    children = [context.Process(target=serve, args=(app, settings), name=f"worker-{i + 1}") for i in range(processes)]
+    children = [
+        context.Process(
+            target=_serve_child, args=(app, child_settings(settings, i + 1), os.getpid()), name=f"worker-{i + 1}"
+        )
+        for i in range(processes)
+    ]
     for child in children:
         child.start()
 
@@ -159,6 +195,65 @@ def serve_many(app: App, settings: WorkerSettings, processes: int, *, beat: bool
         for child in children:
             child.join()
     return max((child.exitcode or 0) for child in children)
+
+
+def _prepare_broker(app: App, queues: Sequence[str]) -> None:
+    """Before the fork: every queue exists (else one clear error, not one per process), and the stored revocations'
+    stream is declared, so that N processes starting at once do not all create it (RabbitMQ 3.10 answers
+    concurrent creations of one stream with INTERNAL_ERROR on all but one connection; see control/stored.py)."""
+    broker = app.config.broker
+    url = BrokerURL.parse(broker.url)
+    connection = open_blocking(url, connection_name="amqptasks worker (starting)", tls=tls_options(broker))
+    try:
+        prober = Prober(connection)
+        for queue in queues:
+            code, _ = prober.attempt(lambda channel, q=queue: channel.queue_declare(q, passive=True))  # type: ignore[misc]
+            if code == 404:
+                raise missing_queue(queue)
+        # Its failure is not ours to report: each process retries reading the stream, and says so if it cannot.
+        prober.attempt(
+            lambda channel: channel.queue_declare(
+                REVOKED_STREAM, durable=True, arguments=dict(REVOKED_STREAM_ARGUMENTS)
+            )
+        )
+    finally:
+        connection.close()
+
+
+def _serve_child(app: App, settings: WorkerSettings, parent: int) -> None:
+    """One process of :func:`serve_many`: an expected failure is one log line and exit status 1, not a traceback.
+
+    It dies with its parent: a worker killed with SIGKILL (by a user, a supervisor or the OOM killer) takes its
+    processes with it, so their messages go back to the queue instead of running on in orphans nobody stops.
+    """
+    _die_with(parent)
+    # Out of the parent's process group: a signal to the group (Ctrl-C in a terminal, ``kill -TERM -PGID``, most
+    # process managers) reaches the parent only, which forwards it once. Received twice, a SIGTERM means "cold".
+    os.setpgid(0, 0)
+    try:
+        serve(app, settings)
+    except AmqpTasksError as exc:
+        log.error("%s", exc)
+        logging.shutdown()
+        os._exit(1)
+
+
+def _die_with(parent: int) -> None:
+    """SIGKILL this process when *parent* dies (Linux ``prctl(PR_SET_PDEATHSIG)``; elsewhere nothing)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before the prctl
+        os._exit(1)
+
+
+def child_settings(settings: WorkerSettings, index: int) -> WorkerSettings:
+    """Process *index* of a multi-process worker: its own name (``amqptasks@host`` -> ``amqptasks-2@host``), so
+    that control replies, events and monitors tell the processes apart instead of seeing one worker twice."""
+    node, at, host = settings.hostname.partition("@")
+    return dataclasses.replace(settings, hostname=f"{node}-{index}{at}{host}")
 
 
 @contextmanager

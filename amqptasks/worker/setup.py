@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
 from amqptasks.config.model import Config
 from amqptasks.errors import AmqpTasksError
 from amqptasks.worker.consumer import WorkerSettings
+from amqptasks.worker.names import expand_hostname
 
-DEFAULTS: dict[str, Any] = {"concurrency": 8, "pool": "threads", "processes": 1, "grace": 30.0}
+DEFAULTS: dict[str, Any] = {"concurrency": 8, "pool": "threads", "grace": 30.0}
+
+
+def default_processes(pool: str, metrics_port: int | None) -> int:
+    """One consuming process per core: one Python process runs on one core at a time (the GIL), and the
+    consuming side (AMQP frames, decoding, settling) is most of a short task's cost. One process only where
+    more would be wrong or wasted: ``--pool processes`` (its children use the cores) and ``--metrics-port``
+    (one port serves one process)."""
+    if pool == "processes" or metrics_port is not None:
+        return 1
+    return max(1, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -60,7 +72,8 @@ def plan_worker(config: Config, queues: list[str], profile: str | None, options:
         events=bool(options.get("events")),
     )
     if options.get("hostname"):
-        settings.hostname = options["hostname"]
-    if settings.metrics_port and pick("processes") > 1:
+        settings.hostname = expand_hostname(options["hostname"])
+    processes = pick("processes") or default_processes(pool, settings.metrics_port)
+    if settings.metrics_port and processes > 1:  # 0 (any free port) works in every process
         raise AmqpTasksError("--metrics-port serves one process: run one worker per port instead of --processes")
-    return Plan(settings, pool, pick("processes"))
+    return Plan(settings, pool, processes)

@@ -66,6 +66,13 @@ class Incoming:
     channel: int
 
 
+def missing_queue(queue: str) -> AmqpTasksError:
+    return AmqpTasksError(
+        f"queue {queue!r} does not exist on the broker; declare it in the YAML and run "
+        "'amqptasks topology apply', or check the -Q names"
+    )
+
+
 class Transport:
     """Consumes *queues* with *prefetch*; hands batches of :class:`Incoming` to *on_batch*, on *loop*."""
 
@@ -208,10 +215,7 @@ class Transport:
                 await self._steps.run(lambda done, q=queue: channel.queue_declare(q, passive=True, callback=done))  # type: ignore[misc]
             except Lost as lost:
                 if "404" in str(lost) or "NOT_FOUND" in str(lost):
-                    raise AmqpTasksError(
-                        f"queue {queue!r} does not exist on the broker; declare it in the YAML and run "
-                        "'amqptasks topology apply', or check the -Q names"
-                    ) from None
+                    raise missing_queue(queue) from None
                 raise
         self._channel_id += 1
         self._acks.reset()

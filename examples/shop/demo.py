@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 CONFIG = "shop.yaml"
 #: Worker log lines that add nothing to the story (each task also logs "succeeded" or "failed").
 QUIET = re.compile(r"\] (received|started)$| async publisher connected ")
-LOG_PREFIX = re.compile(r"^\[[\d-]+ [\d:,]+ (\w+)/\w+\] ")
+LOG_PREFIX = re.compile(r"^\[[\d-]+ [\d:,]+ (\w+)/[\w-]+\] ")
 TASK_ID = re.compile(r"\[([0-9a-f]{8})-[0-9a-f-]{27}\]")
 _print_lock = threading.Lock()
 
@@ -153,15 +153,16 @@ def wait_for_dead_letter(queue: str, timeout: float = 30) -> None:
 
 
 def wait_for_status(queue: str, timeout: float = 30) -> None:
-    """The management API samples queue depths every few seconds: wait until it counts the dead letter."""
+    """The management API samples each queue's figures every few seconds, queue by queue: wait until its sample
+    counts the dead letter and every queue's consumer, so the table shows what happened."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         shown = subprocess.run(
             ["amqptasks", "status", CONFIG, "--json"], cwd=HERE, capture_output=True, text=True, timeout=60
         )
-        if shown.returncode == 0 and any(
-            row.get("queue") == queue and (row.get("dlq_depth") or 0) > 0 for row in json.loads(shown.stdout or "[]")
-        ):
+        rows = json.loads(shown.stdout or "[]") if shown.returncode == 0 else []
+        dead = any(row.get("queue") == queue and (row.get("dlq_depth") or 0) > 0 for row in rows)
+        if dead and rows and all(row.get("consumers", 0) > 0 for row in rows):
             return
         time.sleep(0.5)
 

@@ -114,3 +114,30 @@ def requeued_message_keeps_its_priority_place(d: Driver) -> Any:
     d.publish("", "q", "high-2", priority=2)
     d.nack(got.tag, requeue=True)
     return d.drain("q")
+
+
+@scenario
+def drop_head_on_a_priority_queue(d: Driver) -> Any:
+    _dlx(d)
+    d.queue("q", arguments={"x-max-priority": 5, "x-max-length": 2, "x-dead-letter-exchange": "dlx"})
+    for body, priority in [("p0", 0), ("p5", 5), ("p1", 1), ("p5-b", 5)]:
+        d.publish("", "q", body, priority=priority)
+    d.arrived("dlq", 2)
+    return d.bodies("dlq"), d.bodies("q")
+
+
+@scenario
+def a_dead_letter_into_a_full_reject_publish_queue_is_dropped(d: Driver) -> Any:
+    d.exchange("dlx", "fanout")
+    d.queue("full", arguments={"x-max-length": 1, "x-overflow": "reject-publish"})
+    d.queue("open")
+    d.bind("full", "dlx")
+    d.bind("open", "dlx")
+    d.publish("", "full", "already-there")
+    d.queue("q", arguments={"x-dead-letter-exchange": "dlx"})
+    d.publish("", "q", "dead")
+    got = d.get("q")
+    assert got is not None
+    d.reject(got.tag, requeue=False)
+    d.arrived("open")
+    return d.bodies("full"), d.bodies("open")

@@ -198,3 +198,18 @@ def publishing_to_a_missing_exchange_closes_the_channel(d: Driver) -> Any:
     d.queue("q")
     refused = d.attempt(lambda: d.publish("missing", "k", "1"))
     return refused, d.publish("", "q", "after"), d.bodies("q")
+
+
+@scenario
+def headers_exchange_any_with_x_and_all_with_x(d: Driver) -> Any:
+    d.exchange("x", "headers")
+    d.queue("any-x")
+    d.queue("all-x")
+    d.bind("any-x", "x", "", {"x-match": "any-with-x", "x-tag": "t", "kind": "k"})
+    d.bind("all-x", "x", "", {"x-match": "all-with-x", "x-tag": "t", "kind": "k"})
+    sent = [
+        d.publish("x", "", "x-only", headers={"x-tag": "t"}),
+        d.publish("x", "", "both", headers={"x-tag": "t", "kind": "k"}),
+        d.publish("x", "", "kind-only", headers={"kind": "k"}),
+    ]
+    return sent, d.bodies("any-x"), d.bodies("all-x")

@@ -16,6 +16,7 @@ from amqptasks.broker.memory.errors import ACCESS_REFUSED, NOT_FOUND, ChannelErr
 from amqptasks.broker.memory.exchanges import Binding, MemoryExchange, route
 from amqptasks.broker.memory.message import Message, Stored
 from amqptasks.broker.memory.queues import Dropped, MemoryQueue
+from amqptasks.constants import DIRECT_REPLY_TO
 
 __all__ = ["MemoryBroker", "Peeked", "Routed"]
 
@@ -64,6 +65,18 @@ class MemoryBroker:
         self.queues: dict[str, MemoryQueue] = {}
         #: Called with a queue's name when a message becomes ready in it (consumers wake up).
         self.on_ready: list[Callable[[str], None]] = []
+        #: Stored revocations (RabbitMQ: the amqptasks.revoked stream): task id -> when (wall clock).
+        self.revocations: dict[str, float] = {}
+        #: Direct reply-to: address (``amq.rabbitmq.reply-to.<id>``) -> what takes (body, correlation_id).
+        self.reply_sinks: dict[str, Callable[[bytes, str | None], None]] = {}
+
+    def reset(self) -> None:
+        """Back to an empty vhost (between tests): every queue, exchange, binding and revocation goes. Reply
+        channels stay registered: the apps holding them keep working."""
+        with self.lock:
+            self.exchanges = {name: MemoryExchange(name, kind) for name, kind in _PREDECLARED.items()}
+            self.queues.clear()
+            self.revocations.clear()
 
     def now(self) -> float:
         return self.clock.time()
@@ -116,6 +129,8 @@ class MemoryBroker:
 
     def publish(self, message: Message, *, mandatory: bool = False) -> Routed:
         """Route *message* (its exchange and routing key say where) and store it in each queue reached."""
+        if message.exchange == "" and message.routing_key.startswith(DIRECT_REPLY_TO + "."):
+            return self._reply(message, mandatory)
         with self.lock:
             self.tick()
             x = self.exchange(message.exchange)
@@ -137,6 +152,14 @@ class MemoryBroker:
             self._dead_letter_all(dropped)
             self._ready(stored)
             return Routed(tuple(stored), nacked=nacked)
+
+    def _reply(self, message: Message, mandatory: bool) -> Routed:
+        """Direct reply-to: straight to the channel that published the request, or dropped if it is gone."""
+        sink = self.reply_sinks.get(message.routing_key)
+        if sink is None:
+            return Routed((), returned=mandatory)
+        sink(message.body, message.properties.get("correlation_id"))  # outside the lock: it may wake waiters
+        return Routed((message.routing_key,))
 
     def _route(self, message: Message) -> list[str]:
         return route(message.exchange, message.routing_key, message.headers, self.exchanges.get,
@@ -184,10 +207,9 @@ class MemoryBroker:
             q = self.queues.get(queue)
             if q is None:
                 return  # its queue was deleted meanwhile
-            dropped = q.requeue(stored)
+            dropped = q.requeue(stored, self.now())
             self._dead_letter_dropped(queue, dropped)
-            if not dropped:
-                self._ready([queue])
+            self._ready([queue])
 
     def settle(self, queue: str, stored: Stored, dead_letter: bool) -> None:
         with self.lock:
@@ -204,13 +226,23 @@ class MemoryBroker:
         """Expire what is due by now: messages at the heads of queues (dead-lettered), then unused queues."""
         with self.lock:
             now = self.now()
-            for name, q in list(self.queues.items()):
-                dropped = q.expire(now)
-                if dropped:
-                    self._dead_letter_dropped(name, dropped)
-            for name, q in list(self.queues.items()):
-                if q.expires_ms is not None and q.unacked == 0 and now >= q.last_used + q.expires_ms / 1000:
+            # Again while something expired: a dead letter may land in a queue already looked at, already due
+            # (a zero TTL). Bounded: the cycle rule drops dead letters that would go round for ever.
+            for _ in range(1000):
+                expired = False
+                unused = []
+                for name, q in list(self.queues.items()):
+                    if q.ready:
+                        dropped = q.expire(now)
+                        if dropped:
+                            expired = True
+                            self._dead_letter_dropped(name, dropped)
+                    if q.expires_ms is not None and q.unacked == 0 and now >= q.last_used + q.expires_ms / 1000:
+                        unused.append(name)
+                for name in unused:
                     self.delete_queue(name)
+                if not expired:
+                    return
 
     def next_due(self) -> float | None:
         """When something next expires (a message at a queue's head, or an unused queue), in broker time."""

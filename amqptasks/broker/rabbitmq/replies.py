@@ -46,6 +46,10 @@ class ReplyThread(threading.Thread):
         self._connection: Any = None
         self._channel: Any = None
         self._stopping = False
+        #: The reply-to address the broker gives this channel's consumer (``amq.rabbitmq.reply-to.<id>``): what
+        #: the later steps of a chain carry as their ``reply_to`` (as Celery's ``freeze()`` sets it), so that a
+        #: worker other than ours publishing them still sends their results here.
+        self.address: str | None = None
 
     @classmethod
     def start_for(cls, broker: Broker, on_reply: OnReply, *, timeout: float) -> ReplyThread:
@@ -74,6 +78,7 @@ class ReplyThread(threading.Thread):
             self._channel = self._connection.channel()
             self._channel.confirm_delivery()
             self._channel.basic_consume(DIRECT_REPLY_TO, self._reply, auto_ack=True)
+            self.address = self._probe_address()
         except Exception as exc:
             self._stopping = True
             self._ready.set_exception(exc)
@@ -92,6 +97,16 @@ class ReplyThread(threading.Thread):
                     self._connection.close()
             except Exception:
                 log.debug("closing the rpc results connection failed", exc_info=True)
+
+    def _probe_address(self) -> str | None:
+        """The broker rewrites ``reply_to`` only on what it delivers: send one probe to a private queue and read it."""
+        probe = self._channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
+        try:
+            self._channel.basic_publish("", probe, b"", pika.BasicProperties(reply_to=DIRECT_REPLY_TO), mandatory=True)
+            _method, properties, _body = self._channel.basic_get(probe, auto_ack=True)  # confirmed: it is there
+            return str(properties.reply_to) if properties is not None and properties.reply_to else None
+        finally:
+            self._channel.queue_delete(probe)
 
     def _reply(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
         self._on_reply(body, properties.correlation_id)
