@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from amqptasks.broker.url import BrokerURL, auth_mechanism, mask_url, query_options
+from amqptasks.config import check_text
 
 SECRET = "s3cr3t-Pa55"
 
@@ -252,3 +253,13 @@ def test_auth_mechanism_external_needs_amqps_and_unknown_mechanisms_are_named() 
         query_options(BrokerURL.parse("amqp://h/?auth_mechanism=external"))
     with pytest.raises(ValueError, match="expected plain or external"):
         query_options(BrokerURL.parse("amqps://h/?auth_mechanism=kerberos"))
+
+
+def test_a_yaml_list_of_urls_is_a_cluster_and_each_password_is_masked() -> None:
+    config, diags = check_text("broker:\n  url:\n    - amqp://app:pw1@h1/shop\n    - amqp://ops:pw2@h2\n")
+
+    assert config is not None, [str(d) for d in diags.items]
+    assert [n.host for n in BrokerURL.parse(config.broker.url).nodes()] == ["h1", "h2"]
+    assert mask_url(config.broker.url) == "amqp://app:****@h1/shop;amqp://ops:****@h2"
+    _, empty = check_text("broker:\n  url: []\n")
+    assert [d.message for d in empty.errors] == ["broker: url: an empty list names no broker; give at least one URL"]

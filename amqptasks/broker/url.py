@@ -225,6 +225,9 @@ def mask_url(url: str) -> str:
     """
     try:
         text = str(url)
+        nodes = _NODE_SEPARATOR.split(text)
+        if len(nodes) > 1:  # a cluster: each node's own password
+            return ";".join(mask_url(node) for node in nodes)
         start = text.find("://")
         if start <= 0:
             return text
