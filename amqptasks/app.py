@@ -166,14 +166,20 @@ class App:
             batch.add(prepared.envelope, result, prepared.message)
             return result
         if loop is not None:
-            deferred.defer(loop, self._send(prepared, rpc, call), prepared.envelope.describe())
+            send = functools.partial(self._send_blocking, prepared, rpc, call)
+            deferred.defer(loop, lambda: self._send(prepared, rpc, call), send, prepared.envelope.describe())
         else:
-            if rpc:
-                self._rpc_backend().publish(prepared.envelope)  # on the channel that consumes the replies
-            else:
-                self.publisher.publish(prepared.envelope, retry_policy=_retry_policy(call))
-            self.signals.after_publish.send(message=prepared.message, envelope=prepared.envelope)
+            self._send_blocking(prepared, rpc, call)
         return self._result(prepared, options, backend, call)
+
+    def _send_blocking(self, prepared: Prepared, rpc: bool, call: Mapping[str, Any]) -> None:
+        """Publish from a thread (not a running loop's); returns once confirmed."""
+        self._ensure_provisioned()
+        if rpc:
+            self._rpc_backend().publish(prepared.envelope)  # on the channel that consumes the replies
+        else:
+            self.publisher.publish(prepared.envelope, retry_policy=_retry_policy(call))
+        self.signals.after_publish.send(message=prepared.message, envelope=prepared.envelope)
 
     async def apublish_task(
         self, options: TaskOptions, args: tuple[Any, ...], kwargs: Mapping[str, Any], call: Mapping[str, Any]
@@ -290,7 +296,8 @@ class App:
         if loop is not None:  # on an event loop: built here (a bad one raises here), sent by a thread, unwaited
             sent_here: list[tuple[str, str, Mapping[str, Any]]] = []
             batch = list(self._envelopes(signatures, sent_here))
-            deferred.defer(loop, asyncio.to_thread(self._publish_many_now, batch), f"a batch of {len(batch)}")
+            send = functools.partial(self._publish_many_now, batch)
+            deferred.defer(loop, lambda: asyncio.to_thread(send), send, f"a batch of {len(batch)}")
             return self._results(sent_here)
         self._ensure_provisioned()
         # Only what publishing and the results need is kept per message (not the TaskMessage): fewer live

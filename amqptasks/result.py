@@ -267,6 +267,34 @@ class GroupResult:
         return [[self.id, self.parent.as_tuple() if self.parent is not None else None],
                 [r.as_tuple() for r in self.results]]  # fmt: skip
 
+    def _backend(self) -> ResultBackend:
+        backend = next((r.backend for r in self.results if r.backend is not None), None)
+        if backend is None:
+            raise AmqpTasksError(f"group {self.id} has no result backend to save to or delete from")
+        return backend
+
+    def save(self) -> GroupResult:
+        """Keep this group's members under its id (redis://, as Celery's ``GroupResult.save()``): any process,
+        ours or Celery's, can :meth:`restore` it by id."""
+        self._backend().save_group(self.id, self.as_tuple())
+        return self
+
+    def delete(self) -> None:
+        """Remove what :meth:`save` kept."""
+        self._backend().delete_group(self.id)
+
+    @classmethod
+    def restore(cls, group_id: str, app: App) -> GroupResult | None:
+        """A group saved by :meth:`save` or by Celery's ``GroupResult.save()``; None if none is kept."""
+        backend = app.result_backend
+        if backend is None:
+            raise AmqpTasksError(
+                "GroupResult.restore() needs a result backend (YAML 'results: {backend: redis://...}')"
+            )
+        saved = backend.restore_group(group_id)
+        restored = result_from_tuple(saved, app, backend) if saved else None
+        return restored if isinstance(restored, GroupResult) else None
+
 
 def result_from_tuple(
     data: Any, app: App | None = None, backend: ResultBackend | None = None

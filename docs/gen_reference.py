@@ -113,8 +113,9 @@ declaring anything, what that version refuses (see [Running on a cluster](cluste
   `x-max-priority`, which they refuse: amqptasks does not send it); an error on 3.x.
 - `durable: false` on a classic queue that is not exclusive: refused by RabbitMQ 4.3 and later.
 - A quorum queue without `delivery_limit` has a limit of 20 deliveries on RabbitMQ 4.0 and later (none on 3.x):
-  `plan` says so. Workers dead-letter a message redelivered more than `max_redeliveries` times (default 5) on such
-  a queue themselves, on every version.
+  `plan` says so. Workers send a message redelivered through no fault of its own again as a fresh copy (the broker's
+  count starts again), and dead-letter one that killed its worker more than `max_redeliveries` times (default 5),
+  so the broker's limit is not what stops a poison message.
 
 ## `dead_letter: auto`
 

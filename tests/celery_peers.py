@@ -69,6 +69,17 @@ def soft(seconds):
         return "soft limit reached"
     return "ran to the end"
 
+@app.task(name="interop.flaky", bind=True)
+def flaky(self):
+    if self.request.retries == 0:
+        self.retry(countdown=0, exc=RuntimeError("first try fails"))
+    return "second try"
+
+@app.task(name="interop.refuse")
+def refuse():
+    from amqptasks.errors import Reject
+    raise Reject("refused by the task")
+
 @app.task(name="interop.record", bind=True)
 def record_task(self, *args, **kwargs):
     record(task=self.name, id=self.request.id, args=list(args), kwargs=kwargs, worker="amqptasks")

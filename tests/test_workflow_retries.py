@@ -20,7 +20,7 @@ from amqptasks.broker import BrokerURL, open_blocking
 from amqptasks.errors import UnroutableStep
 from amqptasks.result import GroupResult
 from amqptasks.results.chord import ChordError
-from tests.worker_helpers import Project, WorkerProcess, make_app, ready, wait_until
+from tests.worker_helpers import Project, WorkerProcess, get_all, make_app, ready, wait_until
 
 pytestmark = pytest.mark.broker
 
@@ -67,6 +67,11 @@ def stalls_once(self, x):
         open(marker, "w").close()
         time.sleep(60)
     return x
+
+
+@app.task(queue="work")
+def gives_a_set():
+    return {1, 2}  # cannot be encoded as the next step's argument
 
 
 @app.task(queue="work")
@@ -257,6 +262,24 @@ def test_an_errback_that_cannot_be_published_is_sent_once_it_can(
     # Then once the exchange is back, the errback runs, exactly once
     assert AsyncResult(str(errback.options["task_id"]), app=app).get(timeout=30) == failing.id
     assert [r["failed"] for r in project.records() if r["task"] == "late_errback"] == [failing.id]
+
+
+def test_a_step_whose_result_the_next_step_cannot_take_is_dead_lettered_not_repeated(
+    app: App, t: dict[str, Any], worker: WorkerProcess, module_vhost: BrokerURL
+) -> None:
+    # Given a chain whose first step returns what the next step's message cannot encode (a set)
+    first = chain(t["gives_a_set"].s(), t["add"].s(1)).delay().parent
+    assert isinstance(first, AsyncResult)
+    # Then running it again could not help: its message is dead-lettered (kept for a replay), with the reason logged
+    worker.wait_for_log(f"tasks.gives_a_set[{first.id}]: what its workflow needs next cannot be published")
+    connection = open_blocking(module_vhost, connection_name="flows test")
+    try:
+        channel = connection.channel()
+        wait_until(lambda: any(p.correlation_id == first.id for _, p, _ in get_all(channel, "work.dlq")),
+                   timeout=15, what="the message in work.dlq")  # fmt: skip
+    finally:
+        connection.close()
+    assert worker.output.count(f"tasks.gives_a_set[{first.id}]: what its workflow needs next") == 1
 
 
 def test_a_chain_step_redelivered_after_its_worker_died_goes_on_to_the_next_step(

@@ -121,6 +121,8 @@ APP_HELP = "The app: pkg.module:app [the Django project's, when DJANGO_SETTINGS_
 @click.option("--processes", type=click.IntRange(min=1),
               help="Consuming processes [one per core; 1 with --pool processes or --metrics-port].")  # fmt: skip
 @click.option("--max-tasks-per-child", type=click.IntRange(min=1), help="Recycle pool children after N tasks.")
+@click.option("--max-redeliveries", type=click.IntRange(min=0),
+              help="Runs more for a task that killed its worker, then the DLQ [5].")  # fmt: skip
 @click.option("--grace", type=click.FloatRange(min=0), help="Warm shutdown: seconds for running tasks [30].")
 @click.option("--burst", is_flag=True, help="Drain the queues, then exit 0.")
 @click.option(

@@ -87,7 +87,7 @@ def plan_notes(config: Config, rabbitmq: RabbitMQVersion | None) -> list[str]:
         names = ", ".join(map(repr, unlimited))
         notes.append(
             f"quorum queue{'s' if len(unlimited) > 1 else ''} {names} without delivery_limit: RabbitMQ {rabbitmq} "
-            "redelivers a message that keeps failing without limit (workers dead-letter it after "
-            "--max-redeliveries); set delivery_limit to have the broker stop it"
+            "redelivers a returned message without limit (workers dead-letter one that killed them more than "
+            "max_redeliveries times); set delivery_limit to have the broker stop it"
         )
     return notes

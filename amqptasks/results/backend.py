@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from amqptasks.errors import AmqpTasksError
 from amqptasks.results.states import READY_STATES
 
 if TYPE_CHECKING:
@@ -101,6 +102,17 @@ class ResultBackend:
     #: Chords counted in the store itself, as Celery's redis backend counts them (:meth:`chord_part_return`):
     #: the member that completes a chord publishes its callback; no unlock task, no chord queue.
     counts_chords = False
+
+    def save_group(self, group_id: str, result: list[Any]) -> None:
+        """``GroupResult.save()``: keep a group's members (its Celery tuple form) under its id."""
+        raise AmqpTasksError(f"the {self.url or 'configured'} results backend cannot save groups: use redis://")
+
+    def restore_group(self, group_id: str) -> list[Any] | None:
+        """The tuple form :meth:`save_group` kept (by either side), or None."""
+        raise AmqpTasksError(f"the {self.url or 'configured'} results backend cannot restore groups: use redis://")
+
+    def delete_group(self, group_id: str) -> None:
+        raise AmqpTasksError(f"the {self.url or 'configured'} results backend cannot delete groups: use redis://")
 
     def set_chord_size(self, group_id: str, size: int) -> None:
         """``counts_chords`` only: the publisher records how many members a chord has, before publishing them."""

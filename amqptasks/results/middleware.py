@@ -303,8 +303,12 @@ def update_state(app: App, task_id: str | None, state: str, meta: Any) -> None:
     reply_to = request.reply_to if request is not None else None
     loop = deferred.running_loop()
     if loop is not None:  # an async def task, or any coroutine: never wait for the broker on the event loop
+        message = state_message(target, state, meta)
         deferred.defer(
-            loop, backend.astore(target, state_message(target, state, meta), reply_to), f"{state} of {target}"
+            loop,
+            lambda: backend.astore(target, message, reply_to),
+            lambda: backend.store(target, message, reply_to),
+            f"the {state} state of task {target}",
         )
     else:
         backend.store(target, state_message(target, state, meta), reply_to)

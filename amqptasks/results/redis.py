@@ -110,6 +110,19 @@ class RedisBackend(ResultBackend):
     def forget(self, task_id: str) -> None:
         self._client.delete(key(task_id))
 
+    # --- groups, saved as Celery saves them: {"result": <tuple form>} under celery-taskset-meta-<id> ---------
+
+    def save_group(self, group_id: str, result: list[Any]) -> None:
+        self._client.set(group_key(group_id), encode({"result": result}), ex=self.expires)
+
+    def restore_group(self, group_id: str) -> list[Any] | None:
+        raw = self._client.get(group_key(group_id))
+        saved = loads(raw) if raw is not None else None
+        return saved.get("result") if isinstance(saved, dict) else None
+
+    def delete_group(self, group_id: str) -> None:
+        self._client.delete(group_key(group_id))
+
     # --- chords, counted as Celery's redis backend counts them -----------------------------------------------
 
     def set_chord_size(self, group_id: str, size: int) -> None:

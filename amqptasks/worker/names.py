@@ -24,13 +24,12 @@ _FORMAT = re.compile(r"%([hnd%])")
 
 
 def expand_hostname(name: str, host: str | None = None) -> str:
-    """``-n`` as Celery reads it: ``%h`` the host name, ``%n`` its first label, ``%d`` its domain, ``%%`` a %;
-    a name without ``@`` gets ``@<host>`` (``-n billing`` is ``billing@<host>``)."""
+    """``-n`` with Celery's abbreviations: ``%h`` the host name, ``%n`` its first label, ``%d`` its domain, ``%%``
+    a %. Unlike Celery, a name without ``@`` is kept as it is (it was always used as given)."""
     host = host or socket.gethostname()
     short, _, domain = host.partition(".")
     values = {"h": host, "n": short, "d": domain, "%": "%"}
-    expanded = _FORMAT.sub(lambda m: values[m.group(1)], name)
-    return expanded if "@" in expanded else f"{expanded}@{host}"
+    return _FORMAT.sub(lambda m: values[m.group(1)], name)
 
 
 #: Seconds the check listens for the other workers' replies.

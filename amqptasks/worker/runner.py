@@ -8,7 +8,6 @@ import dataclasses
 import importlib.util
 import json
 import logging
-import multiprocessing
 import os
 import signal
 import sys
@@ -24,6 +23,7 @@ from amqptasks.errors import AmqpTasksError
 from amqptasks.topology.desired import desired
 from amqptasks.topology.observe import Prober
 from amqptasks.worker.consumer import Worker, WorkerSettings
+from amqptasks.worker.supervise import Supervisor
 from amqptasks.worker.tasklog import TASKS_LOGGER
 from amqptasks.worker.transport import missing_queue
 
@@ -175,7 +175,8 @@ def serve(app: App, settings: WorkerSettings, *, beat: bool = False) -> None:
 
 
 def serve_many(app: App, settings: WorkerSettings, processes: int, *, beat: bool = False) -> int:
-    """N forked consuming processes; signals go to all of them; returns the worst exit status.
+    """N forked consuming processes, each replaced when it dies (:mod:`amqptasks.worker.supervise`); signals go
+    to all of them; returns the worst exit status of the shutdown, or 1 when they keep dying at start.
 
     With *beat*, the scheduler runs in a thread of this (parent) process, started after the fork.
     """
@@ -183,27 +184,11 @@ def serve_many(app: App, settings: WorkerSettings, processes: int, *, beat: bool
     if app.config.topology.provision:
         app.provision()
     _prepare_broker(app, settings.queues)
-    context = multiprocessing.get_context("fork")
-    children = [
-        context.Process(
-            target=_serve_child, args=(app, child_settings(settings, i + 1), os.getpid()), name=f"worker-{i + 1}"
-        )
-        for i in range(processes)
-    ]
-    for child in children:
-        child.start()
-
-    def forward(signum: int, _frame: Any) -> None:
-        for child in children:
-            if child.pid and child.is_alive():
-                os.kill(child.pid, signum)
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
-        signal.signal(sig, forward)
+    parent = os.getpid()
+    supervisor = Supervisor(lambda number: _serve_child(app, child_settings(settings, number), parent), processes)
+    supervisor.start()
     with _beat_thread(app, beat):
-        for child in children:
-            child.join()
-    return max((child.exitcode or 0) for child in children)
+        return supervisor.watch()
 
 
 def _prepare_broker(app: App, queues: Sequence[str]) -> None:

@@ -135,6 +135,10 @@ class Transport:
         prefetch is waiting."""
         self._acks.settle(how, incoming.delivery_tag, incoming.channel)
 
+    def flush(self) -> None:
+        """Send every settlement held, now (into the socket: a process that dies next still delivers them)."""
+        self._acks.flush(final=True)
+
     async def cancel(self) -> None:
         """Stop consuming: the broker sends nothing more; deliveries already here stay in the worker's hands."""
         self._consuming = False

@@ -186,6 +186,10 @@ class Driver:
         )
         return self._publish(exchange, key, body.encode() if isinstance(body, str) else body, properties, mandatory)
 
+    def publish_raw_expiration(self, queue: str, expiration: str) -> str:
+        """A message whose expiration property is *expiration* as given (any string)."""
+        return self._publish("", queue, b"m", pika.BasicProperties(expiration=expiration), False)
+
     def publish_envelope(self, envelope: Envelope) -> str:
         properties = pika.BasicProperties(**envelope.properties())
         return self._publish(envelope.exchange, envelope.routing_key, envelope.body, properties, envelope.mandatory)
@@ -205,12 +209,25 @@ class Driver:
             properties.expiration,
         )
 
-    def ack(self, tag: int) -> None:
-        self._call(lambda: self._channel.basic_ack(tag))
+    def ack(self, tag: int, multiple: bool = False) -> None:
+        self._call(lambda: self._channel.basic_ack(tag, multiple=multiple))
         self._sync()
 
-    def nack(self, tag: int, requeue: bool = True) -> None:
-        self._call(lambda: self._channel.basic_nack(tag, requeue=requeue))
+    def get_auto_ack(self, queue: str) -> str | None:
+        method, _, body = self._call(lambda: self._channel.basic_get(queue, auto_ack=True))
+        return None if method is None else str(body.decode())
+
+    def purge(self, queue: str) -> int:
+        return int(self._call(lambda: self._channel.queue_purge(queue)).method.message_count)
+
+    def delete_queue(self, name: str, *, if_empty: bool = False) -> int:
+        return int(self._call(lambda: self._channel.queue_delete(name, if_empty=if_empty)).method.message_count)
+
+    def delete_exchange(self, name: str) -> None:
+        self._call(lambda: self._channel.exchange_delete(name))
+
+    def nack(self, tag: int, requeue: bool = True, multiple: bool = False) -> None:
+        self._call(lambda: self._channel.basic_nack(tag, multiple=multiple, requeue=requeue))
         self._sync()
 
     def reject(self, tag: int, requeue: bool = True) -> None:

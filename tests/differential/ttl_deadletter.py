@@ -255,3 +255,59 @@ def quorum_queue_message_ttl_dead_letters(d: Driver) -> Any:
     d.publish("", "q", "m")
     d.elapse(0.1, until=lambda: d.count("dlq") == 1)
     return d.count("q"), d.drain("dlq")
+
+
+@scenario
+def dead_lettering_through_the_default_exchange(d: Driver) -> Any:
+    d.queue("parking")
+    d.queue("q", arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "parking"})
+    d.publish("", "q", "m", priority=3)
+    got = d.get("q")
+    assert got is not None
+    d.reject(got.tag, requeue=False)
+    d.arrived("parking")
+    return d.drain("parking")
+
+
+@scenario
+def an_invalid_expiration_is_refused(d: Driver) -> Any:
+    d.queue("q")
+    refused = []
+    for value in ("abc", "-1", "1.5"):
+        envelope_refusal = d.attempt(lambda v=value: d.publish_raw_expiration("q", v))
+        refused.append(envelope_refusal)
+    return refused, d.count("q")
+
+
+@scenario
+def a_dead_letter_keeps_its_cc_routing_keys(d: Driver) -> Any:
+    d.exchange("in", "direct")
+    d.exchange("dlx", "direct")
+    d.queue("q", arguments={"x-dead-letter-exchange": "dlx"})
+    d.bind("q", "in", "main")
+    for name in ("dl-main", "dl-copy", "dl-hidden"):
+        d.queue(name)
+        d.bind(name, "dlx", name.removeprefix("dl-"))
+    d.publish("in", "main", "m", headers={"CC": ["copy"], "BCC": ["hidden"]})
+    got = d.get("q")
+    assert got is not None
+    d.reject(got.tag, requeue=False)
+    d.arrived("dl-main")
+    d.elapse(0.05)
+    return d.drain("dl-main"), d.drain("dl-copy"), d.drain("dl-hidden")
+
+
+@scenario
+def a_dead_letter_routing_key_replaces_the_cc_keys(d: Driver) -> Any:
+    d.exchange("dlx", "direct")
+    d.queue("q", arguments={"x-dead-letter-exchange": "dlx", "x-dead-letter-routing-key": "main"})
+    for name in ("main", "copy"):
+        d.queue(f"dl-{name}")
+        d.bind(f"dl-{name}", "dlx", name)
+    d.publish("", "q", "m", headers={"CC": ["copy"]})
+    got = d.get("q")
+    assert got is not None
+    d.reject(got.tag, requeue=False)
+    d.arrived("dl-main")
+    d.elapse(0.05)
+    return d.drain("dl-main"), d.drain("dl-copy")

@@ -76,6 +76,14 @@ class BlockingChannel:
                                  routing_key=got.routing_key, message_count=got.message_count)  # fmt: skip
         return method, pika.BasicProperties(**dict(got.properties)), got.body
 
+    def queue_purge(self, queue: str) -> Any:
+        count = self._call(lambda: self._channel.queue_purge(queue))
+        return SimpleNamespace(method=SimpleNamespace(message_count=count))
+
+    def queue_delete(self, queue: str, if_unused: bool = False, if_empty: bool = False) -> Any:
+        count = self._call(lambda: self._channel.queue_delete(queue, if_unused, if_empty))
+        return SimpleNamespace(method=SimpleNamespace(message_count=count))
+
     def confirm_delivery(self) -> None:
         """Publishing is always confirmed here."""
 

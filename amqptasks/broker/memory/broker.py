@@ -12,9 +12,9 @@ from typing import Any
 
 from amqptasks.broker.memory.clock import Clock, VirtualClock
 from amqptasks.broker.memory.deadletter import dead_lettered, is_cycle
-from amqptasks.broker.memory.errors import ACCESS_REFUSED, NOT_FOUND, ChannelError
+from amqptasks.broker.memory.errors import ACCESS_REFUSED, NOT_FOUND, PRECONDITION_FAILED, ChannelError
 from amqptasks.broker.memory.exchanges import Binding, MemoryExchange, route
-from amqptasks.broker.memory.message import Message, Stored
+from amqptasks.broker.memory.message import Message, Stored, addressed, expiration_error
 from amqptasks.broker.memory.queues import Dropped, MemoryQueue
 from amqptasks.constants import DIRECT_REPLY_TO
 
@@ -138,6 +138,10 @@ class MemoryBroker:
                 raise ChannelError(
                     ACCESS_REFUSED, f"cannot publish to internal exchange '{x.name}' in vhost '{self.vhost}'"
                 )
+            invalid = expiration_error(message.properties.get("expiration"))
+            if invalid is not None:
+                raise ChannelError(PRECONDITION_FAILED, invalid)
+            message = addressed(message)
             targets = self._route(message)
             if not targets:
                 return Routed((), returned=mandatory)
@@ -162,8 +166,8 @@ class MemoryBroker:
         return Routed((message.routing_key,))
 
     def _route(self, message: Message) -> list[str]:
-        return route(message.exchange, message.routing_key, message.headers, self.exchanges.get,
-                     self.queues.__contains__)  # fmt: skip
+        keys = message.routing_keys
+        return route(message.exchange, keys, message.headers, self.exchanges.get, self.queues.__contains__)
 
     def _ready(self, queues: list[str]) -> None:
         for name in queues:
