@@ -71,6 +71,7 @@ def plan_json(the_plan: Plan, where: str) -> None:
         {
             "broker": where,
             "source": the_plan.source,
+            "rabbitmq_version": the_plan.rabbitmq_version,
             "has_changes": the_plan.has_changes,
             # "internal": which of amqptasks' own groups (delays, dlx, unroutable) an object belongs to, else null
             "changes": [{**c.as_dict(), "internal": change_group(c)} for c in the_plan.changes],

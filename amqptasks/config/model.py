@@ -67,9 +67,10 @@ class Broker(Located):
     url: str = field(
         default=DEFAULT_BROKER_URL,
         metadata=_doc(
-            "AMQP URL, vhost included (amqp://user:pass@host:5672/vhost). "
-            "AMQPTASKS_BROKER_URL and --broker override it.",
+            "AMQP URL, vhost included (amqp://user:pass@host:5672/vhost); a cluster's nodes as a list, or "
+            "joined with ';'. AMQPTASKS_BROKER_URL and --broker override it.",
             secret=True,
+            nodes=True,
         ),
     )
     heartbeat: int = field(default=60, metadata=_doc("Heartbeat timeout in seconds (0 disables)."))

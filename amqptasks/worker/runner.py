@@ -51,10 +51,19 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data)
 
 
+def _no_transport_tracebacks(record: logging.LogRecord) -> bool:
+    """pika and aiormq log a failed connection attempt (a refused TLS certificate, a node that went away) with
+    its traceback; the worker says itself what failed and what to do, so their line is kept without it."""
+    if record.name.startswith(("pika", "aiormq", "aio_pika")):
+        record.exc_info, record.exc_text = None, None
+    return True
+
+
 def setup_logging(level: str, fmt: str, log_tasks: bool = False) -> None:
     """The root logger at *level*; the per-task progress lines (:mod:`~amqptasks.worker.tasklog`) only with
     *log_tasks* or at debug level."""
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_no_transport_tracebacks)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:

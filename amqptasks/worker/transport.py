@@ -112,16 +112,21 @@ class Transport:
         self._lost_at = 0.0  # when the connection (or the consuming channel) was last lost, loop time
         self._watching: asyncio.Task[None] | None = None
         self._stalled: str | None = None  # why the watchdog gave up on the current connection
+        self._node, self._attempts = 0, 0  # which of the URL's nodes (amqp://h1;amqp://h2) the next attempt uses
 
     # --- the worker's side --------------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Connect and consume; raises :class:`AmqpTasksError` saying why (unreachable broker, missing queue,
         refused access...)."""
-        try:
-            await self._connect()
-        except (Lost, TimeoutError, pika.exceptions.AMQPError) as exc:
-            reason = str(exc) or f"no answer within {STEP_TIMEOUT_S:g} s"
+        for attempt in range(len(self._url.nodes())):  # each node once: the first that answers
+            try:
+                await self._connect()
+                break
+            except (Lost, TimeoutError, pika.exceptions.AMQPError) as exc:
+                if attempt + 1 < len(self._url.nodes()):
+                    continue
+                reason = str(exc) or f"no answer within {STEP_TIMEOUT_S:g} s"
             raise AmqpTasksError(
                 f"cannot consume {', '.join(map(repr, self.queues))} on {self._url.masked()}: {reason} "
                 "(check the user's permissions on these queues and the broker's log)"
@@ -178,8 +183,14 @@ class Transport:
     # --- connecting -----------------------------------------------------------------------------------------
 
     async def _connect(self) -> None:
+        # A cluster's nodes in turn: every attempt after the first goes to the next one (the one before did not
+        # answer, or its connection was lost).
+        nodes = self._url.nodes()
+        if self._attempts:
+            self._node = (self._node + 1) % len(nodes)
+        self._attempts += 1
         parameters = pika_parameters(
-            self._url, heartbeat=self.broker.heartbeat, connection_name=self.name, tls=tls_options(self.broker)
+            nodes[self._node], heartbeat=self.broker.heartbeat, connection_name=self.name, tls=tls_options(self.broker)
         )
         opened: asyncio.Future[AsyncioConnection] = self._loop.create_future()
 

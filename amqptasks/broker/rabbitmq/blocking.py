@@ -176,6 +176,11 @@ class SyncPublisher:
             items = itertools.chain(resend, items)
         error = outcome.error()
         if error is not None:
+            if outcome.nacked and link is not None and link.channel is not None:
+                # RabbitMQ 3.10 can go on nacking every publish of a channel whose quorum queue lost its leader
+                # (the new leader is there, the channel's session is not): the next publish gets a new channel.
+                channel, link.channel = link.channel, None
+                channel.close()
             raise error
 
     # -- connections -------------------------------------------------------------------------------------------
