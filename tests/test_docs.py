@@ -279,3 +279,11 @@ def test_every_documented_command_and_option_exists(where: str, args: list[str])
         name = token.strip("[]").split("=", 1)[0]
         if name.startswith("-") and name not in ("-", "--"):
             assert name in known, f"{where}: {ctx.command_path} has no option {name} (it has {sorted(known)})"
+
+
+def test_the_home_page_links_every_guide_and_reference_page() -> None:
+    home = (DOCS / "index.md").read_text(encoding="utf-8")
+    pages = [p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md")]
+
+    unlinked = [p for p in pages if p != "index.md" and not p.startswith("cli/") and f"]({p})" not in home]
+    assert unlinked == [], "link these pages from docs/index.md"

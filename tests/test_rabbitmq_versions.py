@@ -6,9 +6,15 @@ local RabbitMQ (3.10) and against RabbitMQ 4.0 (tests/rabbitmq4.py).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from amqptasks.broker import BrokerURL, ManagementClient
+from amqptasks.config import check_text, version_rules
+from amqptasks.config.diagnostics import Diagnostics
 from amqptasks.config.versions import RabbitMQVersion
 from tests.cli_helpers import run, write
 from tests.worker_helpers import Project, wait_until, worker_process
@@ -105,3 +111,51 @@ def test_a_worker_uses_per_consumer_prefetch_never_global_qos(
 
 def consuming_channels(mgmt: ManagementClient, vhost: BrokerURL) -> list[dict[str, object]]:
     return [c for c in mgmt.list_channels(vhost.vhost) if c.get("consumer_count", 0)]
+
+
+# --- the rules themselves, for each version (pure) ------------------------------------------------------------
+
+RULES_YAML = """
+delays: {enabled: true}
+topology:
+  exchanges: [{name: tasks}]
+  queues:
+    - {name: urgent, type: quorum, max_priority: 5}
+    - {name: scratch, durable: false}
+    - {name: audit, type: stream, bindings: [{exchange: tasks, routing_key: audit}]}
+"""
+
+
+@pytest.mark.parametrize(
+    ("version", "errors", "warnings"),
+    [
+        (None, [], ["urgent: max_priority", "scratch: durable", "audit: delayed"]),
+        ("3.10.8", ["urgent: max_priority"], ["scratch: durable", "audit: delayed"]),
+        ("4.0.5", [], ["scratch: durable"]),
+        ("4.3.0", ["scratch: durable"], []),
+    ],
+)
+def test_what_each_version_refuses_is_an_error_and_what_it_may_refuse_a_warning(
+    version: str | None, errors: list[str], warnings: list[str]
+) -> None:
+    config, _ = check_text(RULES_YAML, "app.yaml", env={})
+    assert config is not None
+    diags = Diagnostics()
+
+    version_rules.check(config, diags, RabbitMQVersion.parse(version))
+
+    def short(items: list[Any]) -> list[str]:  # "queue 'scratch': durable: false ..." -> "scratch: durable"
+        return sorted(": ".join(re.match(r"queue '([^']+)': (\w+)", d.message).groups()) for d in items)  # type: ignore[union-attr]
+
+    assert short(diags.errors) == sorted(errors)
+    assert short(diags.warnings) == sorted(warnings)
+
+
+def test_versions_parse_from_server_properties_and_compare() -> None:
+    assert RabbitMQVersion.parse(b"4.0.5") == RabbitMQVersion(4, 0, 5)
+    assert RabbitMQVersion.parse("4.1.0-rc.1") == RabbitMQVersion(4, 1, 0)
+    assert RabbitMQVersion.parse("3.10") == RabbitMQVersion(3, 10)
+    assert RabbitMQVersion.parse("unknown") is None and RabbitMQVersion.parse(None) is None
+    assert RabbitMQVersion(3, 13) < RabbitMQVersion(4, 0) < RabbitMQVersion(4, 3)
+    assert RabbitMQVersion(4, 0).quorum_default_delivery_limit == 20
+    assert RabbitMQVersion(3, 10).quorum_default_delivery_limit is None
