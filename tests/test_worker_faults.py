@@ -56,6 +56,12 @@ topology:
     - name: {QUEUE}
       dead_letter: auto
 """
+#: Set (in the test and its workers' environment): the faults queue is a quorum queue, with a delivery limit that
+#: innocents redelivered by every crash would reach if the broker's count were what charged them.
+ENV_QUORUM = "AMQPTASKS_TEST_FAULTS_QUORUM"
+QUORUM_TOPOLOGY = TOPOLOGY.replace(
+    "      dead_letter: auto", "      dead_letter: auto\n      type: quorum\n      delivery_limit: 3"
+)
 #: Crashes a task can cause: the whole process it runs in dies, and it can write nothing afterwards.
 CRASH_TASK = "faults.crash"
 
@@ -66,7 +72,8 @@ CRASH_TASK = "faults.crash"
 def make_app(broker_url: str, management_url: str | None = None) -> App:
     """One task, ``faults.work``: records its start, sleeps, records its end (durable queue, persistent messages)."""
     broker = f"broker:\n  management_url: '{management_url}'\n" if management_url else ""
-    config = load_config_text(broker + TOPOLOGY, "faults.yaml", broker_url=broker_url)
+    topology = QUORUM_TOPOLOGY if os.environ.get(ENV_QUORUM) else TOPOLOGY
+    config = load_config_text(broker + topology, "faults.yaml", broker_url=broker_url)
     app = App(config=config, broker_url=broker_url)
 
     @app.task(name=TASK, queue=QUEUE, bind=True)
@@ -162,6 +169,8 @@ class WorkerProcess:
         env.update({ENV_BROKER_URL: broker_url, ENV_RECORD: str(record.path), ENV_JOURNAL_DIR: journals})
         if management is not None:
             env[ENV_MANAGEMENT] = management
+        if os.environ.get(ENV_QUORUM):
+            env[ENV_QUORUM] = "1"
         # One consuming process (not one per core): these tests find the worker's connection by its name.
         single = [] if "--processes" in options else ["--processes", "1"]
         command = [console_script(), "worker", "-A", "tests.test_worker_faults:worker_app", "-Q", QUEUE,
@@ -645,6 +654,35 @@ def test_crashing_tasks_among_good_ones_reach_the_dlq_as_worker_lost_in_every_po
         # Each crasher crashed the worker at most twice (two runs); one crash may charge two co-running crashers.
         assert 3 <= len(workers) - 1 <= 6, f"{len(workers) - 1} restarts for 3 crashers allowed 2 runs each"
     assert not any("Traceback" in w.tail(400) for w in workers), "\n".join(w.tail() for w in workers)
+
+
+@pytest.mark.timeout(150)
+def test_crashers_on_a_quorum_queue_are_charged_by_us_and_innocents_never_reach_its_delivery_limit(
+    tmp_path: Path, vhost: BrokerURL, record: Record, spawn: Callable[..., WorkerProcess],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    # Given a quorum queue with delivery_limit 3, and 2 crashers (SIGKILL, os._exit) among 80 good tasks
+    monkeypatch.setenv(ENV_QUORUM, "1")
+    app = make_app(vhost.to_url())
+    app.provision()
+    good = publish(app, [{"seconds": 0.01}] * 30)
+    crashers = publish_crashers(app, ["sigkill", "exit"])
+    good += publish(app, [{"seconds": 0.01}] * 50)
+    app.close()
+
+    # When a one-process worker (max_redeliveries 4, more than the queue's limit) runs them under a supervisor loop
+    options = ("--processes", "1", "-c", "2", "--max-redeliveries", "4")
+    workers = [spawn(vhost.to_url(), *options)]
+    deadline = time.monotonic() + 120
+    while not (set(good) <= set(record.dones()) and dlq_depth(vhost.to_url()) == 2):
+        assert time.monotonic() < deadline, workers[-1].tail()
+        if workers[-1].exited(0.1) is not None:
+            workers.append(spawn(vhost.to_url(), *options))
+
+    # Then every good task ran and none is dead-lettered; the crashers are, as worker-lost, after at most 5 runs
+    lost, duplicated = report(f"quorum queue: 2 crashers among 80 good, {len(workers) - 1} restarts", good, record)
+    assert not lost and len(duplicated) <= 8 * (len(workers) - 1), duplicated
+    assert_only_crashers_dead_lettered(dlq_rows(tmp_path, vhost.to_url()), crashers, 5, record)
 
 
 @pytest.mark.faults_heavy

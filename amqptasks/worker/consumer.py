@@ -260,6 +260,9 @@ class Worker:
             if slots > self._free:
                 return
             self._free -= slots
+            if slots > 1:
+                # It runs alone and may kill the process: the acks of the tasks that just finished go first.
+                self._flush()
             task = asyncio.ensure_future(self._process(waiting.popleft()))
             self._inflight[task] = slots
             task.add_done_callback(self._done)
