@@ -564,6 +564,8 @@ def run_table(bench: Bench, args: argparse.Namespace) -> int:
 #: (category, frame patterns): a main-thread sample goes to the first category with a frame in its stack,
 #: scanning from the innermost frame out; samples matching none are the event loop's own work.
 PROFILE_CATEGORIES: list[tuple[str, list[str]]] = [
+    ("logging: per-task lines (format, lock, write)", [r"\(logging/", r"TaskLog\.", r"TaskProgress\.",
+                                                       r"JsonFormatter"]),
     ("send: acks (batched), socket writes", [r"_on_socket_writable", r"_produce \(", r"Acks\.flush",
                                              r"Acks\.settle", r"Worker\._settle"]),
     ("receive: socket reads, AMQP frame parsing (pika)", [r"_on_socket_readable", r"_proto_data_received",
