@@ -586,8 +586,10 @@ LOOP_CATEGORY = "event loop: epoll, running callbacks and task steps"
 STARTUP = re.compile(r"_find_and_load|provision|load_app|banner|plan_worker")
 
 
-def breakdown(raw: Path, n: int, rate: int) -> str:
-    """py-spy's raw (collapsed) stacks → µs per message, by category, as a Markdown table."""
+def breakdown(raw: Path, n: int, rate: int, cpu_us: float | None = None) -> str:
+    """py-spy's raw (collapsed) stacks → µs per message, by category, as a Markdown table. Samples are wall time
+    (a thread waiting for the GIL or for a core counts too); with *cpu_us*, the worker's measured CPU per task
+    (from /proc), each category also gets its share of that: the per-task CPU budget."""
     patterns = [(name, [re.compile(p) for p in ps]) for name, ps in PROFILE_CATEGORIES]
     loop: collections.Counter[str] = collections.Counter()
     threads: collections.Counter[str] = collections.Counter()
@@ -617,13 +619,18 @@ def breakdown(raw: Path, n: int, rate: int) -> str:
             loop[LOOP_CATEGORY] += samples
     us = 1e6 / rate / n
     total = sum(loop.values()) + sum(threads.values())
-    lines = ["| where | µs per message | share |", "|---|---:|---:|"]
+
+    def cpu(samples: int) -> str:
+        return "" if cpu_us is None else f" {cpu_us * samples / total:.1f} |"
+
+    head = "| where | µs per message (samples) | share |" + (" CPU µs per task |" if cpu_us is not None else "")
+    lines = [head, "|---|---:|---:|" + ("---:|" if cpu_us is not None else "")]
     for title, counter in (("main thread (the asyncio loop)", loop), ("other threads", threads)):
         for name, samples in counter.most_common():
-            lines.append(f"| {name} | {samples * us:.0f} | {100 * samples / total:.0f} % |")
+            lines.append(f"| {name} | {samples * us:.0f} | {100 * samples / total:.0f} % |{cpu(samples)}")
         lines.append(f"| **{title}, total** | **{sum(counter.values()) * us:.0f}** | "
-                     f"**{100 * sum(counter.values()) / total:.0f} %** |")  # fmt: skip
-    lines.append(f"| **all** | **{total * us:.0f}** | |")
+                     f"**{100 * sum(counter.values()) / total:.0f} %** |{cpu(sum(counter.values()))}")  # fmt: skip
+    lines.append(f"| **all** | **{total * us:.0f}** | |{cpu(total)}")
     return "\n".join(lines)
 
 
@@ -644,13 +651,21 @@ def run_profile(bench: Bench, args: argparse.Namespace) -> int:
         wait_for_depth(url, args.n)
         worker.command = [*spy, *fw.command, "--processes", "1", "--burst"]
         worker.start()
-        counts.wait_for(args.n, worker)
+
+        def worker_cpu() -> float:  # the worker (py-spy's child), not py-spy itself
+            spied = [pid for pid in process_tree(worker.pid) if (_stat(pid) or ["", "0"])[1] == str(worker.pid)]
+            return sum(cpu_seconds(pid) for pid in spied)
+
+        first: list[tuple[float, int]] = []
+        counts.wait_for(args.n, worker, on_first=lambda done: first.append((worker_cpu(), done)))
+        cpu_us = (worker_cpu() - first[0][0]) / (args.n - first[0][1]) * 1e6
         seconds = (counts.last_ns() - counts.first_ns()) / 1e9
         assert worker.proc is not None
         worker.proc.wait(120)  # --burst: the worker exits once the queue stays empty; py-spy then writes
-    print(f"amqptasks default worker under py-spy ({rate} Hz, --nonblocking): {args.n:,} tasks drained at "
-          f"{args.n / seconds:,.0f} msgs/s; stacks in {raw}\n")  # fmt: skip
-    print(breakdown(raw, args.n, rate))
+    print(f"amqptasks default worker (one process) under py-spy ({rate} Hz, --nonblocking): {args.n:,} tasks drained "
+          f"at {args.n / seconds:,.0f} msgs/s, {cpu_us:.0f} µs of CPU per task (/proc, py-spy's own excluded); "
+          f"stacks in {raw}; load average {os.getloadavg()[0]:.1f}\n")  # fmt: skip
+    print(breakdown(raw, args.n, rate, cpu_us))
     return 0
 
 
