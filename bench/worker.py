@@ -22,6 +22,7 @@ import re
 import shlex
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -300,6 +301,8 @@ class Result:
     framework: Framework
     drain_rate: float | None = None
     drain_cpu: float | None = None  # CPU seconds per 10,000 tasks
+    drains: list[float] = field(default_factory=list)  # each trial's drain rate (--repeat)
+    drain_cpus: list[float] = field(default_factory=list)
     e2e_rate: float | None = None
     e2e_cpu: float | None = None
     e2e_publish_rate: float | None = None
@@ -367,9 +370,12 @@ class Bench:
             counts.wait_for(n, worker, on_first=lambda done: first.append((cpu_seconds(worker.pid), done)))
             cpu_end = cpu_seconds(worker.pid)
             cpu_start, done_before = first[0]
-            result.drain_rate = n / ((counts.last_ns() - counts.first_ns()) / 1e9)
+            result.drains.append(n / ((counts.last_ns() - counts.first_ns()) / 1e9))
             # (c): CPU from the first completions seen (start-up excluded) to the last
-            result.drain_cpu = (cpu_end - cpu_start) / (n - done_before) * 10_000
+            result.drain_cpus.append((cpu_end - cpu_start) / (n - done_before) * 10_000)
+            # --repeat: the median of the trials (interleaved with the other frameworks' trials)
+            result.drain_rate = statistics.median(result.drains)
+            result.drain_cpu = statistics.median(result.drain_cpus)
             self._check_count(counts, n, "drain", result)
 
     def end_to_end(self, fw: Framework, n: int, result: Result) -> None:
@@ -518,8 +524,9 @@ def run_table(bench: Bench, args: argparse.Namespace) -> int:
     results = [Result(fw) for fw in chosen]
     # Measurement by measurement, every framework in turn: the ratios compare runs minutes apart, not a quarter hour.
     steps: list[tuple[str, Result, Callable[[], None]]] = []
-    for r in results:
-        steps.append(("drain", r, functools.partial(bench.drain, r.framework, args.n, r)))
+    for _ in range(args.repeat):  # trials interleaved: a burst of load on the machine hits every framework
+        for r in results:
+            steps.append(("drain", r, functools.partial(bench.drain, r.framework, args.n, r)))
     for r in (r for r in results if not r.framework.drain_only):
         steps.append(("e2e", r, functools.partial(bench.end_to_end, r.framework, args.n, r)))
     for r in (r for r in results if not r.framework.drain_only):
@@ -542,6 +549,11 @@ def run_table(bench: Bench, args: argparse.Namespace) -> int:
             print(f"{title}:\n\n{markdown_table(rows)}\n")
     for line in ratios(results):
         print(line)
+    if args.repeat > 1:
+        for r in results:
+            if r.drains:
+                trials = " / ".join(f"{rate:,.0f}" for rate in r.drains)
+                print(f"(a) drain, {r.framework.name}: median of {len(r.drains)} trials: {trials} msgs/s")
     for r in results:
         if r.publisher:
             print(f"(b) publisher, {r.framework.name}: {r.publisher}; {_n(r.e2e_publish_rate)} msgs/s while the "
@@ -680,6 +692,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="(d): at most this many seconds for the worker to take them in [120]")  # fmt: skip
     parser.add_argument("--tuned", default="--prefetch 500",
                         help="amqptasks worker options of the tuned row [%(default)s]")  # fmt: skip
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="(a) drain trials per framework, interleaved; the table shows the median [3]")  # fmt: skip
     parser.add_argument("--only", help="comma-separated frameworks to run, e.g. 'amqptasks,Dramatiq'")
     parser.add_argument("--skip", default="", help="comma-separated measurements to skip: drain,e2e,delayed")
     parser.add_argument("--profile", action="store_true", help="only profile amqptasks' default worker (py-spy)")
