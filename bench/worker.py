@@ -55,7 +55,7 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 OURS, TUNED, CELERY, DRAMATIQ = "amqptasks", "amqptasks (tuned)", "Celery 5", "Dramatiq"
 CEILING = "broker ceiling (drain)"
 #: amqptasks' default prefetch per process (WorkerSettings), for the settings line.
-DEFAULT_PREFETCH = 128
+DEFAULT_PREFETCH = 256
 
 log = logging.getLogger("bench.worker")
 
