@@ -2,7 +2,10 @@
 """Developer bootstrap for amqptasks. Standard library only: it runs with a bare Python (3.7+ to start).
 
     python3 dev.py demo                  the example project end to end (workers, tasks, results, DLQ)
-    python3 dev.py test [pytest args]    ruff, mypy --strict, mkdocs build --strict, pytest
+    python3 dev.py test [pytest args]    ruff, mypy --strict, mkdocs build --strict, pytest against each broker
+                                         target: the local RabbitMQ (all tests), then RabbitMQ 4.0 from
+                                         tests/rabbitmq4.py (broker tests); AMQPTASKS_TEST_TARGETS=local or
+                                         =rabbitmq4 runs one
 
 Both make sure of Python >= 3.11 (re-running with a newer python3.x on PATH), a .venv with
 `pip install -e '.[test]'` (skipped while pyproject.toml is unchanged) and a reachable RabbitMQ with its
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -307,7 +311,78 @@ def run_step(title: str, cmd: list[str], env: dict[str, str] | None = None) -> i
         return 127
 
 
+RABBITMQ4 = os.path.join(ROOT, "tests", "rabbitmq4.py")
+#: Which broker targets `dev.py test` runs pytest against (comma-separated): the local broker, and RabbitMQ 4.0
+#: from tests/rabbitmq4.py (a cached Debian trixie root in a private network namespace; root on Debian only).
+ENV_TARGETS = "AMQPTASKS_TEST_TARGETS"
+TARGETS = ("local", "rabbitmq4")
+#: On the second target only the tests that use the shared broker: the pure tests already ran, and the tests
+#: with a private node (tests/broker_node.py) start the machine's own RabbitMQ, whichever target runs them.
+RABBITMQ4_SELECTION = ["-m", "broker and not private_node"]
+
+
+def is_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("true", "1")
+
+
+def run_pytest(title: str, cmd: list[str]) -> tuple[int, str, float]:
+    """Run a pytest command, streaming its output; (exit code, pytest's closing line, seconds)."""
+    shown = " ".join(os.path.relpath(c, ROOT) if os.path.isabs(c) else c for c in cmd)
+    say(f"\n==> {title}: {shown}")
+    started = time.monotonic()
+    closing = ""
+    try:
+        with subprocess.Popen(cmd, cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, text=True, bufsize=1) as proc:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+                text = line.strip().strip("=").strip()
+                if " in " in text and any(w in text for w in ("passed", "failed", "error", "skipped", "deselected")):
+                    closing = text
+        rc = proc.returncode
+    except OSError as exc:
+        say(f"cannot run {shown}: {exc}")
+        rc = 127
+    return rc, closing or "no pytest summary", time.monotonic() - started
+
+
+def local_version() -> str:
+    parts = urllib.parse.urlsplit(os.environ.get("AMQPTASKS_BROKER_URL") or DEFAULT_BROKER_URL)
+    host = parts.hostname or "localhost"
+    user, password = urllib.parse.unquote(parts.username or "guest"), urllib.parse.unquote(parts.password or "guest")
+    netloc = f"[{host}]" if ":" in host else host
+    request = urllib.request.Request(f"http://{netloc}:{MANAGEMENT_PORT}/api/overview")
+    request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+    try:
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(request, timeout=5) as response:
+            return "RabbitMQ " + str(json.load(response).get("rabbitmq_version", "?"))
+    except (OSError, ValueError):
+        return "RabbitMQ (version unknown)"
+
+
+def rabbitmq4_version() -> str:
+    rc, out = run_quiet([venv_exe("python"), RABBITMQ4, "version"], timeout=60)
+    return out.strip() if rc == 0 and out.strip() else "RabbitMQ 4.0"
+
+
+def selected_targets() -> list[str]:
+    wanted = [t.strip() for t in (os.environ.get(ENV_TARGETS) or ",".join(TARGETS)).split(",") if t.strip()]
+    unknown = [t for t in wanted if t not in TARGETS]
+    if unknown or not wanted:
+        raise Fatal(f"test: {ENV_TARGETS}={os.environ.get(ENV_TARGETS)!r}: expected a comma-separated subset of "
+                    f"{', '.join(TARGETS)}", 2)  # fmt: skip
+    return wanted
+
+
+def rabbitmq4_unusable() -> str | None:
+    if not (is_debian_root() and find_tool("unshare") and find_tool("chroot") and find_tool("ip")):
+        return "needs root on Debian/Ubuntu with unshare, chroot and ip (it debootstraps a trixie root)"
+    return None
+
+
 def cmd_test(extra: list[str]) -> int:
+    targets = selected_targets()
     dirs = [d for d in ("amqptasks", "tests", "bench", "examples") if os.path.isdir(os.path.join(ROOT, d))]
     site = tempfile.mkdtemp(prefix="amqptasks-site-")  # the built site is thrown away: only its warnings matter
     steps = [
@@ -316,23 +391,56 @@ def cmd_test(extra: list[str]) -> int:
         ("mypy", [venv_exe("mypy"), "--strict", "amqptasks"]),
         # a broken link or anchor, or a docs page missing from mkdocs.yml's nav, fails this step
         ("mkdocs build --strict", [venv_exe("mkdocs"), "build", "--strict", "--site-dir", site]),
-        ("pytest", [venv_exe("pytest"), *extra]),
     ]
     try:
-        return run_steps(steps)
+        for title, cmd in steps:
+            rc = run_step(title, cmd, {"NO_MKDOCS_2_WARNING": "1"})
+            if rc != 0:
+                say(f"\ntest: FAILED at {title} (exit {rc})")
+                return rc
     finally:
         shutil.rmtree(site, ignore_errors=True)
-
-
-def run_steps(steps: list[tuple[str, list[str]]]) -> int:
-    for title, cmd in steps:
-        rc = run_step(title, cmd, {"NO_MKDOCS_2_WARNING": "1"})
-        if rc != 0:
-            hint = " (no tests were collected)" if title == "pytest" and rc == 5 else ""
-            say(f"\ntest: FAILED at {title} (exit {rc}){hint}")
-            return rc
-    say(f"\ntest: OK ({', '.join(title for title, _ in steps)} all passed)")
+    results = run_targets(targets, extra)
+    say("")
+    for name, rc, closing, seconds in results:
+        hint = " (no tests were collected)" if rc == 5 else ""
+        say(f"test: {name}: {'OK' if rc == 0 else f'FAILED (exit {rc}){hint}'}: {closing} [{seconds:.0f} s]")
+    failed = [rc for _, rc, _, _ in results if rc != 0]
+    if failed:
+        say("test: FAILED")
+        return failed[0]
+    titles = ", ".join(title for title, _ in steps)
+    say(f"test: OK ({titles} and pytest against {len(results)} broker target(s) all passed)")
     return 0
+
+
+def run_targets(targets: list[str], extra: list[str]) -> list[tuple[str, int, str, float]]:
+    """pytest against each broker target in turn: (target, exit code, pytest's closing line, seconds)."""
+    pytest = venv_exe("pytest")
+    results: list[tuple[str, int, str, float]] = []
+    if "local" in targets:
+        name = f"{local_version()} (local broker, all tests)"
+        results.append((name, *run_pytest(f"pytest against {name}", [pytest, *extra])))
+    if "rabbitmq4" in targets:
+        name = "RabbitMQ 4.0 (tests/rabbitmq4.py, broker tests)"
+        why = rabbitmq4_unusable()
+        if why is None:
+            say("\n==> RabbitMQ 4.0 target: tests/rabbitmq4.py prepare (cached Debian trixie root; built if absent)")
+            started = time.monotonic()
+            rc = subprocess.run([venv_exe("python"), RABBITMQ4, "prepare"], cwd=ROOT).returncode
+            if rc != 0:
+                return [*results, (name, rc, "tests/rabbitmq4.py prepare failed", time.monotonic() - started)]
+            name = f"{rabbitmq4_version()} (tests/rabbitmq4.py, broker tests)"
+            cmd = [venv_exe("python"), RABBITMQ4, "run", "--", pytest, *RABBITMQ4_SELECTION, *extra]
+            rc, closing, seconds = run_pytest(f"pytest against {name}", cmd)
+            if rc == 5 and extra:  # the tests asked for hold no broker test: nothing to run on this target
+                rc, closing = 0, "no broker tests among those selected"
+            results.append((name, rc, closing, seconds))
+        elif is_ci():
+            results.append((name, 1, f"cannot run: it {why}", 0.0))
+        else:
+            say(f"\ntest: skipping the RabbitMQ 4.0 target: it {why} ({ENV_TARGETS}=local to skip it quietly)")
+    return results
 
 
 def cmd_demo() -> int:

@@ -128,7 +128,7 @@ class App:
     def _prepare(
         self, options: TaskOptions, args: tuple[Any, ...], kwargs: Mapping[str, Any], call: Mapping[str, Any]
     ) -> Prepared:
-        prepared = prepare(options, args, kwargs, call, self.send_settings)
+        prepared = prepare(options, args, kwargs, call, self.send_settings, self.now() if self._memory else None)
         self._warn_priority(prepared)
         return prepared
 
@@ -166,14 +166,20 @@ class App:
             batch.add(prepared.envelope, result, prepared.message)
             return result
         if loop is not None:
-            deferred.defer(loop, self._send(prepared, rpc, call), prepared.envelope.describe())
+            send = functools.partial(self._send_blocking, prepared, rpc, call)
+            deferred.defer(loop, lambda: self._send(prepared, rpc, call), send, prepared.envelope.describe())
         else:
-            if rpc:
-                self._rpc_backend().publish(prepared.envelope)  # on the channel that consumes the replies
-            else:
-                self.publisher.publish(prepared.envelope, retry_policy=_retry_policy(call))
-            self.signals.after_publish.send(message=prepared.message, envelope=prepared.envelope)
+            self._send_blocking(prepared, rpc, call)
         return self._result(prepared, options, backend, call)
+
+    def _send_blocking(self, prepared: Prepared, rpc: bool, call: Mapping[str, Any]) -> None:
+        """Publish from a thread (not a running loop's); returns once confirmed."""
+        self._ensure_provisioned()
+        if rpc:
+            self._rpc_backend().publish(prepared.envelope)  # on the channel that consumes the replies
+        else:
+            self.publisher.publish(prepared.envelope, retry_policy=_retry_policy(call, self.config))
+        self.signals.after_publish.send(message=prepared.message, envelope=prepared.envelope)
 
     async def apublish_task(
         self, options: TaskOptions, args: tuple[Any, ...], kwargs: Mapping[str, Any], call: Mapping[str, Any]
@@ -204,7 +210,7 @@ class App:
             await asyncio.to_thread(self._rpc_backend().publish, prepared.envelope)  # the reply channel's thread
         else:
             publisher = await self.aio_publisher()
-            await publisher.publish(prepared.envelope, retry_policy=_retry_policy(call))
+            await publisher.publish(prepared.envelope, retry_policy=_retry_policy(call, self.config))
         self.signals.after_publish.send(message=prepared.message, envelope=prepared.envelope)
 
     def _rpc_backend(self) -> ResultBackend:
@@ -290,7 +296,8 @@ class App:
         if loop is not None:  # on an event loop: built here (a bad one raises here), sent by a thread, unwaited
             sent_here: list[tuple[str, str, Mapping[str, Any]]] = []
             batch = list(self._envelopes(signatures, sent_here))
-            deferred.defer(loop, asyncio.to_thread(self._publish_many_now, batch), f"a batch of {len(batch)}")
+            send = functools.partial(self._publish_many_now, batch)
+            deferred.defer(loop, lambda: asyncio.to_thread(send), send, f"a batch of {len(batch)}")
             return self._results(sent_here)
         self._ensure_provisioned()
         # Only what publishing and the results need is kept per message (not the TaskMessage): fewer live
@@ -394,9 +401,14 @@ class App:
         # A memory:// broker starts empty in every process: it always gets the YAML's topology.
         return self.config.topology.provision or is_memory_url(self.config.broker.url)
 
+    @functools.cached_property
+    def _memory(self) -> bool:
+        return is_memory_url(self.config.broker.url)
+
     def now(self) -> datetime:
-        """The broker's time: the wall clock, or a memory:// broker's clock (which tests may move ahead)."""
-        if is_memory_url(self.config.broker.url):
+        """The broker's time: the wall clock, or a memory:// broker's clock (which tests may move ahead): what a
+        countdown, eta or expiry counts from, on both sides (publishing, and the worker's checks)."""
+        if self._memory:
             return datetime.fromtimestamp(broker_for(self.config.broker.url).now(), UTC)
         return datetime.now(UTC)
 
@@ -425,7 +437,14 @@ class App:
         self.close()
 
 
-def _retry_policy(call: Mapping[str, Any]) -> Any:
+def _retry_policy(call: Mapping[str, Any], config: Config) -> Any:
+    """The call's ``retry_policy``, over the YAML's ``broker.publish_retry``, over Celery's defaults."""
     from amqptasks.broker.retry import from_options
 
-    return from_options(call.get("retry", True), call.get("retry_policy"))
+    configured = config.broker.publish_retry
+    defaults: dict[str, Any] = {}
+    if configured is not None:
+        defaults = {
+            k: getattr(configured, k) for k in ("max_retries", "interval_start", "interval_step", "interval_max")
+        }
+    return from_options(call.get("retry", True), {**defaults, **(call.get("retry_policy") or {})})

@@ -11,7 +11,7 @@
   message's ``chain`` as dicts (``subtask_type`` "group" or "chord", :func:`from_dict`); a chord takes the steps
   after it as its callback's own chain.
 - ``xmap(sig, items)`` / ``xstarmap(sig, items)``: one message running the task for every item, in the worker;
-  ``chunks(sig, items, n)``: a group of starmaps of *n* items each.
+  ``chunks(sig, items, n)``: a group of starmaps of *n* items each (:mod:`amqptasks.canvas_map`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from amqptasks.canvas_map import chunks, register_builtin_tasks, xmap, xstarmap
 from amqptasks.message.ids import new_id as _new_id
 from amqptasks.result import AsyncResult, GroupResult
 from amqptasks.results.middleware import CHORD_UNLOCK
@@ -30,11 +31,13 @@ if TYPE_CHECKING:
     from amqptasks.app import App
     from amqptasks.results.backend import ResultBackend
 
-MAP = "amqptasks.map"
-STARMAP = "amqptasks.starmap"
+__all__ = ["Step", "chain", "chord", "chunks", "freeze", "from_dict", "group", "register_builtin_tasks", "result_of",
+           "signature", "xmap", "xstarmap"]  # fmt: skip
+
 #: The names a group and a chord carry as dicts (never published as tasks).
 GROUP = "amqptasks.group"
 CHORD = "amqptasks.chord"
+CHAIN = "amqptasks.chain"
 
 
 def _signature(item: Any) -> Signature:
@@ -122,6 +125,15 @@ class chain:  # Celery's (lowercase) name
             result = result_of(step, backend, parent=result)
         return result
 
+    def frozen(self) -> chain:
+        """A member chain with every step's id chosen (its steps are tasks: see apply_async)."""
+        return chain(*(freeze(step) for step in self.tasks))
+
+    def as_dict(self) -> dict[str, Any]:
+        """Celery's form of a chain in a message (a group member)."""
+        steps = [dict(t) if isinstance(t, Signature) else t.as_dict() for t in self.tasks]
+        return _as_dict(CHAIN, "chain", {"tasks": steps}, {})
+
 
 class group:  # Celery's (lowercase) name
     """Tasks run in parallel; their results come back in this order."""
@@ -166,23 +178,14 @@ class group:  # Celery's (lowercase) name
             results.append(result)
         return lineage.added(GroupResult(group_id, results), add_to_parent)
 
-    def _signatures(self) -> list[Signature]:
-        """The members, all signatures: a group with chains cannot travel inside another workflow's message."""
-        found = [t for t in self.tasks if isinstance(t, Signature)]
-        if len(found) < len(self.tasks):
-            raise TypeError(
-                f"{self!r}: a group or chord whose members are chains can be published on its own, not as a step "
-                "of a chain (yet): publish it by itself, or make each member one task"
-            )
-        return found
-
     def frozen(self) -> group:
-        """A copy with its group id and every member's task id chosen."""
-        tasks = [t.clone(task_id=t.options.get("task_id") or _new_id()) for t in self._signatures()]
+        """A copy with its group id and every member's task ids chosen."""
+        tasks = [t.frozen() if isinstance(t, chain) else _with_id(t) for t in self.tasks]
         return group(*tasks, **{**self.options, "group_id": self.options.get("group_id") or _new_id()})
 
     def as_dict(self) -> dict[str, Any]:
-        return _as_dict(GROUP, "group", {"tasks": [dict(t) for t in self._signatures()]}, self.options)
+        tasks = [t.as_dict() if isinstance(t, chain) else dict(t) for t in self.tasks]
+        return _as_dict(GROUP, "group", {"tasks": tasks}, self.options)
 
 
 class chord:  # Celery's (lowercase) name
@@ -227,10 +230,16 @@ class chord:  # Celery's (lowercase) name
             return callback.apply_async(([],), add_to_parent=add_to_parent)
         group_id = str(options.pop("group_id", None) or self.header.options.get("group_id") or _new_id())
         embed = {**callback, "chord_size": len(self.header)}
-        declare_queue(app, group_id)
+        store = app.result_backend
+        counted = store is not None and store.counts_chords
+        if store is not None and counted:  # redis://: counted in the store as Celery counts it (Celery's workers too)
+            store.set_chord_size(group_id, len(self.header))
+        else:
+            declare_queue(app, group_id)
         members = self.header.apply_async(args, kwargs, group_id=group_id, chord=embed, add_to_parent=False,
                                           **options)  # fmt: skip
-        app.send_task(CHORD_UNLOCK, (group_id, len(self.header), embed), **_unlock_options(app, callback, options))
+        if not counted:
+            app.send_task(CHORD_UNLOCK, (group_id, len(self.header), embed), **_unlock_options(app, callback, options))
         result = AsyncResult(callback_id, callback.task, app=app, backend=backend, parent=members)
         return lineage.added(result, add_to_parent)
 
@@ -324,7 +333,7 @@ def from_dict(data: Mapping[str, Any], app: App | None = None) -> Step:
     """A step of a chain as it travels in a message: a signature, or a group or chord (``subtask_type``)."""
     kind, kwargs, options = data.get("subtask_type"), data.get("kwargs") or {}, data.get("options") or {}
     if kind == "group":
-        return group(*(Signature.from_dict(t, app) for t in kwargs.get("tasks") or ()), **options)
+        return group(*(_member_from_dict(t, app) for t in kwargs.get("tasks") or ()), **options)
     if kind == "chord":
         header = from_dict(kwargs.get("header") or {"subtask_type": "group"}, app)
         if not isinstance(header, group):  # not silently an empty group: its callback would run with []
@@ -334,10 +343,22 @@ def from_dict(data: Mapping[str, Any], app: App | None = None) -> Step:
     return Signature.from_dict(data, app)
 
 
+def _member_from_dict(data: Mapping[str, Any], app: App | None) -> Member:
+    """A group member as it travels: a signature, or a chain (``subtask_type`` "chain", Celery's form)."""
+    if data.get("subtask_type") == "chain":
+        steps = [from_dict(t, app) for t in (data.get("kwargs") or {}).get("tasks") or ()]
+        return _member(chain(*steps))
+    return Signature.from_dict(data, app)
+
+
+def _with_id(sig: Signature) -> Signature:
+    return sig if sig.options.get("task_id") else sig.clone(task_id=_new_id())
+
+
 def freeze(step: Step) -> Step:
     """*step* with its ids chosen (a copy), so its result can be named before it is published."""
     if isinstance(step, Signature):
-        return step if step.options.get("task_id") else step.clone(task_id=_new_id())
+        return _with_id(step)
     return step.frozen()
 
 
@@ -391,8 +412,9 @@ def result_of(
         own = None if step.options.get("ignore_result") else backend
         return AsyncResult(str(step.options["task_id"]), step.task, app=step._app, backend=own, parent=parent)
     if isinstance(step, group):
-        members = [AsyncResult(str(t.options["task_id"]), t.task, app=t._app, backend=backend)
-                   for t in step._signatures()]  # fmt: skip
+        ends = [t.tasks[-1] if isinstance(t, chain) else t for t in step.tasks]  # a member chain: its last step
+        members = [AsyncResult(str(e.options["task_id"]), e.task, app=e._app, backend=backend)
+                   for e in ends if isinstance(e, Signature)]  # fmt: skip
         return GroupResult(str(step.options["group_id"]), members, parent=parent)
     assert step.body is not None
     return result_of(step.body, backend, parent=result_of(step.header, backend, parent))
@@ -404,38 +426,3 @@ def _app_backend(first: Signature | chord) -> ResultBackend | None:
     signature = first.body if isinstance(first, chord) else first
     assert signature is not None  # a chord without a callback raised when it was published
     return signature._bound().result_backend
-
-
-def xmap(task: Signature, items: Iterable[Any]) -> Signature:
-    """One task message calling *task* once per item: ``[task(item) for item in items]``."""
-    return Signature(MAP, (dict(task), list(items)), app=task._bound())
-
-
-def xstarmap(task: Signature, items: Iterable[Iterable[Any]]) -> Signature:
-    """One task message calling *task* once per argument tuple: ``[task(*args) for args in items]``."""
-    return Signature(STARMAP, (dict(task), [list(i) for i in items]), app=task._bound())
-
-
-def chunks(task: Signature, items: Iterable[Iterable[Any]], n: int) -> group:
-    """*items* (argument tuples) split into starmaps of *n*, run as a group."""
-    if n < 1:
-        raise ValueError(f"chunks of {n}: the size must be at least 1")
-    listed = [list(i) for i in items]
-    return group(xstarmap(task, listed[i : i + n]) for i in range(0, len(listed), n))
-
-
-def register_builtin_tasks(app: App) -> None:
-    """Tasks every app has: the chord unlock, map and starmap."""
-    from amqptasks.results.chord import register
-
-    register(app)
-
-    @app.task(name=MAP)
-    def xmap_task(task: dict[str, Any], items: list[Any]) -> list[Any]:
-        run = app.tasks[Signature.from_dict(task, app).task]
-        return [run(item) for item in items]
-
-    @app.task(name=STARMAP)
-    def xstarmap_task(task: dict[str, Any], items: list[list[Any]]) -> list[Any]:
-        run = app.tasks[Signature.from_dict(task, app).task]
-        return [run(*args) for args in items]

@@ -181,7 +181,11 @@ class PublishTimeout(PublishError):
 
 
 class PublishConnectionError(PublishError, ConnectionError):
-    """Publishing gave up: the broker was unreachable, or the connection kept failing, through every retry."""
+    """Publishing gave up: the broker was unreachable, or the connection kept failing, through every retry.
+
+    Publishing is at-least-once: when the connection failed after the message was sent but before the broker's
+    confirm arrived, the message may still have been delivered (and a retry by the caller may deliver it twice).
+    The retry window is ``broker.publish_retry`` in the YAML, or a call's ``retry_policy=``."""
 
 
 # --- raised inside tasks, with Celery's meaning ------------------------------------------------------------
@@ -216,6 +220,9 @@ class Ignore(TaskControl):
 class SoftTimeLimitExceeded(TaskControl):
     """Raised inside a task when its soft time limit passes; it may clean up and return."""
 
+    def __init__(self, *args: object) -> None:  # raised in a thread as a bare type: it still says what happened
+        super().__init__(*(args or ("soft time limit exceeded",)))
+
 
 class TimeLimitExceeded(TaskControl):
     """The task ran past its hard time limit and was stopped; its message goes down the failure path."""
@@ -223,6 +230,9 @@ class TimeLimitExceeded(TaskControl):
 
 class Terminated(TaskControl):
     """Raised inside a sync task running in a thread when ``revoke(terminate=True)`` stops it (as Celery's)."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(args or ("terminated by revoke(terminate=True)",)))
 
 
 class ResultUnavailable(AmqpTasksError):

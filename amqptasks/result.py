@@ -172,9 +172,14 @@ class AsyncResult:
         try:
             meta = self._final or self.backend.wait(self.id, timeout, interval, on_message)
         except TimeoutError:
+            rpc = (
+                " With rpc://, a result reaches only the process that published the task."
+                if self.backend.uses_reply_to
+                else ""
+            )
             raise TimeoutError(
                 f"task {self.task_name}[{self.id}]: no result within {timeout:g} s (is a worker consuming its "
-                "queue? did it publish to the same broker and vhost?)"
+                f"queue? did it publish to the same broker and vhost?).{rpc}"
             ) from None
         self._final = meta
         value = self._value(meta)
@@ -261,6 +266,34 @@ class GroupResult:
         """Celery's serialized form: ``[[id, parent], [member, ...]]``."""
         return [[self.id, self.parent.as_tuple() if self.parent is not None else None],
                 [r.as_tuple() for r in self.results]]  # fmt: skip
+
+    def _backend(self) -> ResultBackend:
+        backend = next((r.backend for r in self.results if r.backend is not None), None)
+        if backend is None:
+            raise AmqpTasksError(f"group {self.id} has no result backend to save to or delete from")
+        return backend
+
+    def save(self) -> GroupResult:
+        """Keep this group's members under its id (redis://, as Celery's ``GroupResult.save()``): any process,
+        ours or Celery's, can :meth:`restore` it by id."""
+        self._backend().save_group(self.id, self.as_tuple())
+        return self
+
+    def delete(self) -> None:
+        """Remove what :meth:`save` kept."""
+        self._backend().delete_group(self.id)
+
+    @classmethod
+    def restore(cls, group_id: str, app: App) -> GroupResult | None:
+        """A group saved by :meth:`save` or by Celery's ``GroupResult.save()``; None if none is kept."""
+        backend = app.result_backend
+        if backend is None:
+            raise AmqpTasksError(
+                "GroupResult.restore() needs a result backend (YAML 'results: {backend: redis://...}')"
+            )
+        saved = backend.restore_group(group_id)
+        restored = result_from_tuple(saved, app, backend) if saved else None
+        return restored if isinstance(restored, GroupResult) else None
 
 
 def result_from_tuple(

@@ -96,7 +96,7 @@ topology:
 YAML merge keys (`<<:`) are not supported; use `include:`. A key given twice in one mapping is an error
 (plain YAML would silently keep the last one).
 
-## Queue types on RabbitMQ 3.x
+## Queue types
 
 `type` picks the queue type (`x-queue-type`). Each type refuses some keys, and `validate` reports them
 as errors rather than letting the broker fail half-way through an apply:
@@ -104,6 +104,18 @@ as errors rather than letting the broker fail half-way through an apply:
 {{restrictions}}
 
 Quorum queues and streams are always durable: `durable: false` is an error for them.
+
+Some rules depend on the broker's RabbitMQ version (`amqptasks/config/version_rules.py`). `validate` does not
+contact the broker, so it warns; `plan` and `apply` read the version from the connection and refuse, before
+declaring anything, what that version refuses (see [Running on a cluster](cluster.md#rabbitmq-versions)):
+
+- `max_priority` on a quorum queue: RabbitMQ 4.0 and later (quorum queues have priorities there, without
+  `x-max-priority`, which they refuse: amqptasks does not send it); an error on 3.x.
+- `durable: false` on a classic queue that is not exclusive: refused by RabbitMQ 4.3 and later.
+- A quorum queue without `delivery_limit` has a limit of 20 deliveries on RabbitMQ 4.0 and later (none on 3.x):
+  `plan` says so. Workers send a message redelivered through no fault of its own again as a fresh copy (the broker's
+  count starts again), and dead-letter one that killed its worker more than `max_redeliveries` times (default 5),
+  so the broker's limit is not what stops a poison message.
 
 ## `dead_letter: auto`
 

@@ -2,7 +2,8 @@
 
 The shared broker (port 5672) is never touched: this node has its own name (``amqptasks-fault-<random>@localhost``),
 free AMQP and distribution ports on 127.0.0.1, its own data, logs, config, plugins file and Erlang cookie, all in one
-temporary directory that is removed afterwards. No plugin is enabled (no management listener to collide with).
+temporary directory that is removed afterwards. No plugin is enabled unless asked for (no management listener to
+collide with).
 
 ``stop()``/``start()`` stop and start the whole Erlang node on the same data directory, so durable queues and
 persistent messages survive; ``stop_app()``/``start_app()`` only stop RabbitMQ inside the running node (faster).
@@ -13,14 +14,16 @@ Without ``rabbitmq-server`` the tests skip, except under CI=true, where that is 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -59,7 +62,14 @@ def _free_port() -> int:
 class BrokerNode:
     """One private RabbitMQ node; see the module docstring. ``url`` is its AMQP URL (guest, default vhost)."""
 
-    def __init__(self, sbin: Path, *, config: Mapping[str, object] | None = None, advanced: str | None = None) -> None:
+    def __init__(
+        self,
+        sbin: Path,
+        *,
+        config: Mapping[str, object] | None = None,
+        advanced: str | None = None,
+        plugins: Sequence[str] = (),
+    ) -> None:
         self.sbin = sbin
         self.name = f"amqptasks-fault-{secrets.token_hex(4)}@localhost"
         self.port = _free_port()
@@ -67,6 +77,8 @@ class BrokerNode:
         self.base = Path(tempfile.mkdtemp(prefix="amqptasks-node-"))
         self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
         self._process: subprocess.Popen[bytes] | None = None
+        self._frozen: int | None = None  # the VM's pid while SIGSTOPped
+        self.plugins = list(plugins)
         self._write_files(config or {}, advanced)
 
     def __repr__(self) -> str:
@@ -87,7 +99,7 @@ class BrokerNode:
         (self.base / "rabbitmq.conf").write_text("".join(f"{k} = {v}\n" for k, v in lines.items()))
         if advanced is not None:
             (self.base / "advanced.config").write_text(advanced)
-        (self.base / "enabled_plugins").write_text("[].\n")
+        (self.base / "enabled_plugins").write_text(f"[{','.join(self.plugins)}].\n")
         # Never read /etc/rabbitmq/rabbitmq-env.conf: it names the shared node.
         (self.base / "rabbitmq-env.conf").write_text("")
 
@@ -154,8 +166,21 @@ class BrokerNode:
                     raise
             time.sleep(0.5)
 
+    def freeze(self) -> None:
+        """SIGSTOP the node's Erlang VM: its sockets stay open and it answers nothing (a hung VM, a black hole)."""
+        self._frozen = int(self.ctl("eval", "list_to_integer(os:getpid()).").strip())
+        os.kill(self._frozen, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT what :meth:`freeze` stopped."""
+        frozen, self._frozen = self._frozen, None
+        if frozen is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(frozen, signal.SIGCONT)
+
     def stop(self) -> None:
         """Stop the whole node; its data directory (durable queues, persistent messages) stays."""
+        self.thaw()
         process, self._process = self._process, None
         if process is None or process.poll() is not None:
             return
@@ -165,6 +190,20 @@ class BrokerNode:
         except (RuntimeError, subprocess.TimeoutExpired):
             process.kill()  # only the node we started, by its pid
             process.wait(timeout=STOP_TIMEOUT)
+
+    def kill(self) -> None:
+        """SIGKILL the node's Erlang VM (a crash, a lost machine): no clean shutdown; its data directory stays."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        vm = int((self.base / "node.pid").read_text().split()[0])  # the VM's own pid, written by RabbitMQ
+        os.kill(vm, signal.SIGKILL)  # only the node we started, by its pid
+        if vm != process.pid:
+            process.kill()
+        process.wait(timeout=STOP_TIMEOUT)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while Path(f"/proc/{vm}").exists() and time.monotonic() < deadline:  # gone, not just signalled
+            time.sleep(0.05)
 
     def restart(self) -> None:
         self.stop()
@@ -197,10 +236,13 @@ class BrokerNode:
         return f"--- {self} log tail\n{tail}"
 
 
-def private_node(config: Mapping[str, object] | None = None, advanced: str | None = None) -> Iterator[BrokerNode]:
+def private_node(
+    config: Mapping[str, object] | None = None, advanced: str | None = None, plugins: Sequence[str] = ()
+) -> Iterator[BrokerNode]:
     """The body of a node fixture: ``yield from private_node({...rabbitmq.conf keys...})`` in a module fixture.
 
-    *advanced* is the text of an ``advanced.config`` (Erlang terms) for settings rabbitmq.conf cannot express.
+    *advanced* is the text of an ``advanced.config`` (Erlang terms) for settings rabbitmq.conf cannot express;
+    *plugins* are enabled (e.g. ``rabbitmq_auth_mechanism_ssl``).
     """
     sbin = rabbitmq_sbin()
     if sbin is None:
@@ -208,7 +250,7 @@ def private_node(config: Mapping[str, object] | None = None, advanced: str | Non
         if _ci():
             pytest.fail(f"{reason} -- CI is set, so fault tests fail instead of skipping", pytrace=False)
         pytest.skip(reason)
-    node = BrokerNode(sbin, config=config, advanced=advanced)
+    node = BrokerNode(sbin, config=config, advanced=advanced, plugins=plugins)
     try:
         node.start()
         yield node

@@ -69,6 +69,17 @@ def soft(seconds):
         return "soft limit reached"
     return "ran to the end"
 
+@app.task(name="interop.flaky", bind=True)
+def flaky(self):
+    if self.request.retries == 0:
+        self.retry(countdown=0, exc=RuntimeError("first try fails"))
+    return "second try"
+
+@app.task(name="interop.refuse")
+def refuse():
+    from amqptasks.errors import Reject
+    raise Reject("refused by the task")
+
 @app.task(name="interop.record", bind=True)
 def record_task(self, *args, **kwargs):
     record(task=self.name, id=self.request.id, args=list(args), kwargs=kwargs, worker="amqptasks")
@@ -96,7 +107,12 @@ def our_project(path: Path, vhost: BrokerURL, backend: str | None) -> Project:
 
 @contextmanager
 def our_worker(project: Project, *args: str) -> Iterator[WorkerProcess]:
-    """``amqptasks worker -A tasks:app ARGS`` in *project*, consuming once this yields; killed afterwards."""
+    """``amqptasks worker -A tasks:app ARGS`` in *project*, consuming once this yields; killed afterwards.
+
+    One consuming process unless ARGS say otherwise, so that ``-n`` names exactly one node (``--processes N``
+    names them ``name-1@host``...)."""
+    if "--processes" not in args:
+        args = (*args, "--processes", "1")
     worker = WorkerProcess(project, *args)
     try:
         worker.wait_for_log("ready: consuming", timeout=READY_TIMEOUT)

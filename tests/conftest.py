@@ -2,6 +2,11 @@
 
 Without a reachable broker, broker tests skip locally and fail under CI (CI=true or CI=1), so CI can never go
 green by skipping them.
+
+Markers added at collection (``dev.py test`` selects by them for its second broker target, tests/rabbitmq4.py):
+``broker`` on every test that uses the shared broker (the ``broker`` fixture, directly or through ``vhost``,
+``mgmt``, ``channel``...), ``private_node`` on every test that starts its own node (``tests/broker_node.py``).
+Tests whose expectations differ by RabbitMQ version take the ``broker_version`` fixture.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Any, NoReturn
 import pytest
 
 from amqptasks.broker import BrokerURL, ManagementClient, open_blocking
+from amqptasks.config.versions import RabbitMQVersion
 from amqptasks.constants import DEFAULT_BROKER_URL, ENV_BROKER_URL
 from amqptasks.errors import ManagementAPIError
 
@@ -39,6 +45,36 @@ def broker() -> BrokerURL:
     except ManagementAPIError as exc:
         _unavailable(f"no RabbitMQ management API for {url.masked()}: {exc}")
     return url
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        if info is None:
+            continue
+        if "broker" in info.names_closure:
+            item.add_marker(pytest.mark.broker)
+        defs = (d for ds in info.name2fixturedefs.values() for d in ds)
+        if any(_starts_a_node(d.func) for d in defs):
+            item.add_marker(pytest.mark.private_node)
+
+
+def _starts_a_node(fixture: object) -> bool:
+    names = getattr(getattr(fixture, "__code__", None), "co_names", ())
+    return "private_node" in names or "private_cluster" in names
+
+
+def pytest_report_header() -> str:
+    return f"broker target: {os.environ.get('AMQPTASKS_TEST_TARGET') or 'the local RabbitMQ'}"
+
+
+@pytest.fixture(scope="session")
+def broker_version(mgmt: ManagementClient) -> RabbitMQVersion:
+    """The version of the broker under test: for tests that expect each version's own behaviour
+    (``if broker_version.major >= 4: ...``)."""
+    found = RabbitMQVersion.parse(mgmt.overview().get("rabbitmq_version"))
+    assert found is not None, "the management API did not report rabbitmq_version"
+    return found
 
 
 @pytest.fixture(scope="session")

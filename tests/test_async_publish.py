@@ -4,6 +4,9 @@ coroutine on the same loop measures every stall while 50 async tasks each publis
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -76,7 +79,7 @@ def project(tmp_path: Path, vhost: BrokerURL) -> Project:
 def test_async_tasks_that_publish_never_stall_the_loop(project: Project, channel: Any) -> None:
     # Given a worker running async tasks 60 at a time, and a probe coroutine on its loop
     app = project.app()
-    with worker_process(project, "-Q", "work", "-c", str(COUNT + 10)):
+    with worker_process(project, "-Q", "work", "-c", str(COUNT + 10), "--processes", "1"):
         try:
             probe = app.send_task("tasks.probe", (COUNT,))
             wait_until(lambda: any(r.get("probe") == "started" for r in project.records()), 15, "the probe to start")
@@ -135,3 +138,28 @@ def test_delay_in_a_coroutine_returns_without_waiting_and_aclose_waits_for_the_c
         app.close()
     assert [props.correlation_id for _, props, _ in get_all(channel, "other")] == [task_id]
     assert returned_after < 0.05
+
+
+SCRIPT = """
+import asyncio, sys
+from tasks import app
+
+async def main():
+    print(app.send_task("other.sink", (8,)).id)  # no aclose(): asyncio.run ends right after
+
+asyncio.run(main())
+"""
+
+
+def test_a_script_that_delays_in_asyncio_run_and_exits_still_sends_it(project: Project, channel: Any) -> None:
+    # Given a script whose coroutine calls delay() and returns at once, ending its loop and then the interpreter
+    (project.path / "script.py").write_text(SCRIPT, encoding="utf-8")
+    with project.app() as app:
+        app.provision()
+    environment = {**os.environ, **project.env}
+    done = subprocess.run([sys.executable, "script.py"], cwd=project.path, env=environment, capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    # Then the message reached its queue before the process ended
+    assert done.returncode == 0, done.stderr
+    task_id = done.stdout.strip()
+    assert [props.correlation_id for _, props, _ in get_all(channel, "other")] == [task_id], done.stderr

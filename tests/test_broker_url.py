@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from amqptasks.broker.url import BrokerURL, mask_url
+from amqptasks.broker.url import BrokerURL, auth_mechanism, mask_url, query_options
+from amqptasks.config import check_text
 
 SECRET = "s3cr3t-Pa55"
 
@@ -210,3 +211,55 @@ def test_direct_construction_validates_scheme_and_port() -> None:
         BrokerURL("http", "h", 80, "u", SECRET, "/")
     with pytest.raises(ValueError, match="port"):
         BrokerURL("amqp", "h", 0, "u", SECRET, "/")
+
+
+# --- several nodes (a cluster) and the login mechanism --------------------------------------------------------
+
+
+def test_a_cluster_url_lists_its_nodes_and_later_nodes_take_the_first_ones_user_vhost_and_query() -> None:
+    url = BrokerURL.parse("amqp://app:s3cret@h1:5672/shop?heartbeat=10;amqp://h2:5673 ; amqp://ops:x@h3/other")
+
+    assert [(n.host, n.port, n.username, n.vhost) for n in url.nodes()] == [
+        ("h1", 5672, "app", "shop"),
+        ("h2", 5673, "app", "shop"),
+        ("h3", 5672, "ops", "other"),
+    ]
+    assert url.nodes()[1].password == "s3cret" and dict(url.nodes()[1].query) == {"heartbeat": "10"}
+    assert (url.host, url.port) == ("h1", 5672)  # the URL itself is its first node
+    assert url.masked() == (
+        "amqp://app:****@h1:5672/shop?heartbeat=10;amqp://app:****@h2:5673/shop?heartbeat=10;"
+        "amqp://ops:****@h3:5672/other"
+    )
+    assert "s3cret" not in repr(url) and BrokerURL.parse(url.to_url()) == url
+    assert [n.vhost for n in url.with_vhost("v").nodes()] == ["v", "v", "v"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("amqp://h1;h2", "separate whole URLs with ';'"),
+        ("amqp://h1;amqps://h2", "every node of a cluster has the same scheme"),
+    ],
+)
+def test_a_cluster_url_written_wrong_says_how_to_write_it(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        BrokerURL.parse(text)
+
+
+def test_auth_mechanism_external_needs_amqps_and_unknown_mechanisms_are_named() -> None:
+    assert auth_mechanism(BrokerURL.parse("amqps://h/?auth_mechanism=EXTERNAL")) == "external"
+    assert auth_mechanism(BrokerURL.parse("amqp://h/")) == "plain"
+    with pytest.raises(ValueError, match="auth_mechanism=external needs amqps://"):
+        query_options(BrokerURL.parse("amqp://h/?auth_mechanism=external"))
+    with pytest.raises(ValueError, match="expected plain or external"):
+        query_options(BrokerURL.parse("amqps://h/?auth_mechanism=kerberos"))
+
+
+def test_a_yaml_list_of_urls_is_a_cluster_and_each_password_is_masked() -> None:
+    config, diags = check_text("broker:\n  url:\n    - amqp://app:pw1@h1/shop\n    - amqp://ops:pw2@h2\n")
+
+    assert config is not None, [str(d) for d in diags.items]
+    assert [n.host for n in BrokerURL.parse(config.broker.url).nodes()] == ["h1", "h2"]
+    assert mask_url(config.broker.url) == "amqp://app:****@h1/shop;amqp://ops:****@h2"
+    _, empty = check_text("broker:\n  url: []\n")
+    assert [d.message for d in empty.errors] == ["broker: url: an empty list names no broker; give at least one URL"]

@@ -33,7 +33,7 @@ def test_a_mixed_fleet_runs_every_task_from_both_kinds_of_client_exactly_once(
 ) -> None:
     project = our_project(tmp_path / "ours", fleet_vhost, None)
     with (
-        our_worker(project, "-Q", QUEUE, "-n", "ours@fleet") as ours_worker,
+        our_worker(project, "-Q", QUEUE, "-n", "ours@fleet", "--processes", "2") as ours_worker,
         celery_worker(tmp_path / "celery", fleet_vhost, [QUEUE], hostname="celery@fleet") as theirs,
     ):  # fmt: skip
         # Given both workers on one queue, when each kind of client sends 2,000 tasks to it

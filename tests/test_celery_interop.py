@@ -119,7 +119,7 @@ def celery_redis(peers_vhost: BrokerURL, redis_url: str) -> Iterator[celery.Cele
 def test_our_time_limits_travel_in_celerys_order_and_a_celery_worker_reads_them(
     ours_rpc: App, celery_rpc_worker: Any
 ) -> None:
-    sent = ours_rpc.send_task("interop.record", (1, 2), queue=QUEUE, soft_time_limit=5, time_limit=10)
+    sent = sig(ours_rpc, "interop.record", (), QUEUE).apply_async((1, 2), soft_time_limit=5, time_limit=10)
 
     run = celery_rpc_worker.ran({sent.id})[sent.id]
 
@@ -261,6 +261,71 @@ def test_groups_read_across_over_redis(ours_redis: App, celery_redis: celery.Cel
 
     assert ours.get(timeout=GET_TIMEOUT) == [0, 2, 4]
     assert theirs.get(timeout=GET_TIMEOUT) == [1, 2, 3]
+
+
+def test_saved_groups_restore_across_over_redis(
+    ours_redis: App, celery_redis: celery.Celery, celery_redis_worker: Any
+) -> None:
+    from amqptasks.canvas import group
+    from amqptasks.result import GroupResult
+
+    # Ours saved (run by the Celery worker), restored by Celery; Celery's saved (run by ours), restored by us
+    ours = group(sig(ours_redis, "math.add", (i, 100), "interop_redis") for i in range(3)).apply_async()
+    assert isinstance(ours, GroupResult)
+    ours.save()
+    theirs = celery.group(celery_redis.signature("math.add", (i, 200), options={"queue": "ours_redis"})
+                          for i in range(3))()  # fmt: skip
+    theirs.save()
+
+    by_celery = celery_redis.GroupResult.restore(ours.id)
+    by_us = GroupResult.restore(theirs.id, ours_redis)
+
+    assert [r.id for r in by_celery.results] == [r.id for r in ours.results]
+    assert by_celery.get(timeout=GET_TIMEOUT) == [100, 101, 102]
+    assert by_us is not None and [r.id for r in by_us] == [r.id for r in theirs.results]
+    assert by_us.get(timeout=GET_TIMEOUT) == [200, 201, 202]
+    by_us.delete()
+    assert celery_redis.GroupResult.restore(theirs.id) is None
+
+
+def test_a_celery_chord_over_redis_completes_on_our_worker(celery_redis: celery.Celery, ours_redis: App) -> None:
+    header = [celery_redis.signature("math.add", (i, i), options={"queue": "ours_redis"}) for i in range(4)]
+    callback = celery_redis.signature("math.tsum", options={"queue": "ours_redis"})
+
+    result = celery.chord(header)(callback)
+
+    assert result.get(timeout=GET_TIMEOUT) == 0 + 2 + 4 + 6
+
+
+def test_our_chord_over_redis_completes_on_a_celery_worker(ours_redis: App, celery_redis_worker: Any) -> None:
+    from amqptasks.canvas import chord
+
+    header = [sig(ours_redis, "math.add", (i, 10), "interop_redis") for i in range(3)]
+    result = chord(header, sig(ours_redis, "math.tsum", (), "interop_redis")).apply_async()
+
+    assert result.get(timeout=GET_TIMEOUT) == 33
+
+
+def test_a_chord_whose_member_fails_on_our_worker_fails_its_celery_callback(
+    celery_redis: celery.Celery, ours_redis: App
+) -> None:
+    header = [celery_redis.signature("math.add", (1, 1), options={"queue": "ours_redis"}),
+              celery_redis.signature("interop.fail", ("kaboom",), options={"queue": "ours_redis"})]  # fmt: skip
+    callback = celery_redis.signature("math.tsum", options={"queue": "ours_redis"})
+
+    result = celery.chord(header)(callback)
+
+    # Celery's get() raises the failed member's own error first (it walks the parents) ...
+    with pytest.raises(ValueError, match="kaboom"):
+        result.get(timeout=GET_TIMEOUT)
+    # ... and the callback never ran: it is stored as failed with Celery's ChordError
+    callback_result = celery_redis.AsyncResult(result.id)
+    deadline = time.monotonic() + GET_TIMEOUT
+    while callback_result.state != "FAILURE" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert callback_result.state == "FAILURE"
+    assert isinstance(callback_result.result, celery.exceptions.ChordError)
+    assert "kaboom" in str(callback_result.result)
 
 
 # --- expiry: REVOKED on both sides ------------------------------------------------------------------------------

@@ -24,12 +24,12 @@ import celery.exceptions
 import pytest
 
 from amqptasks import App
-from amqptasks.broker import BrokerURL, ManagementClient
+from amqptasks.broker import BrokerURL, ManagementClient, open_blocking
 from amqptasks.errors import TaskRevoked
 from tests import celery_interop_app
 from tests.celery_interop_app import QUEUE
 from tests.celery_peers import REPO, celery_worker, module_vhost, our_project, our_worker
-from tests.cli_helpers import Result, run
+from tests.cli_helpers import Result, console_script, run
 from tests.worker_helpers import Project, WorkerProcess
 
 pytestmark = pytest.mark.broker
@@ -191,8 +191,12 @@ def test_amqptasks_control_revoke_reaches_a_celery_worker(ours: App, project: Pr
     revoked = ours_cli(project, "control", "revoke", task_id, "--timeout", "1.5", "--json")
     result = ours.send_task("math.add", (1, 2), queue=QUEUE, task_id=task_id)
 
+    limited = ours_cli(project, "control", "rate_limit", "math.add", "10/m", "--timeout", "1.5", "--json")
+
     assert revoked.code == 0, revoked
     assert {r["hostname"]: r["ok"] for r in revoked.json()}[THEIRS] == f"tasks {{'{task_id}'}} flagged as revoked"
+    assert limited.code == 0, limited
+    assert {r["hostname"]: r["ok"] for r in limited.json()}[THEIRS] == "new rate limit set successfully"
     with pytest.raises(TaskRevoked):
         result.get(timeout=GET_TIMEOUT)
     assert AsyncResult(task_id, app=ours, backend=ours.result_backend).state == "REVOKED"
@@ -221,6 +225,91 @@ def test_celery_events_dump_shows_our_workers_task_events(
     mine = [line for line in lines if result.id in line]
     assert any("task received" in line and "math.add" in line for line in mine), "".join(lines)[-3000:]
     assert any("task started" in line for line in mine)
+
+
+class EventLog:
+    """Every event on ``celeryev`` from now on (a queue of this test's own), read as ``celery events`` reads them."""
+
+    def __init__(self, vhost: BrokerURL) -> None:
+        self.connection = open_blocking(vhost, connection_name="celeryev reader")
+        self.channel = self.connection.channel()
+        self.queue = self.channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
+        self.channel.queue_bind(self.queue, "celeryev", "#")
+        self.events: list[dict[str, Any]] = []
+
+    def of(self, task_id: str) -> list[str]:
+        while True:
+            method, _props, body = self.channel.basic_get(self.queue, auto_ack=True)
+            if method is None:
+                break
+            self.events.append(json.loads(body))
+        return [e["type"] for e in self.events if e.get("uuid") == task_id]
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def test_our_worker_sends_every_task_event_in_celerys_format(
+    tools_vhost: BrokerURL, ours: App, ours_worker: WorkerProcess
+) -> None:
+    log = EventLog(tools_vhost)
+    try:
+        ok = ours.send_task("math.add", (1, 1), queue="ours")
+        failed = ours.send_task("interop.fail", ("kaboom",), queue="ours")
+        retried = ours.send_task("interop.flaky", queue="ours")
+        rejected = ours.send_task("interop.refuse", queue="ours", ignore_result=True)
+        revoked_id = f"revoked-{time.monotonic_ns()}"
+        assert ours_cli_revoke(ours, revoked_id)
+        ours.send_task("math.add", (1, 2), queue="ours", task_id=revoked_id, ignore_result=True)
+
+        want = {
+            ok.id: ["task-received", "task-started", "task-succeeded"],
+            failed.id: ["task-received", "task-started", "task-failed"],
+            retried.id: ["task-received", "task-started", "task-retried", "task-received", "task-started",
+                         "task-succeeded"],
+            rejected.id: ["task-received", "task-started", "task-rejected"],
+            revoked_id: ["task-revoked"],  # as Celery: a revoked task is not "received"
+        }  # fmt: skip
+        poll(lambda: all(log.of(task_id) == types for task_id, types in want.items()),
+             "every task's events", timeout=GET_TIMEOUT)  # fmt: skip
+    except AssertionError:
+        raise AssertionError({task_id: log.of(task_id) for task_id in want}) from None
+    finally:
+        log.close()
+    by_type = {e["type"]: e for e in log.events if e.get("uuid") in (ok.id, failed.id)}
+    assert by_type["task-received"]["name"] in ("math.add", "interop.fail")
+    assert by_type["task-succeeded"]["result"] == "2" and by_type["task-succeeded"]["runtime"] >= 0
+    assert "kaboom" in by_type["task-failed"]["exception"] and "Traceback" in by_type["task-failed"]["traceback"]
+    assert all(e["hostname"] == OURS and e["clock"] > 0 and "timestamp" in e for e in by_type.values())
+
+
+def ours_cli_revoke(app: App, task_id: str) -> bool:
+    from amqptasks import control
+
+    return bool(control.revoke(app, task_id, timeout=1.5))
+
+
+def test_amqptasks_events_shows_a_celery_workers_task_events(
+    tools_vhost: BrokerURL, project: Project, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # A Celery worker started with -E (task events on), and `amqptasks events --json` following
+    with celery_worker(tmp_path_factory.mktemp("celery-e"), tools_vhost, ["interop_redis"], hostname="celery-e@tools",
+                       extra=["-E"]):  # fmt: skip
+        env = {**os.environ, **project.env}
+        tail = subprocess.Popen([console_script(), "events", "app.yaml", "--json", "--limit", "3"], cwd=project.path,
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        try:
+            assert tail.stderr is not None and "following task events" in tail.stderr.readline()
+            client = celery_interop_app.make_app(tools_vhost.to_url(), name="tools-events-client")
+            sent = client.send_task("math.add", (3, 4), queue="interop_redis")
+            client.close()
+            out, err = tail.communicate(timeout=GET_TIMEOUT)
+        finally:
+            tail.kill()
+    events = [json.loads(line) for line in out.splitlines()]
+    assert [(e["type"], e["uuid"], e["hostname"]) for e in events] == [
+        (kind, sent.id, "celery-e@tools") for kind in ("task-received", "task-started", "task-succeeded")
+    ], err
 
 
 def _free_port() -> int:

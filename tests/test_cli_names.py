@@ -97,5 +97,5 @@ def test_crontab_in_code_is_celerys_schedule() -> None:
 def test_worker_names_are_expanded_as_celery_does() -> None:
     assert expand_hostname("billing@%h", "web-3.example.com") == "billing@web-3.example.com"
     assert expand_hostname("billing-%n@%d", "web-3.example.com") == "billing-web-3@example.com"
-    assert expand_hostname("billing", "web-3") == "billing@web-3"  # a name without @ gets the host
+    assert expand_hostname("billing", "web-3") == "billing"  # kept as given
     assert expand_hostname("100%%@%h", "web-3") == "100%@web-3"

@@ -565,9 +565,9 @@ CASES = [
     ),
     # --- what RabbitMQ would refuse ------------------------------------------------------------------------------
     case(
-        "max-priority-on-quorum",
+        "max-priority-on-quorum",  # plan and apply refuse it on RabbitMQ 3.x (tests/test_plan_apply.py)
         "5:21",
-        "queue 'orders': max_priority: quorum queues have no message priorities",
+        "queue 'orders': max_priority: quorum queues take message priorities only from RabbitMQ 4.0",
         """\
         topology:
           queues:
@@ -575,6 +575,7 @@ CASES = [
               type: quorum
               max_priority: 5
         """,
+        "warning",
     ),
     case(
         "max-priority-zero",
@@ -1012,7 +1013,7 @@ def test_every_error_of_a_file_is_reported_in_one_run(tmp_path: Path, monkeypatc
                       routing_key: refunds
                 - name: shipping
                   type: quorum
-                  max_priority: 5
+                  exclusive: true
             """
         },
     )
@@ -1028,7 +1029,7 @@ def test_every_error_of_a_file_is_reported_in_one_run(tmp_path: Path, monkeypatc
         ("app.yaml:6:17", "exchange 'billing': internal must be true or false, got 'maybe'"),
         ("app.yaml:9:19", "queue 'invoices': max_length must be an integer, got 'lots'"),
         ("app.yaml:12:21", "queue 'refunds': binding: exchange 'payments' is not declared"),
-        ("app.yaml:16:21", "queue 'shipping': max_priority: quorum queues have no message priorities"),
+        ("app.yaml:16:18", "queue 'shipping': exclusive: quorum queues cannot be exclusive"),
     ]
     assert len(diags.errors) == len(expected), shown(diags)
     for diagnostic, (where, message) in zip(diags.errors, expected, strict=True):
@@ -1121,14 +1122,14 @@ def test_a_value_yaml_cannot_construct_is_reported_not_a_crash(
           queues:
             - name: orders
               type: quorum
-              max_priority: 5
+              exclusive: true
         """,
         """\
         topology:
           queues:
             - name: orders
               type: quorum
-              max_priority: 5
+              exclusive: true
           bindings:
             - exchange: amq.topic
               queue: orders
@@ -1147,7 +1148,7 @@ def test_an_error_in_an_unnamed_object_does_not_hide_the_other_errors(
     # Then: both are reported
     assert config is None
     assert len(diags.errors) == 2, shown(diags)
-    assert any("quorum queues have no message priorities" in d.message for d in diags.errors), shown(diags)
+    assert any("quorum queues cannot be exclusive" in d.message for d in diags.errors), shown(diags)
 
 
 def test_a_broken_exchange_does_not_hide_the_errors_of_a_queue_with_the_same_name(
@@ -1161,12 +1162,12 @@ def test_a_broken_exchange_does_not_hide_the_errors_of_a_queue_with_the_same_nam
       queues:
         - name: orders
           type: quorum
-          max_priority: 5
+          exclusive: true
     """
 
     _, diags = check(tmp_path, monkeypatch, textwrap.dedent(text))
 
-    assert [str(d.loc) for d in diags.errors] == ["app.yaml:4:13", "app.yaml:8:21"], shown(diags)
+    assert [str(d.loc) for d in diags.errors] == ["app.yaml:4:13", "app.yaml:8:18"], shown(diags)
 
 
 @pytest.mark.parametrize(

@@ -138,7 +138,7 @@ def test_a_stream_bound_to_an_exchange_is_warned_about_because_delayed_messages_
     [warning] = messages(ON + STREAM)
 
     assert warning.startswith("app.yaml:7:27: warning: queue 'audit': delayed messages published to 'tasks' never ")
-    assert "RabbitMQ 3.x drops dead-lettered messages routed to a stream" in warning
+    assert "on RabbitMQ 3.x, which drops dead-lettered messages routed to a stream" in warning
 
 
 def test_the_exit_is_not_bound_to_streams_so_a_delayed_message_for_one_is_kept_as_unroutable() -> None:

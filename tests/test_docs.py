@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import re
+import shlex
 import shutil
 from pathlib import Path
 from types import ModuleType
 
+import click
 import pytest
 import yaml
 
@@ -20,8 +23,9 @@ PAGES = sorted(DOCS.glob("*.md"))
 _YAML_BLOCK = re.compile(r"^```yaml\n(.*?)^```", re.DOTALL | re.MULTILINE)
 
 
-def load_generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gen_reference", DOCS / "gen_reference.py")
+def load_generator(name: str = "gen_reference") -> ModuleType:
+    """One of the docs generators (docs/gen_reference.py, docs/gen_cli.py), imported from its file."""
+    spec = importlib.util.spec_from_file_location(name, DOCS / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -137,11 +141,7 @@ def test_documented_conflict_example_points_at_billings_max_priority(page: str) 
 
 
 def load_cli_generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gen_cli", DOCS / "gen_cli.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_generator("gen_cli")
 
 
 def test_cli_pages_are_generated_from_the_current_commands() -> None:
@@ -210,3 +210,80 @@ def test_no_page_holds_a_merge_conflict_marker() -> None:
     ]
 
     assert marked == []
+
+
+_PYTHON_BLOCK = re.compile(r"^( *)```python\n(.*?)^\1```", re.DOTALL | re.MULTILINE)
+
+
+def python_blocks() -> list[tuple[str, str]]:
+    """(``page:line``, code) of every Python block of the docs and the README (indented ones dedented)."""
+    blocks = []
+    for page in [*sorted(DOCS.rglob("*.md")), ROOT / "README.md"]:
+        text = page.read_text(encoding="utf-8")
+        for match in _PYTHON_BLOCK.finditer(text):
+            indent = len(match.group(1))
+            code = "\n".join(line[indent:] for line in match.group(2).splitlines())
+            blocks.append((f"{page.relative_to(ROOT)}:{text.count(chr(10), 0, match.start()) + 2}", code))
+    return blocks
+
+
+@pytest.mark.parametrize(("where", "code"), python_blocks(), ids=[where for where, _ in python_blocks()])
+def test_every_python_example_is_valid_python(where: str, code: str) -> None:
+    # The fragments use names defined elsewhere on their page and `await` at top level, as a REPL would: they
+    # must at least be Python that compiles (the quickstart and the canvas session also run, in other tests).
+    compile(code, where, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True)
+
+
+# --- every `amqptasks ...` command the docs show exists, with options it has ---------------------------------
+
+_COMMAND_LINE = re.compile(r"^\s*(?:\$ |    )(?:\w+=\S+ )*amqptasks ((?:[a-z]).*)$", re.MULTILINE)
+
+
+def documented_commands() -> list[tuple[str, list[str]]]:
+    """(``page:line``, arguments) of each ``$ amqptasks ...`` line in the docs, READMEs and examples."""
+    pages = [*sorted(DOCS.rglob("*.md")), ROOT / "README.md", *sorted(ROOT.glob("*/README.md"))]
+    pages += sorted((ROOT / "examples").rglob("README.md"))
+    found = []
+    for page in dict.fromkeys(pages):
+        text = page.read_text(encoding="utf-8")
+        for match in _COMMAND_LINE.finditer(text):
+            line = re.split(r"\s+#|\s\||\s&&|\s>", match.group(1))[0]
+            try:
+                args = shlex.split(line)
+            except ValueError:
+                continue
+            where = f"{page.relative_to(ROOT)}:{text.count(chr(10), 0, match.start()) + 1}"
+            found.append((where, args))
+    return found
+
+
+def test_the_docs_show_commands() -> None:
+    assert len(documented_commands()) >= 30
+
+
+@pytest.mark.parametrize(("where", "args"), documented_commands(), ids=[w for w, _ in documented_commands()])
+def test_every_documented_command_and_option_exists(where: str, args: list[str]) -> None:
+    from amqptasks.cli import cli
+
+    command: click.Command = cli
+    ctx = click.Context(cli, info_name="amqptasks")
+    rest = list(args)
+    while isinstance(command, click.Group) and rest and not rest[0].startswith("-"):
+        # a synopsis may list alternatives: `inspect ping|registered|stats`
+        subs = [command.get_command(ctx, name) for name in rest[0].split("|")]
+        assert all(subs), f"{where}: 'amqptasks {' '.join(args)}': no command {rest[0]!r}"
+        command, rest = subs[0], rest[1:]  # type: ignore[assignment]
+        ctx = click.Context(command, info_name=command.name, parent=ctx)
+    known = {opt for p in command.get_params(ctx) for opt in (*p.opts, *p.secondary_opts)}
+    for token in rest:
+        name = token.strip("[]").split("=", 1)[0]
+        if name.startswith("-") and name not in ("-", "--"):
+            assert name in known, f"{where}: {ctx.command_path} has no option {name} (it has {sorted(known)})"
+
+
+def test_the_home_page_links_every_guide_and_reference_page() -> None:
+    home = (DOCS / "index.md").read_text(encoding="utf-8")
+    pages = [p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md")]
+
+    unlinked = [p for p in pages if p != "index.md" and not p.startswith("cli/") and f"]({p})" not in home]
+    assert unlinked == [], "link these pages from docs/index.md"

@@ -3,6 +3,8 @@ called like a function has a ``self.request``. No broker is involved (pure logic
 
 from __future__ import annotations
 
+import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -161,3 +163,25 @@ def test_async_task_applies_too(app: App) -> None:
         return 2 * x
 
     assert double.apply((21,)).get() == 42
+
+
+def test_apply_publishes_its_callbacks_and_refuses_unknown_options(tmp_path: Path) -> None:
+    from amqptasks.testing import drain, messages
+
+    (tmp_path / "app.yaml").write_text("topology:\n  queues: [{name: work}]\nroutes: [{task: '*', queue: work}]\n")
+    app = App.from_config(tmp_path / "app.yaml", broker_url=f"memory://eager-{uuid.uuid4().hex[:8]}")
+
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task
+    def record(value: int) -> int:
+        return value
+
+    assert add.apply((2, 3), link=record.s()).get() == 5
+    (callback,) = messages(app, "work")
+    assert callback.task == record.name and callback.json()[0] == [5]
+    drain(app)
+    with pytest.raises(TypeError, match="unknown option"):
+        add.apply((1, 2), countdown=5)

@@ -60,7 +60,7 @@ def test_a_worker_without_events_publishes_none(vhost: BrokerURL, channel: Any) 
         ran.append(True)
 
     channel.exchange_declare("celeryev", "topic", durable=True)
-    channel.queue_declare("seen")
+    channel.queue_declare("seen", durable=True)  # never transient: RabbitMQ 4.3 refuses it
     channel.queue_bind("seen", "celeryev", "#")
     # When a task runs
     with running_worker(app):

@@ -104,6 +104,28 @@ def test_worker_app_option_pointing_at_something_else_says_what_it_is(tmp_path: 
     assert "proj:helper is a function, not an amqptasks App" in result.stderr
 
 
+def test_a_module_that_fails_to_import_is_reported_with_where_not_a_traceback(tmp_path: Path) -> None:
+    (tmp_path / "broken.py").write_text("from amqptasks import App\n\napp = App()\nsetup_logging()\n")
+
+    result = run(["worker", "-A", "broken:app", "-Q", "work"], cwd=tmp_path)
+
+    assert result.code == 2, str(result)
+    assert (
+        f"importing 'broken' raised NameError: name 'setup_logging' is not defined (at {tmp_path / 'broken.py'}:4)"
+        in result.stderr
+    )
+
+
+def test_an_app_whose_yaml_is_invalid_gives_the_yaml_error(tmp_path: Path) -> None:
+    (tmp_path / "proj.py").write_text("from amqptasks import App\n\napp = App.from_config('app.yaml')\n")
+    write(tmp_path, "app.yaml", "topology:\n  queues: [work\n")
+
+    result = run(["worker", "-A", "proj:app", "-Q", "work"], cwd=tmp_path)
+
+    assert result.code == 1, str(result)
+    assert result.stderr.startswith("error: app.yaml:2:11: YAML syntax error: a '[' opened here is never closed")
+
+
 # --- worker -Q nosuch -------------------------------------------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ import pika.exceptions
 import pytest
 
 from amqptasks.broker import BrokerURL, ManagementClient, open_blocking
+from amqptasks.config.versions import RabbitMQVersion
 from amqptasks.errors import ManagementAPIError
 
 pytestmark = pytest.mark.broker
@@ -52,7 +53,7 @@ def test_each_test_gets_a_fresh_vhost_where_the_user_may_declare(
     assert vhost.vhost != broker.vhost
     assert names(mgmt.list_queues(vhost.vhost)) == set()
 
-    channel.queue_declare("declared-by-guest")
+    channel.queue_declare("declared-by-guest", durable=True)  # never transient: RabbitMQ 4.3 refuses it
 
     assert mgmt.get_queue(vhost.vhost, "declared-by-guest") is not None
 
@@ -63,7 +64,7 @@ def test_a_queue_declared_in_one_vhost_is_invisible_in_another(
     other = f"amqptasks-test-{uuid.uuid4().hex[:8]}"
     mgmt.create_vhost(other)
     try:
-        channel.queue_declare("only-here")
+        channel.queue_declare("only-here", durable=True)
 
         assert "only-here" in names(mgmt.list_queues(vhost.vhost))
         assert mgmt.list_queues(other) == []
@@ -72,7 +73,9 @@ def test_a_queue_declared_in_one_vhost_is_invisible_in_another(
         mgmt.delete_vhost(other)
 
 
-def test_declared_queue_and_exchange_are_listed(vhost: BrokerURL, mgmt: ManagementClient, channel: Any) -> None:
+def test_declared_queue_and_exchange_are_listed(
+    vhost: BrokerURL, mgmt: ManagementClient, channel: Any, broker_version: RabbitMQVersion
+) -> None:
     channel.exchange_declare("billing/events#1", exchange_type="topic", durable=True)
     channel.queue_declare("billing/invoices#1", durable=True, arguments={"x-max-priority": 5})
     channel.queue_bind("billing/invoices#1", "billing/events#1", routing_key="invoice.*")
@@ -82,7 +85,7 @@ def test_declared_queue_and_exchange_are_listed(vhost: BrokerURL, mgmt: Manageme
     queue = mgmt.get_queue(vhost.vhost, "billing/invoices#1")
     assert queue is not None
     assert queue["durable"] is True
-    assert queue["arguments"] == {"x-max-priority": 5}
+    assert queue["arguments"] == broker_version.listed_arguments({"x-max-priority": 5})
     bindings = [(b["source"], b["destination"], b["routing_key"]) for b in mgmt.list_bindings(vhost.vhost)]
     assert ("billing/events#1", "billing/invoices#1", "invoice.*") in bindings
 

@@ -102,3 +102,16 @@ def test_a_conflict_on_one_of_amqptasks_own_objects_is_shown_in_full(
     assert conflicts[0].startswith("! conflict  queue 'amqptasks.delay.3': ")
     assert "x-message-ttl is 1 on the broker, 8 in the config" in conflicts[0]
     assert "delay tiers amqptasks.delay.*: 33 exchanges, 31 queues, 66 bindings" in result.stdout
+
+
+@pytest.mark.broker
+def test_plan_json_lists_every_object_and_says_which_are_amqptasks_own(tmp_path: Path, vhost: BrokerURL) -> None:
+    result = amqptasks(tmp_path, "topology", "plan", "app.yaml", "--broker", vhost.to_url(), "--json")
+
+    changes = result.json()["changes"]
+    assert len(changes) == 140
+    assert {c["name"] for c in changes if c["internal"] is None} == {
+        "shop", "orders", "orders.dlq", "shop -> queue orders [orders.#]"
+    }  # fmt: skip
+    groups = {c["internal"] for c in changes} - {None}
+    assert groups == {"delays", "dlx", "unroutable"}

@@ -113,3 +113,25 @@ def test_several_unknown_keys_are_all_named() -> None:
 def test_retry_flag_must_be_a_bool() -> None:
     with pytest.raises(ValueError, match="retry must be True or False"):
         from_options("yes", None)  # type: ignore[arg-type]
+
+
+def test_yaml_publish_retry_sets_the_window_and_a_calls_retry_policy_wins() -> None:
+    # Given a YAML that widens the publish retry window
+    from amqptasks.app import _retry_policy
+    from amqptasks.config import load_config_text
+
+    config = load_config_text("broker:\n  publish_retry: {max_retries: 10, interval_max: 1}\n", "app.yaml")
+
+    # When a call gives no policy, or its own max_retries
+    default, own = _retry_policy({}, config), _retry_policy({"retry_policy": {"max_retries": 1}}, config)
+
+    # Then the YAML's window applies, and the call's keys win over it
+    assert (default.max_retries, default.interval_max, default.interval_step) == (10, 1.0, 0.2)
+    assert (own.max_retries, own.interval_max) == (1, 1.0)
+
+
+def test_gave_up_says_the_message_may_still_have_been_delivered() -> None:
+    from amqptasks.broker.retry import gave_up
+
+    error = gave_up("task t[1]", "connection refused", 3)
+    assert "may still have been delivered" in str(error) and "broker.publish_retry" in str(error)

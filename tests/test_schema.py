@@ -29,7 +29,7 @@ from amqptasks.config import (
     check_text,
     schema,
 )
-from amqptasks.config.model import Delays, ExchangeType, HeadersMatch, Overflow, QueueType
+from amqptasks.config.model import Delays, ExchangeType, HeadersMatch, Overflow, PublishRetry, QueueType
 from amqptasks.config.tasks_model import Beat, BeatEntry, BeatOptions, Results, Route, TaskSettings, WorkerProfile
 
 REPO = Path(__file__).resolve().parent.parent
@@ -39,6 +39,7 @@ MODEL = {
         Config,
         Broker,
         TLS,
+        PublishRetry,
         Topology,
         Exchange,
         Queue,
@@ -221,6 +222,7 @@ def test_properties_are_the_model_fields(generated: dict[str, Any], name: str) -
         ("Config", None),
         ("Broker", None),
         ("TLS", None),
+        ("PublishRetry", None),
         ("Topology", None),
         ("Exchange", ["name"]),
         ("Queue", ["name"]),

@@ -230,3 +230,36 @@ def test_drain_from_async_code_uses_a_thread_of_its_own(tmp_path: Path) -> None:
         return value
 
     assert asyncio.run(scenario()) == 8
+
+
+def test_expires_counts_on_the_virtual_clock(app: App) -> None:
+    ran: list[str] = []
+
+    @app.task
+    def offer(tag: str) -> None:
+        ran.append(tag)
+
+    advance(app, 3600)  # the clock is already ahead of the wall clock: expiries count from the broker's time
+    offer.apply_async(("late",), expires=10)
+    offer.apply_async(("in-time",), expires=30)
+    advance(app, 20)
+    drain(app)
+    assert ran == ["in-time"]
+
+
+def test_a_task_that_keeps_requeueing_itself_runs_until_the_timeout(app: App) -> None:
+    runs: list[int] = []
+
+    @app.task
+    def again() -> None:
+        runs.append(1)
+        raise Reject("not now", requeue=True)
+
+    again.delay()
+    # Reject(requeue=True) did not crash the worker, so no redelivery is charged against max_redeliveries: it comes
+    # back for ever, as on RabbitMQ; drain's timeout ends it, and the message is still there.
+    with pytest.raises(TimeoutError, match="still busy"):
+        drain(app, timeout=0.5)
+    assert len(runs) > 1
+    assert [m.task for m in messages(app, "work")] == [again.name]
+    assert messages(app, "work.dlq") == []

@@ -37,3 +37,28 @@ def test_the_docs_page_shows_the_example_files() -> None:
     page = (ROOT / "docs" / "testing.md").read_text()
     for name in ("app.yaml", "billing.py", "test_billing.py", "pytest.ini"):
         assert f'--8<-- "examples/testing/{name}"' in page, name
+
+
+def test_the_plugin_builds_an_app_from_the_yaml_alone(tmp_path: Path) -> None:
+    # amqptasks_config instead of amqptasks_app: each test gets an app of its own on a broker of its own.
+    (tmp_path / "app.yaml").write_text((EXAMPLE / "app.yaml").read_text())
+    (tmp_path / "pytest.ini").write_text("[pytest]\namqptasks_config = app.yaml\n")
+    (tmp_path / "test_yaml_only.py").write_text(
+        "def test_tasks_on_the_fixture_app(amqptasks_app, amqptasks_drain, amqptasks_messages):\n"
+        "    @amqptasks_app.task\n"
+        "    def double(x):\n"
+        "        return 2 * x\n"
+        "    result = double.delay(21)\n"
+        "    assert [m.task for m in amqptasks_messages('invoices')] == [double.name]\n"
+        "    amqptasks_drain()\n"
+        "    assert result.get(timeout=1) == 42\n"
+        "    assert amqptasks_app.config.broker.url.startswith('memory://test-')\n"
+        "\n"
+        "def test_the_next_test_starts_empty(amqptasks_app, amqptasks_messages):\n"
+        "    assert amqptasks_messages('invoices') == []\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "AMQPTASKS_BROKER_URL"}
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "2 passed" in done.stdout

@@ -4,6 +4,9 @@ On the shared broker (each test in its own vhost): a worker killed with SIGKILL 
 worker's connection closed from the broker side. On a private node (tests/broker_node.py), because they restart or
 reconfigure the broker: a broker restart in the middle of a batch, a channel closed for a consumer timeout.
 
+Tasks that kill their own process (SIGKILL, ``os._exit``, a segfault) in every pool, with and without a supervisor:
+only the crasher is charged (see amqptasks/worker/journal.py) and it reaches its DLQ as worker-lost.
+
 Workers run as ``amqptasks worker`` subprocesses, as a user runs them. Every run of the task appends
 ``start <id>`` and ``done <id>`` to a record file (one ``O_APPEND`` write per line), so lost and duplicated tasks
 are counted from outside the worker, whatever the worker believes it did.
@@ -11,7 +14,9 @@ are counted from outside the worker, whatever the worker believes it did.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import resource
 import signal
 import subprocess
 import time
@@ -27,9 +32,11 @@ import pytest
 from amqptasks import App
 from amqptasks.broker import BrokerURL, ManagementClient
 from amqptasks.config import load_config_text
-from amqptasks.constants import ENV_BROKER_URL, ENV_CONFIG
+from amqptasks.constants import ENV_BROKER_URL, ENV_CONFIG, dlq_name
+from amqptasks.worker.journal import ENV_JOURNAL_DIR
 from tests.broker_node import BrokerNode, private_node
-from tests.cli_helpers import console_script
+from tests.cli_helpers import console_script, run
+from tests.tcp_proxy import tcp_proxy
 
 REPO = Path(__file__).resolve().parents[1]
 QUEUE = "faults"
@@ -47,7 +54,10 @@ topology:
   provision: true
   queues:
     - name: {QUEUE}
+      dead_letter: auto
 """
+#: Crashes a task can cause: the whole process it runs in dies, and it can write nothing afterwards.
+CRASH_TASK = "faults.crash"
 
 
 # --- the app the worker subprocesses run ----------------------------------------------------------------------
@@ -69,7 +79,22 @@ def make_app(broker_url: str, management_url: str | None = None) -> App:
         time.sleep(seconds)
         record.write("done", task_id)
 
+    @app.task(name=CRASH_TASK, queue=QUEUE, bind=True)
+    def crash(self: Any, how: str) -> None:
+        Record(Path(os.environ[ENV_RECORD])).write("start", self.request.id)
+        die(how)
+
     return app
+
+
+def die(how: str) -> None:
+    """The process dies: SIGKILL, os._exit(1) or a segfault (no core file)."""
+    if how == "sigkill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif how == "exit":
+        os._exit(1)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    ctypes.string_at(0)  # SIGSEGV
 
 
 def __getattr__(name: str) -> App:
@@ -125,12 +150,16 @@ def report(what: str, published: list[str], record: Record) -> tuple[set[str], d
 class WorkerProcess:
     """``amqptasks worker -A tests.test_worker_faults:worker_app -Q faults`` in a session of its own."""
 
-    def __init__(self, broker_url: str, record: Record, log: Path, *options: str, management: str | None) -> None:
-        self.hostname = f"faults-{uuid.uuid4().hex[:8]}"
+    def __init__(
+        self, broker_url: str, record: Record, log: Path, *options: str, management: str | None, journals: str | None
+    ) -> None:
+        self.hostname = f"faults-{uuid.uuid4().hex[:8]}@localhost"
         self.connection_name = f"amqptasks worker {self.hostname}"
         self.log = log
         env = {k: v for k, v in os.environ.items() if k not in (ENV_BROKER_URL, ENV_CONFIG, ENV_MANAGEMENT)}
-        env.update({ENV_BROKER_URL: broker_url, ENV_RECORD: str(record.path)})
+        # Each test's own journals: another test's dead workers are none of its business.
+        journals = journals or str(record.path.parent / "journals")
+        env.update({ENV_BROKER_URL: broker_url, ENV_RECORD: str(record.path), ENV_JOURNAL_DIR: journals})
         if management is not None:
             env[ENV_MANAGEMENT] = management
         # One consuming process (not one per core): these tests find the worker's connection by its name.
@@ -189,9 +218,11 @@ def spawn(tmp_path: Path, record: Record) -> Iterator[Callable[..., WorkerProces
     """``spawn(broker_url, *cli_options, management=None)`` starts a worker; every one is killed at teardown."""
     started: list[WorkerProcess] = []
 
-    def start(broker_url: str, *options: str, management: str | None = None) -> WorkerProcess:
+    def start(
+        broker_url: str, *options: str, management: str | None = None, journals: str | None = None
+    ) -> WorkerProcess:
         log = tmp_path / f"worker-{len(started) + 1}.log"
-        worker = WorkerProcess(broker_url, record, log, *options, management=management)
+        worker = WorkerProcess(broker_url, record, log, *options, management=management, journals=journals)
         started.append(worker)
         return worker
 
@@ -215,11 +246,11 @@ def publish(app: App, calls: list[dict[str, Any]]) -> list[str]:
     return [result.id for result in app.publish_many([task.s(**kwargs) for kwargs in calls])]
 
 
-def ready_count(url: str) -> int:
+def ready_count(url: str, queue: str = QUEUE) -> int:
     """Messages ready in the queue, as the broker counts them right now (the management API lags by seconds)."""
     connection = pika.BlockingConnection(pika.URLParameters(url))
     try:
-        return int(connection.channel().queue_declare(QUEUE, passive=True).method.message_count)
+        return int(connection.channel().queue_declare(queue, passive=True).method.message_count)
     finally:
         connection.close()
 
@@ -343,7 +374,7 @@ def test_worker_reconnects_after_the_broker_closes_its_connection_and_every_task
     app: App, vhost: BrokerURL, mgmt: ManagementClient, record: Record, spawn: Callable[..., WorkerProcess]
 ) -> None:
     # Given a worker whose connection the management API shows, and 600 tasks flowing through it (~5 s of work)
-    worker = spawn(vhost.to_url(), "-c", "4")
+    worker = spawn(vhost.to_url(), "-c", "4", "--processes", "1")
     connections = worker_connections(mgmt, vhost, worker)
     published = publish(app, [{"seconds": 0.03}] * 600)
     wait_until(lambda: len(record.dones()) >= 20, 20, "20 tasks to complete", worker)
@@ -394,19 +425,212 @@ def test_unstarted_prefetched_tasks_of_a_lost_connection_run_only_once(
     app: App, vhost: BrokerURL, mgmt: ManagementClient, record: Record, spawn: Callable[..., WorkerProcess]
 ) -> None:
     # Given a worker with concurrency 2 running tasks of 0.3 s, with 6 more prefetched (prefetch 8)
-    worker = spawn(vhost.to_url(), "-c", "2")
+    worker = spawn(vhost.to_url(), "-c", "2", "--prefetch", "8", "--processes", "1")
     connections = worker_connections(mgmt, vhost, worker)
     published = publish(app, [{"seconds": 0.3}] * 24)
     wait_until(lambda: len(record.dones()) >= 2, 15, "2 tasks to complete", worker)
 
     # When the broker closes the worker's connection
     mgmt.close_connection(connections()[0]["name"], reason="test: connection closed by the broker")
+    # (What had started once the worker saw the cut: before that, it may still start a prefetched one.)
+    wait_until(lambda: "connection to the broker lost" in worker.tail(), 15, "the worker to see the cut", worker)
+    started_by_the_cut = set(record.starts())
     wait_until(all_completed(published, record), 30, "every task to complete", worker)
     worker.finish()
 
-    # Then only the 2 tasks running at that moment ran twice (their acks were lost); the 6 unstarted ones once
+    # Then only tasks that had started by then ran twice (running, or done with their ack not sent yet); the
+    # unstarted prefetched ones ran once
     _, duplicated = report("connection closed, concurrency 2, prefetch 8", published, record)
-    assert len(duplicated) <= 2, f"{len(duplicated)} tasks ran twice"
+    assert set(duplicated) <= started_by_the_cut, f"unstarted tasks ran twice: {set(duplicated) - started_by_the_cut}"
+    assert len(duplicated) <= 8, f"{len(duplicated)} tasks ran twice"
+
+
+#: A worker's own lines about its connections (not task progress, not the banner): what a cut may cost in logs.
+def connection_lines(log: str) -> list[str]:
+    return [line for line in log.splitlines() if line.startswith("[") and "faults.work[" not in line
+            and "ready: consuming" not in line]  # fmt: skip
+
+
+@pytest.mark.timeout(180)
+def test_twenty_connection_cuts_lose_nothing_and_log_at_most_three_lines_each_without_a_traceback(
+    app: App, vhost: BrokerURL, record: Record, spawn: Callable[..., WorkerProcess]
+) -> None:
+    # Given a worker that reaches the broker through a TCP proxy, and 400 tasks of 20 ms
+    url = BrokerURL.parse(vhost.to_url())
+    with tcp_proxy(url.port) as proxy:
+        proxied = vhost.to_url().replace(f":{url.port}/", f":{proxy.port}/")
+        worker = spawn(proxied, "-c", "4", "--processes", "1")
+        wait_until(lambda: "ready: consuming" in worker.tail(), 20, "the worker to consume", worker)
+        published = publish(app, [{"seconds": 0.02}] * 400)
+
+        # When every connection through the proxy is cut, 20 times, each once the worker consumes again
+        for cut in range(1, 21):
+            done_before = len(record.dones())
+            wait_until(lambda d=done_before: len(record.dones()) > d or set(published) <= set(record.dones()), 20,
+                       "a task to complete between cuts", worker)  # fmt: skip
+            proxy.cut()
+            wait_until(lambda c=cut: worker.tail(100_000).count("consuming faults again") >= c, 30,
+                       f"the worker to consume again after cut {cut}", worker)  # fmt: skip
+        wait_until(all_completed(published, record), 60, "every task to complete", worker)
+        log = worker.tail(100_000)
+        code = worker.finish()
+
+    # Then nothing was lost, and the worker said at most 3 lines per cut, none of them a traceback
+    lost, duplicated = report("20 connection cuts", published, record)
+    lines = connection_lines(log)
+    print(f"20 cuts: {len(lines)} connection lines, e.g.\n" + "\n".join(lines[:3]))
+    assert not lost, lost
+    assert len(duplicated) <= 4 * 20, duplicated
+    assert "Traceback" not in log, log[-5000:]
+    assert len(lines) <= 3 * 20, "\n".join(lines)
+    assert code == 0, worker.tail()
+
+
+# --- tasks that kill their worker process: only the crasher is charged ---------------------------------------
+# A task that SIGKILLs its process, os._exit()s or segfaults, in every pool, with and without a supervisor: it
+# reaches its DLQ as worker-lost after at most max_redeliveries + 1 runs, and every innocent runs.
+
+
+def publish_crashers(app: App, kinds: list[str]) -> list[str]:
+    return [r.id for r in app.publish_many([app.tasks[CRASH_TASK].s(how=how) for how in kinds])]
+
+
+def dlq_rows(tmp_path: Path, url: str) -> list[dict[str, Any]]:
+    """``amqptasks dlq list faults --json``: what a user sees in the DLQ, once every row has its failure record
+    (the worker writes it just after it dead-lettered the message)."""
+    config = tmp_path / "faults.yaml"
+    config.write_text(TOPOLOGY)
+    deadline = time.monotonic() + 15
+    while True:
+        listed = run(["dlq", "list", QUEUE, str(config), "--broker", url, "--json", "--limit", "1000"], cwd=tmp_path)
+        assert listed.code == 0, str(listed)
+        rows: list[dict[str, Any]] = listed.json()
+        if all(r["last_error"] for r in rows) or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.2)
+
+
+def dlq_depth(url: str) -> int:
+    return ready_count(url, dlq_name(QUEUE))
+
+
+def assert_only_crashers_dead_lettered(
+    rows: list[dict[str, Any]], crashers: list[str], most_runs: int, record: Record
+) -> None:
+    assert sorted(r["id"] for r in rows) == sorted(crashers), "innocents in the DLQ, or crashers missing"
+    for row in rows:
+        assert row["last_error"].startswith("worker-lost: killed its worker"), row
+        assert "worker faults-" in row["last_error"] and "pid " in row["last_error"], row
+    starts = record.starts()
+    assert all(1 <= starts[c] <= most_runs for c in crashers), {c: starts[c] for c in crashers}
+
+
+def test_processes_parent_replaces_a_process_killed_by_its_task_and_only_the_crasher_is_dead_lettered(
+    tmp_path: Path, app: App, vhost: BrokerURL, record: Record, spawn: Callable[..., WorkerProcess]
+) -> None:
+    # Given a task that SIGKILLs its own process, queued ahead of 60 good tasks
+    [crasher] = publish_crashers(app, ["sigkill"])
+    good = publish(app, [{"seconds": 0.01}] * 60)
+
+    # When `amqptasks worker --processes 2` consumes them
+    worker = spawn(vhost.to_url(), "--processes", "2", "-c", "2")
+    wait_until(lambda: set(good) <= set(record.dones()) and dlq_depth(vhost.to_url()) == 1, 90,
+               "every good task to run and the crasher to reach the DLQ", worker)  # fmt: skip
+
+    # Then all 60 ran, only the crasher is in the DLQ (worker-lost, with the signal), and the worker still runs
+    lost, duplicated = report("--processes 2, a task that SIGKILLs its process", good, record)
+    kills = record.starts()[crasher]
+    assert not lost and len(duplicated) <= 8 * kills, duplicated
+    rows = dlq_rows(tmp_path, vhost.to_url())
+    assert_only_crashers_dead_lettered(rows, [crasher], 6, record)
+    assert kills == 6, f"the crasher ran {kills} times; max_redeliveries 5 allows 6"
+    assert "killed by signal SIGKILL" in rows[0]["last_error"], rows[0]
+    assert worker.process.poll() is None, worker.tail()
+    log = worker.tail(400)
+    assert f"was killed by signal SIGKILL while running task(s) {crasher}" in log, log
+    assert "Traceback" not in log, log
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(30) == 0, worker.tail()
+
+
+def test_processes_parent_gives_up_with_a_clear_line_when_its_processes_keep_dying_at_start(
+    tmp_path: Path, app: App, vhost: BrokerURL, record: Record, spawn: Callable[..., WorkerProcess]
+) -> None:
+    # Given a crash journal directory that cannot be created: every consuming process dies before it consumes
+    worker = spawn(vhost.to_url(), "--processes", "2", journals="/dev/null/journals")
+
+    # When the parent has restarted them a few times
+    code = worker.wait(60)
+
+    # Then it exits 1, saying why once per death and that it gave up
+    log = worker.tail(200)
+    assert code == 1, log
+    assert "before it consumed anything" in log and "keep dying at start" in log, log
+    assert "cannot keep the worker's crash journal in /dev/null/journals" in log and "Traceback" not in log, log
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("pool", ["processes", "threads"])
+def test_crashing_tasks_among_good_ones_reach_the_dlq_as_worker_lost_in_every_pool(
+    pool: str, tmp_path: Path, app: App, vhost: BrokerURL, record: Record, spawn: Callable[..., WorkerProcess]
+) -> None:
+    # Given a segfault, an os._exit(1) and a SIGKILL among 60 good tasks, max_redeliveries 1
+    good = publish(app, [{"seconds": 0.01}] * 20)
+    crashers = publish_crashers(app, ["segv", "exit", "sigkill"])
+    good += publish(app, [{"seconds": 0.01}] * 40)
+
+    # When one worker runs them, in a pool of child processes, or in threads under a supervisor loop
+    # (One process: a supervisor loop restarts it; with more, the worker's parent would, as tested above.)
+    options = ("--pool", pool, "--processes", "1", "-c", "2", "--max-redeliveries", "1")
+    workers = [spawn(vhost.to_url(), *options)]
+    deadline = time.monotonic() + 90
+    while not (set(good) <= set(record.dones()) and dlq_depth(vhost.to_url()) == 3):
+        assert time.monotonic() < deadline, "\n".join(w.tail() for w in workers)
+        if workers[-1].exited(0.1) is not None:
+            assert pool == "threads", f"the worker died\n{workers[-1].tail()}"
+            workers.append(spawn(vhost.to_url(), *options))
+
+    # Then every good task ran, each crasher ran at most twice and is in the DLQ as worker-lost, no innocent is there
+    lost, duplicated = report(f"pool {pool}: 3 crashers among 60 good", good, record)
+    assert not lost and len(duplicated) <= 8 * 6, duplicated
+    assert_only_crashers_dead_lettered(dlq_rows(tmp_path, vhost.to_url()), crashers, 2, record)
+    # (A crasher charged as it waited for a thread, when another one crashed the process, started fewer times.)
+    if pool == "processes":
+        assert len(workers) == 1 and workers[0].process.poll() is None
+        assert "child process" in workers[0].tail(300)
+    else:
+        # Each crasher crashed the worker at most twice (two runs); one crash may charge two co-running crashers.
+        assert 3 <= len(workers) - 1 <= 6, f"{len(workers) - 1} restarts for 3 crashers allowed 2 runs each"
+    assert not any("Traceback" in w.tail(400) for w in workers), "\n".join(w.tail() for w in workers)
+
+
+@pytest.mark.faults_heavy
+@pytest.mark.timeout(400)
+def test_five_segfaults_and_five_exits_among_500_under_a_supervisor_loop_charge_only_the_crashers(
+    tmp_path: Path, app: App, vhost: BrokerURL, record: Record, spawn: Callable[..., WorkerProcess]
+) -> None:
+    # Given 5 segfaulting and 5 os._exit(1) tasks spread among 500 good ones
+    good: list[str] = []
+    crashers: list[str] = []
+    for i in range(10):
+        good += publish(app, [{"seconds": 0.005}] * 50)
+        crashers += publish_crashers(app, ["segv" if i % 2 else "exit"])
+
+    # When the default worker (threads pool) runs them, restarted by a supervisor loop whenever it exits
+    options = ("--processes", "1", "--max-redeliveries", "2")
+    workers = [spawn(vhost.to_url(), *options)]
+    deadline = time.monotonic() + 360
+    while not (set(good) <= set(record.dones()) and dlq_depth(vhost.to_url()) == len(crashers)):
+        assert time.monotonic() < deadline, workers[-1].tail()
+        if workers[-1].exited(0.1) is not None:
+            workers.append(spawn(vhost.to_url(), *options))
+
+    # Then the 500 ran, no good task is in the DLQ, and every crasher is there after at most 3 runs
+    lost, duplicated = report(f"10 crashers among 500 good, {len(workers) - 1} restarts", good, record)
+    assert not lost, lost
+    assert len(duplicated) <= 32 * (len(workers) - 1), duplicated
+    assert_only_crashers_dead_lettered(dlq_rows(tmp_path, vhost.to_url()), crashers, 3, record)
+    print(f"crasher runs: {sorted(record.starts()[c] for c in crashers)}; restarts {len(workers) - 1}")
 
 
 # --- private node: broker restart, consumer timeout -----------------------------------------------------------
@@ -461,6 +685,38 @@ def test_batch_survives_a_broker_restart_in_the_middle_and_every_task_completes(
     assert not lost
     assert code == 0, worker.tail()
     assert ready_count(node.url) == 0
+
+
+@pytest.mark.faults_heavy
+@pytest.mark.timeout(180)
+def test_frozen_broker_is_noticed_within_30_s_logged_once_and_the_worker_recovers_when_it_thaws(
+    node: BrokerNode, node_app: App, record: Record, spawn: Callable[..., WorkerProcess]
+) -> None:
+    # Given a worker with default settings consuming from the private node
+    node_app.close()
+    worker = spawn(node.url, "--processes", "1", management=NO_MANAGEMENT)
+    wait_until(lambda: "ready: consuming" in worker.tail(), 30, "the worker to consume", worker)
+
+    # When the node's VM is stopped (SIGSTOP: its sockets stay open, nothing answers)
+    node.freeze()
+    frozen_at = time.monotonic()
+    try:
+        wait_until(lambda: "the broker stopped answering" in worker.tail(), 40, "the stall to be noticed", worker)
+        noticed = time.monotonic() - frozen_at
+        wait_until(lambda: "still cannot reach the broker" in worker.tail(), 60, "a periodic line", worker)
+    finally:
+        node.thaw()
+
+    # Then it was noticed within 30 s, logged once, and once the node runs again the worker consumes and runs tasks
+    wait_until(lambda: "consuming faults again" in worker.tail(), 90, "the worker to consume again", worker)
+    published = publish(node_app, [{"seconds": 0.0}] * 20)
+    wait_until(all_completed(published, record), 30, "the tasks sent after the thaw", worker)
+    log = worker.tail(10_000)
+    print(f"\nfrozen broker noticed after {noticed:.1f} s; lines:\n" + "\n".join(connection_lines(log)))
+    assert noticed <= 30, f"noticed after {noticed:.1f} s"
+    assert log.count("the broker stopped answering") == 1 and "Traceback" not in log, log
+    assert len(connection_lines(log)) <= 6, "\n".join(connection_lines(log))
+    assert worker.finish() == 0
 
 
 @pytest.mark.timeout(90)

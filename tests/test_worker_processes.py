@@ -215,14 +215,16 @@ def test_a_task_that_ends_its_process_is_dead_lettered_and_the_worker_goes_on(
     send(app, "proc.crash")
     send(app, "proc.whoami", 1)
 
-    # When a one-child worker drains the queue
-    result = work(project, vhost, "-c", "1")
+    # When a one-child worker that allows no run after a crash drains the queue
+    result = work(project, vhost, "-c", "1", "--max-redeliveries", "0")
 
-    # Then the message is dead-lettered with a clear log line, and the next task runs in a fresh child
+    # Then the message is dead-lettered as worker-lost with a clear log line, and the next task runs in a fresh child
     [crash] = runs(project, "crash")
     assert dead_letters(channel) == ["proc.crash"]
     assert f"its child process {crash['pid']} exited with code 1; a fresh child replaces it" in result.stderr
-    assert f"WorkerLostError: the child process running it ({crash['pid']}) exited with code 1" in result.stderr
+    assert ("rejected to the DLQ: worker-lost: killed its worker 1 times (max_redeliveries 0); last: worker "
+            in result.stderr)  # fmt: skip
+    assert f"the child process running it (pid {crash['pid']}) exited with code 1" in result.stderr
     [later] = runs(project, "whoami")
     assert later["pid"] != crash["pid"]
 

@@ -20,7 +20,7 @@ from amqptasks.broker import BrokerURL, open_blocking
 from amqptasks.errors import UnroutableStep
 from amqptasks.result import GroupResult
 from amqptasks.results.chord import ChordError
-from tests.worker_helpers import Project, WorkerProcess, make_app, ready
+from tests.worker_helpers import Project, WorkerProcess, get_all, make_app, ready, wait_until
 
 pytestmark = pytest.mark.broker
 
@@ -36,6 +36,9 @@ results: {backend: 'rpc://'}
 """
 
 TASKS = """
+import os
+import time
+
 from amqptasks import Task
 
 
@@ -52,6 +55,23 @@ def flaky(self, x, y):
 def always_fails(self, x):
     record(task="always_fails", id=self.request.id, retries=self.request.retries)
     raise KeyError(f"no {x}")
+
+
+@app.task(bind=True, queue="work")
+def stalls_once(self, x):
+    # Its first delivery hangs (its worker is killed meanwhile); the redelivered copy returns.
+    record(task="stalls_once", redelivered=self.request.redelivered, counted=self.request.headers.get(
+        "x-amqptasks-redeliveries"))
+    marker = os.path.join(os.path.dirname(__file__), "stalled")
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        time.sleep(60)
+    return x
+
+
+@app.task(queue="work")
+def gives_a_set():
+    return {1, 2}  # cannot be encoded as the next step's argument
 
 
 @app.task(queue="work")
@@ -169,6 +189,14 @@ def test_chains_inside_a_chord_and_a_group_go_on_after_a_retried_step(app: App, 
     assert group(chain(t["flaky"].s(i, 1), t["add"].s(10)) for i in range(3)).delay().get(timeout=20) == [11, 12, 13]
 
 
+def test_a_chord_of_chains_inside_a_chain_goes_on_after_retried_steps(app: App, t: dict[str, Any]) -> None:
+    # Given a chain: a retrying step, a chord whose members are chains with retrying steps, then its callback
+    members = group(chain(t["add"].s(1), t["flaky"].s(10)), chain(t["flaky"].s(2), t["add"].s(100)))
+    workflow = chain(t["flaky"].s(1, 1), members, t["tsum"].s())
+    # Then: 2, then members (2+1)+10 = 13 and (2+2)+100 = 104, then their sum
+    assert workflow.delay().get(timeout=30) == 117
+
+
 def test_a_chord_whose_member_will_never_run_fails_at_once(app: App, t: dict[str, Any]) -> None:
     # Given a chord with a member that has expired before any worker gets it
     gone = t["flaky"].s(2, 2).set(expires=datetime.now(UTC) - timedelta(seconds=1))
@@ -234,6 +262,50 @@ def test_an_errback_that_cannot_be_published_is_sent_once_it_can(
     # Then once the exchange is back, the errback runs, exactly once
     assert AsyncResult(str(errback.options["task_id"]), app=app).get(timeout=30) == failing.id
     assert [r["failed"] for r in project.records() if r["task"] == "late_errback"] == [failing.id]
+
+
+def test_a_step_whose_result_the_next_step_cannot_take_is_dead_lettered_not_repeated(
+    app: App, t: dict[str, Any], worker: WorkerProcess, module_vhost: BrokerURL
+) -> None:
+    # Given a chain whose first step returns what the next step's message cannot encode (a set)
+    first = chain(t["gives_a_set"].s(), t["add"].s(1)).delay().parent
+    assert isinstance(first, AsyncResult)
+    # Then running it again could not help: its message is dead-lettered (kept for a replay), with the reason logged
+    worker.wait_for_log(f"tasks.gives_a_set[{first.id}]: what its workflow needs next cannot be published")
+    connection = open_blocking(module_vhost, connection_name="flows test")
+    try:
+        channel = connection.channel()
+        wait_until(lambda: any(p.correlation_id == first.id for _, p, _ in get_all(channel, "work.dlq")),
+                   timeout=15, what="the message in work.dlq")  # fmt: skip
+    finally:
+        connection.close()
+    assert worker.output.count(f"tasks.gives_a_set[{first.id}]: what its workflow needs next") == 1
+
+
+def test_a_chain_step_redelivered_after_its_worker_died_goes_on_to_the_next_step(
+    tmp_path: Path, vhost: BrokerURL
+) -> None:
+    # Given a chain whose first step hangs in a worker that is then killed (SIGKILL)
+    project = Project.create(tmp_path, vhost, TASKS, YAML)
+    with project.app() as app:
+        namespace: dict[str, Any] = {"__name__": "tasks", "app": app, "record": None}
+        exec(TASKS, namespace)
+        doomed = WorkerProcess(project, "-Q", "work", "--processes", "1")
+        try:
+            doomed.wait_for_log("ready: consuming")
+            result = chain(namespace["stalls_once"].s(5), namespace["add"].s(10)).delay()
+            wait_until(lambda: len(project.records()) == 1, timeout=15, what="the first step to start")
+        finally:
+            doomed.kill()
+        # When another worker gets the redelivered message (counted, and sent again as a fresh copy)
+        rescuer = WorkerProcess(project, "-Q", "work", "--processes", "1")
+        try:
+            # Then the chain goes on from that copy: its next step runs with its result
+            assert result.get(timeout=20) == 15
+        finally:
+            rescuer.kill()
+    runs = [(r["redelivered"], r["counted"]) for r in project.records()]
+    assert runs == [(False, None), (False, 1)]  # the counted copy is a fresh message carrying the count
 
 
 def test_a_workflow_with_a_step_that_cannot_be_routed_publishes_nothing(vhost: BrokerURL, channel: Any) -> None:

@@ -9,12 +9,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import pika
+import pika.credentials
 import pika.exceptions
 
 from amqptasks import errors
-from amqptasks.broker import pika_floats  # noqa: F401  (pika decodes float headers as ints without it)
+from amqptasks.broker import pika_floats, tls_errors  # noqa: F401  (pika decodes float headers as ints without it)
 from amqptasks.broker.memory import broker_for, is_memory_url
-from amqptasks.broker.url import BrokerURL, query_options
+from amqptasks.broker.url import BrokerURL, auth_mechanism, query_options
 from amqptasks.config.model import Broker
 
 __all__ = ["TLSOptions", "connect", "open_blocking", "pika_parameters"]
@@ -93,12 +94,11 @@ def pika_parameters(
         options["ssl_options"] = pika.SSLOptions(tls.ssl_context(), tls.server_hostname or url.host)
     elif tls is not None:
         raise ValueError(f"TLS options given for {url.masked()}: use an amqps:// URL to connect with TLS")
+    credentials: object = pika.PlainCredentials(url.username, url.password)
+    if auth_mechanism(url) == "external":  # the client certificate is the login
+        credentials = pika.credentials.ExternalCredentials()
     return pika.ConnectionParameters(
-        host=url.host,
-        port=url.port,
-        virtual_host=url.vhost,
-        credentials=pika.PlainCredentials(url.username, url.password),
-        **options,
+        host=url.host, port=url.port, virtual_host=url.vhost, credentials=credentials, **options
     )
 
 
@@ -110,19 +110,25 @@ def open_blocking(
     tls: TLSOptions | None = None,
     blocked_connection_timeout: float = 30.0,
 ) -> pika.BlockingConnection:
-    """Connect to ``url``; any failure becomes ``amqptasks.errors.ConnectionError`` naming the masked URL."""
+    """Connect to ``url``; any failure becomes ``amqptasks.errors.ConnectionError`` naming the masked URL.
+
+    A URL with several nodes (``amqp://h1;amqp://h2``) connects to the first of them that answers, in order.
+    """
     try:
-        parameters = pika_parameters(
-            url,
-            heartbeat=heartbeat,
-            connection_name=connection_name,
-            tls=tls,
-            blocked_connection_timeout=blocked_connection_timeout,
-        )
+        parameters = [
+            pika_parameters(
+                node,
+                heartbeat=heartbeat,
+                connection_name=connection_name,
+                tls=tls,
+                blocked_connection_timeout=blocked_connection_timeout,
+            )
+            for node in url.nodes()
+        ]
     except ValueError as exc:  # a bad URL query parameter, or TLS options for an amqp:// URL
         raise errors.ConnectionError(str(exc)) from None
     try:
-        return pika.BlockingConnection(parameters)
+        return pika.BlockingConnection(parameters if len(parameters) > 1 else parameters[0])
     except (pika.exceptions.AMQPError, OSError) as exc:
         raise connect_error(url, exc) from None
 
@@ -150,24 +156,29 @@ def connect_error(url: BrokerURL, exc: BaseException) -> errors.ConnectionError:
             f"cannot connect to {url.masked()}: access to vhost {url.vhost!r} refused "
             f"(does it exist, and does user {url.username!r} have permissions on it?)"
         )
-    return errors.ConnectionError(f"cannot connect to {url.masked()}: {_describe(exc)} ({_CONNECT_HINT})")
+    cause = _innermost(exc)
+    if isinstance(cause, ssl.SSLError):  # a certificate problem, not a broker that is down
+        return errors.ConnectionError(f"cannot connect to {url.masked()}: {tls_errors.explain(cause)}")
+    return errors.ConnectionError(f"cannot connect to {url.masked()}: {_describe(cause)} ({_CONNECT_HINT})")
 
 
-def _describe(exc: BaseException) -> str:
+def _innermost(exc: BaseException) -> BaseException:
     # pika nests the cause: AMQPConnectionError(AMQPConnectorSocketConnectError(ConnectionRefusedError(...))).
     for _ in range(5):
         inner = getattr(exc, "exception", None) or (exc.args[0] if exc.args else None)
         if not isinstance(inner, BaseException):
             break
         exc = inner
+    return exc
+
+
+def _describe(exc: BaseException) -> str:
     if isinstance(exc, socket.gaierror):
         return f"unknown host ({exc.strerror})"
     if isinstance(exc, pika.exceptions.IncompatibleProtocolError):
         return "the server did not speak AMQP 0-9-1 (wrong port?)"
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
-    if isinstance(exc, ssl.SSLError):
-        return f"TLS handshake failed ({getattr(exc, 'verify_message', None) or exc.reason or exc})"
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc) or type(exc).__name__

@@ -133,6 +133,10 @@ class ManagementClient:
         """Open client connections. The list comes from the stats database, so it lags by up to a second."""
         return self._json_list("GET", "/api/connections")
 
+    def list_channels(self, vhost: str) -> list[dict[str, Any]]:
+        """Open channels in *vhost*, with their prefetch (``prefetch_count``, ``global_prefetch_count``)."""
+        return self._json_list("GET", f"/api/vhosts/{_seg(vhost)}/channels")
+
     def close_connection(self, name: str, reason: str = "closed by amqptasks") -> None:
         """Force-close a client connection by its management ``name`` (e.g. "127.0.0.1:50000 -> ...")."""
         # HTTP header values are latin-1: degrade other characters rather than fail to close.

@@ -23,7 +23,10 @@ _FIELDS = ("max_retries", "interval_start", "interval_step", "interval_max")
 def gave_up(what: str, cause: str, retries: int, progress: str = "") -> errors.PublishConnectionError:
     """The error raised when the retry policy is exhausted."""
     plural = "retry" if retries == 1 else "retries"
-    return errors.PublishConnectionError(f"cannot publish {what}: {cause}; gave up after {retries} {plural}{progress}")
+    return errors.PublishConnectionError(
+        f"cannot publish {what}: {cause}; gave up after {retries} {plural}{progress}. It may still have been delivered "
+        "(publishing is at-least-once); the retry window is broker.publish_retry in the YAML"
+    )
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,11 @@
 
 Spec: https://www.rabbitmq.com/docs/uri-spec -- ``amqp[s]://user:pass@host:port/vhost?query``, where the vhost is
 the single path segment, percent-decoded.
+
+A cluster is several URLs separated by ``;``, as Celery writes them: ``amqp://u:p@h1/v;amqp://h2;amqp://h3``.
+The first is the :class:`BrokerURL` itself, the others its ``alternates``; one that gives no user (no ``@``) takes
+the first's user and password, one that gives no vhost and no query takes the first's. Connecting tries the
+nodes in turn (``nodes()``).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode
 
 from amqptasks.constants import MANAGEMENT_PORT, MANAGEMENT_TLS_PORT
 
-__all__ = ["BrokerURL", "mask_url", "query_options"]
+__all__ = ["BrokerURL", "auth_mechanism", "mask_url", "query_options"]
 
 _DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671}
 _DEFAULT_HOST = "localhost"
@@ -25,6 +30,8 @@ _DEFAULT_VHOST = "/"
 _MASK = "****"
 _SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
 _SHAPE = "expected amqp://user:password@host:port/vhost"
+#: Between the URLs of a cluster's nodes: a ';' that a scheme follows (a ';' elsewhere is part of one URL).
+_NODE_SEPARATOR = re.compile(r";(?=\s*[A-Za-z][A-Za-z0-9+.-]*://)")
 
 
 @dataclass(frozen=True, repr=False)
@@ -39,6 +46,8 @@ class BrokerURL:
     vhost: str
     # Not hashed: a mapping is unhashable; equal URLs still hash equally through the other fields.
     query: Mapping[str, str] = field(default_factory=dict, hash=False)
+    #: The cluster's other nodes, for failover (``amqp://h1;amqp://h2``); empty for one node.
+    alternates: tuple[BrokerURL, ...] = ()
 
     def __post_init__(self) -> None:
         if self.scheme not in _DEFAULT_PORTS:
@@ -50,10 +59,36 @@ class BrokerURL:
 
     @classmethod
     def parse(cls, url: str) -> BrokerURL:
-        """Parse ``url``; ``ValueError`` (never showing the password) when it is not a valid broker URL."""
+        """Parse ``url`` (one node, or several separated by ``;``); ``ValueError`` (never showing the password)
+        when it is not a valid broker URL."""
         if not isinstance(url, str):
             raise ValueError(f"broker URL must be a string, not {type(url).__name__}")
-        url = url.strip()
+        pieces = [p.strip() for p in _NODE_SEPARATOR.split(url.strip())]
+        if len(pieces) == 1:
+            return cls._parse_node(pieces[0])
+        if not all(pieces):
+            raise ValueError(f"broker URL {mask_url(url)}: an empty node between ';' separators")
+        first = cls._parse_node(pieces[0])
+        return dataclasses.replace(first, alternates=tuple(first._alternate(p) for p in pieces[1:]))
+
+    def _alternate(self, text: str) -> BrokerURL:
+        node = self._parse_node(text)
+        rest = text.partition("://")[2]
+        authority, remainder = rest[: _authority_end(rest)], rest[_authority_end(rest) :]
+        if "@" not in authority:
+            node = dataclasses.replace(node, username=self.username, password=self.password)
+        if remainder in ("", "/"):
+            node = dataclasses.replace(node, vhost=self.vhost, query=self.query)
+        if node.scheme != self.scheme:
+            raise ValueError(f"broker URL {node.masked()}: every node of a cluster has the same scheme ({self.scheme})")
+        return node
+
+    def nodes(self) -> tuple[BrokerURL, ...]:
+        """Every node, this one first, each without alternates: what connecting tries in turn."""
+        return (dataclasses.replace(self, alternates=()), *self.alternates)
+
+    @classmethod
+    def _parse_node(cls, url: str) -> BrokerURL:
         scheme, sep, rest = url.partition("://")
         if not sep:
             raise ValueError(f"broker URL must start with amqp:// or amqps:// ({_SHAPE})")
@@ -82,6 +117,10 @@ class BrokerURL:
             if colon:
                 password = unquote(pass_part)
 
+        if ";" in hostport:
+            raise ValueError(
+                f"broker URL {shown}: to give several nodes, separate whole URLs with ';' (amqp://h1;amqp://h2)"
+            )
         host, port = _split_hostport(hostport, scheme, shown)
 
         path, _, query_string = remainder.partition("?")
@@ -106,15 +145,17 @@ class BrokerURL:
         )
 
     def to_url(self) -> str:
-        """The full URL, password included; ``parse(u.to_url()) == u``."""
-        return self._format(quote(self.password, safe=""))
+        """The full URL (every node), passwords included; ``parse(u.to_url()) == u``."""
+        return ";".join(n._format(quote(n.password, safe="")) for n in self.nodes())
 
     def masked(self) -> str:
         """The URL with the password replaced by ``****``: safe for logs and error messages."""
-        return self._format(_MASK)
+        return ";".join(n._format(_MASK) for n in self.nodes())
 
     def with_vhost(self, vhost: str) -> BrokerURL:
-        return dataclasses.replace(self, vhost=vhost)
+        """The same node(s), on another vhost."""
+        alternates = tuple(dataclasses.replace(n, vhost=vhost) for n in self.alternates)
+        return dataclasses.replace(self, vhost=vhost, alternates=alternates)
 
     def management_url(self) -> str:
         """Base URL of the management HTTP API on the same host (default ports; no credentials)."""
@@ -184,6 +225,9 @@ def mask_url(url: str) -> str:
     """
     try:
         text = str(url)
+        nodes = _NODE_SEPARATOR.split(text)
+        if len(nodes) > 1:  # a cluster: each node's own password
+            return ";".join(mask_url(node) for node in nodes)
         start = text.find("://")
         if start <= 0:
             return text
@@ -214,6 +258,9 @@ _QUERY_OPTIONS: dict[str, tuple[str, Any]] = {
     "locale": ("locale", str),
 }
 _TLS_QUERY = frozenset({"cacertfile", "certfile", "keyfile", "verify", "server_name_indication"})
+#: RabbitMQ's URI query parameter for the SASL mechanism: EXTERNAL logs in with the TLS client certificate
+#: (the rabbitmq_auth_mechanism_ssl plugin); the URL's user and password are then not sent.
+_AUTH_MECHANISMS = ("plain", "external")
 
 
 def query_options(url: BrokerURL) -> dict[str, Any]:
@@ -222,11 +269,12 @@ def query_options(url: BrokerURL) -> dict[str, Any]:
     verify = url.query.get("verify", "verify_peer")
     if verify not in ("verify_peer", "verify_none"):
         raise ValueError(f"broker URL {url.masked()}: verify={verify!r}: expected verify_peer or verify_none")
+    auth_mechanism(url)
     for key, value in url.query.items():
-        if key in _TLS_QUERY:
+        if key in _TLS_QUERY or key == "auth_mechanism":
             continue
         if key not in _QUERY_OPTIONS:
-            known = ", ".join(sorted([*_QUERY_OPTIONS, *_TLS_QUERY]))
+            known = ", ".join(sorted([*_QUERY_OPTIONS, *_TLS_QUERY, "auth_mechanism"]))
             raise ValueError(f"broker URL {url.masked()}: unknown query parameter {key!r} (known: {known})")
         name, convert = _QUERY_OPTIONS[key]
         try:
@@ -234,3 +282,16 @@ def query_options(url: BrokerURL) -> dict[str, Any]:
         except ValueError:
             raise ValueError(f"broker URL {url.masked()}: invalid value {value!r} for {key!r}") from None
     return options
+
+
+def auth_mechanism(url: BrokerURL) -> str:
+    """``"plain"`` (user and password) or ``"external"`` (the TLS client certificate), from ``?auth_mechanism=``."""
+    mechanism = url.query.get("auth_mechanism", "plain").lower()
+    if mechanism not in _AUTH_MECHANISMS:
+        raise ValueError(
+            f"broker URL {url.masked()}: auth_mechanism={mechanism!r}: expected plain or external "
+            "(external: log in with the TLS client certificate, over amqps://)"
+        )
+    if mechanism == "external" and url.scheme != "amqps":
+        raise ValueError(f"broker URL {url.masked()}: auth_mechanism=external needs amqps:// (a client certificate)")
+    return mechanism

@@ -8,6 +8,7 @@ import sys
 import click
 
 from amqptasks import __version__
+from amqptasks.broker.logs import quiet_clients
 from amqptasks.cli import output
 from amqptasks.cli.beat import beat_command
 from amqptasks.cli.config import config_group
@@ -28,7 +29,7 @@ def cli() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # pika logs every broker-closed channel; probing closes channels on purpose, and real failures
     # reach the user as our own error messages.
-    logging.getLogger("pika").setLevel(logging.CRITICAL)
+    quiet_clients()
 
 
 cli.add_command(topology_group)

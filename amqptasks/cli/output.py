@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from amqptasks.config.diagnostics import Diagnostic
-from amqptasks.topology.owners import Folded, fold
+from amqptasks.topology.owners import Folded, change_group, fold
 from amqptasks.topology.plan import Change, Plan
 
 _MARKS = {
@@ -71,8 +71,10 @@ def plan_json(the_plan: Plan, where: str) -> None:
         {
             "broker": where,
             "source": the_plan.source,
+            "rabbitmq_version": the_plan.rabbitmq_version,
             "has_changes": the_plan.has_changes,
-            "changes": [c.as_dict() for c in the_plan.changes],
+            # "internal": which of amqptasks' own groups (delays, dlx, unroutable) an object belongs to, else null
+            "changes": [{**c.as_dict(), "internal": change_group(c)} for c in the_plan.changes],
             "notes": list(the_plan.notes),
         }
     )

@@ -11,6 +11,7 @@ import click
 
 from amqptasks.broker.management import ManagementClient
 from amqptasks.broker.management_target import management_client
+from amqptasks.broker.memory import is_memory_url
 from amqptasks.broker.url import BrokerURL
 from amqptasks.cli import output
 from amqptasks.cli.common import config_options, load
@@ -82,6 +83,11 @@ def _target(
             raise click.BadParameter(str(exc), param_hint="--broker") from None
         return management_client(url), url, None
     config = load(config_path, broker_url)
+    if is_memory_url(config.broker.url):
+        raise click.UsageError(
+            "status reads RabbitMQ's management API, which memory:// (a broker inside one process) does not have; "
+            "in that process, amqptasks.testing.messages(app, queue) shows what a queue holds"
+        )
     url = BrokerURL.parse(config.broker.url)
     client = management_client(url, config.broker.management_url)
     return client, url, None if show_all else [q.name for q in config.topology.queues]

@@ -10,7 +10,8 @@ from typing import cast
 import click
 
 from amqptasks import topology as topo
-from amqptasks.broker.url import BrokerURL
+from amqptasks.broker.memory import is_memory_url
+from amqptasks.broker.url import BrokerURL, mask_url
 from amqptasks.cli import output
 from amqptasks.cli.common import EXIT_INVALID, config_options, load, resolve_path
 from amqptasks.config import schema
@@ -74,7 +75,7 @@ def plan(
     except SystemExit as exc:
         raise SystemExit(EXIT_ERROR if detailed_exitcode else exc.code) from None
     the_plan = topo.plan(config, prune=prune)
-    where = BrokerURL.parse(config.broker.url).masked()
+    where = mask_url(config.broker.url)
     if as_json:
         output.plan_json(the_plan, where)
     else:
@@ -97,7 +98,7 @@ def apply(config_path: str | None, broker_url: str | None, prune: bool, verbose:
         click.echo(line)
     done = ", ".join(f"{result.count(a)} {verb}" for a, verb in (("create", "created"), ("delete", "deleted")))
     unchanged = len(the_plan.by_action("unchanged"))
-    click.echo(f"applied to {BrokerURL.parse(config.broker.url).masked()}: {done}, {unchanged} unchanged")
+    click.echo(f"applied to {mask_url(config.broker.url)}: {done}, {unchanged} unchanged")
 
 
 @topology_group.command()
@@ -108,7 +109,8 @@ def apply(config_path: str | None, broker_url: str | None, prune: bool, verbose:
 def export(config_path: str | None, broker_url: str | None, fmt: str, out: str | None, vhost: str | None) -> None:
     """Write RabbitMQ definitions JSON (for `rabbitmqctl import_definitions`)."""
     config = load(config_path, broker_url)
-    target = vhost if vhost is not None else BrokerURL.parse(config.broker.url).vhost
+    default = "/" if is_memory_url(config.broker.url) else BrokerURL.parse(config.broker.url).vhost
+    target = vhost if vhost is not None else default
     definitions = to_definitions(topo.desired(config.topology, config.delays), target)
     for warning in definitions.warnings:
         click.secho(f"warning: {warning}", fg="yellow", err=True)

@@ -6,12 +6,14 @@ import importlib
 import logging
 import os
 import sys
+import traceback
 from typing import Any
 
 import click
 
 from amqptasks.app import App
 from amqptasks.constants import ENV_BROKER_URL
+from amqptasks.errors import AmqpTasksError
 
 
 def load_app(spec: str | None, broker_url: str | None = None) -> App:
@@ -47,6 +49,12 @@ def _import_app(spec: str | None) -> App:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise click.BadParameter(f"cannot import {module_name!r}: {exc}", param_hint="-A") from None
+    except AmqpTasksError:
+        raise  # e.g. the app's YAML is invalid: its own message says where
+    except Exception as exc:  # a bug in the user's module: say where, without amqptasks' frames around it
+        raise click.BadParameter(
+            f"importing {module_name!r} raised {type(exc).__name__}: {exc}{_where(exc)}", param_hint="-A"
+        ) from None
     apps = sorted(name for name, value in vars(module).items() if isinstance(value, App))
     found = f"it defines {', '.join(apps)}, so write -A {module_name}:{apps[0]}" if apps else "it defines no App"
     name = attribute or "app"
@@ -63,6 +71,19 @@ def _import_app(spec: str | None) -> App:
         kind = type(app).__name__
         raise click.BadParameter(f"{module_name}:{name} is a {kind}, not an amqptasks App ({found})", param_hint="-A")
     return app
+
+
+def _where(exc: BaseException) -> str:
+    """' (at FILE:LINE)' of the innermost frame of the user's code (a SyntaxError says where itself)."""
+    if isinstance(exc, SyntaxError):
+        return ""
+    ours = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    frames = [
+        f
+        for f in traceback.extract_tb(exc.__traceback__)
+        if "importlib" not in f.filename and not os.path.abspath(f.filename).startswith(ours + os.sep)
+    ]
+    return f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
 
 
 def _django_app() -> App:
@@ -100,6 +121,8 @@ APP_HELP = "The app: pkg.module:app [the Django project's, when DJANGO_SETTINGS_
 @click.option("--processes", type=click.IntRange(min=1),
               help="Consuming processes [one per core; 1 with --pool processes or --metrics-port].")  # fmt: skip
 @click.option("--max-tasks-per-child", type=click.IntRange(min=1), help="Recycle pool children after N tasks.")
+@click.option("--max-redeliveries", type=click.IntRange(min=0),
+              help="Runs more for a task that killed its worker, then the DLQ [5].")  # fmt: skip
 @click.option("--grace", type=click.FloatRange(min=0), help="Warm shutdown: seconds for running tasks [30].")
 @click.option("--burst", is_flag=True, help="Drain the queues, then exit 0.")
 @click.option(

@@ -105,6 +105,9 @@ class Converter:
                 continue
             nested_failures = len(self.failed_nodes)
             try:
+                if fields[key].metadata.get("nodes") and value_node.is_sequence:
+                    kwargs[key] = self._nodes(value_node, key, what)
+                    continue
                 kwargs[key] = self.value(hints[key], value_node, key, what)
             except _Invalid:
                 ok = False
@@ -169,6 +172,13 @@ class Converter:
                 raise _Invalid
             return result
         return self._scalar(tp, node, what)
+
+    def _nodes(self, node: Node, key: str, owner: str) -> str:
+        """A list of URLs, one per node of a cluster: the ';'-joined form every URL parser here reads."""
+        if not node.value:
+            return self._fail(node, f"{owner}: {key}: an empty list names no broker; give at least one URL")
+        items = [self.value(str, item, key, owner) for item in node.value]
+        return ";".join(items)
 
     def _keyed_objects(self, cls: Any, node: Node, key: str) -> dict[str, Any]:
         result, ok = {}, True

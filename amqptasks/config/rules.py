@@ -1,7 +1,7 @@
 """Checks that need the whole configuration: references, RabbitMQ's capabilities, no-ops.
 
-Pure: reads the model, writes diagnostics. The rules target RabbitMQ 3.x (quorum queues without
-priorities, no delayed-message plugin); *rabbitmq* lets later versions relax them.
+Pure: reads the model, writes diagnostics. What depends on the broker's version is in
+``config/version_rules.py``: checked here for any version, again by plan and apply for the broker's own.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import TypeVar
 
 from amqptasks.broker.memory.registry import is_memory_url, memory_name
 from amqptasks.broker.url import BrokerURL, query_options
+from amqptasks.config import version_rules
 from amqptasks.config.diagnostics import Diagnostics, did_you_mean
 from amqptasks.config.located import Located
 from amqptasks.config.model import Binding, Broker, Config, Exchange, Queue, RoutingSpec
@@ -51,10 +52,9 @@ QUEUE_ARGUMENTS = {
     "dead_letter": "x-dead-letter-exchange",
 }
 
-# What each queue type refuses on RabbitMQ 3.10 (field → reason).
+# What each queue type refuses on every RabbitMQ version we support (field → reason).
 _UNSUPPORTED: dict[str, dict[str, str]] = {
     "quorum": {
-        "max_priority": "quorum queues have no message priorities on RabbitMQ 3.x; use a classic queue",
         "exclusive": "quorum queues cannot be exclusive",
         "auto_delete": "quorum queues cannot be auto-delete",
     },
@@ -207,15 +207,6 @@ class _Checker:
             for name, item in named.items():
                 if is_delay_name(name):
                     self.diags.error(item.where("name"), f"{kind} {name!r}: {owned} (delays: enabled); rename it")
-        for queue in self.queues.values():
-            sources = sorted({qb.exchange for qb in queue.bindings} | self._top_sources(queue.name))
-            if queue.type == "stream" and sources:
-                self.diags.warning(
-                    queue.where("type"),
-                    f"queue {queue.name!r}: delayed messages published to {', '.join(map(repr, sources))} never reach "
-                    "this stream: RabbitMQ 3.x drops dead-lettered messages routed to a stream, and a delay ends "
-                    "with dead-lettering; publish to it without a delay",
-                )
         for exchange in self.exchanges.values():
             own = exchange.alternate_exchange or exchange.arguments.get("alternate-exchange")
             if own is None or own == UNROUTABLE_EXCHANGE or self._catches_everything(str(own)):
@@ -227,9 +218,6 @@ class _Checker:
                 f"exchange {own!r}, not to {UNROUTABLE_EXCHANGE!r}, and is lost if {own!r} routes it nowhere; "
                 f"make {own!r} a fanout exchange bound to a queue, or remove alternate_exchange",
             )
-
-    def _top_sources(self, queue: str) -> set[str]:
-        return {b.exchange for b in self.config.topology.bindings if b.queue == queue}
 
     def _catches_everything(self, exchange: str) -> bool:
         """A fanout exchange with a queue bound to it: whatever it receives ends in that queue."""
@@ -334,3 +322,4 @@ class _Checker:
 def check(config: Config, diags: Diagnostics, ignore: dict[str, set[str]] | None = None) -> None:
     """Record every rule *config* breaks; *ignore* names objects (by kind) that failed to convert."""
     _Checker(config, diags, ignore or {}).run()
+    version_rules.check(config, diags)  # no broker here: what only some versions accept is a warning

@@ -63,6 +63,8 @@ def _object_schema(cls: type, defs: dict[str, Any]) -> None:
     properties: dict[str, Any] = {}
     for f in public_fields(cls):
         prop = _type_schema(hints[f.name])
+        if f.metadata.get("nodes"):  # one URL, or a cluster's nodes as a list
+            prop = {"anyOf": [prop, {"type": "array", "items": prop}]}
         if "doc" in f.metadata:
             prop = {**prop, "description": f.metadata["doc"]}
         if f.default is not dataclasses.MISSING and f.default is not None and f.default != ():

@@ -69,6 +69,13 @@ class WorkerProfile(Located):
     processes: int | None = field(default=None, metadata=_doc("Consuming processes (one per core)."))
     max_tasks_per_child: int | None = field(default=None, metadata=_doc("Recycle pool children after N tasks."))
     grace: float | None = field(default=None, metadata=_doc("Warm shutdown: seconds to let running tasks finish."))
+    max_redeliveries: int | None = field(
+        default=None,
+        metadata=_doc(
+            "A task that kills its worker process (it was running when the process died) runs at most this many "
+            "times more, then goes to its DLQ as 'worker-lost' [5]. Tasks that had not started are never counted."
+        ),
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -146,7 +146,8 @@ class TaskEvents(Middleware):
         self.task_event("task-failed", delivery, exception=_short(exc), traceback=_trace(exc),
                         runtime=_runtime(delivery))  # fmt: skip
 
-    def after_retry(self, delivery: Delivery, exc: BaseException | None, countdown: float) -> None:
+    def before_retry(self, delivery: Delivery, exc: BaseException | None, countdown: float) -> None:
+        # Before the retry message is published: its own task-received comes after this.
         self.task_event("task-retried", delivery, exception=_short(exc), traceback=_trace(exc) if exc else None)
 
     def after_reject(self, delivery: Delivery, reason: str) -> None:
@@ -196,15 +197,17 @@ def tail(
         seen = 0
         for _method, _props, body in channel.consume(queue, auto_ack=True):
             try:
-                event = json.loads(body)
+                data = json.loads(body)
             except ValueError:
                 continue
-            if not isinstance(event, dict):
-                continue
-            on_event(event)
-            seen += 1
-            if limit is not None and seen >= limit:
-                return
+            # A Celery worker buffers its task events and sends them as one list (routing key task.multi).
+            for event in data if isinstance(data, list) else [data]:
+                if not isinstance(event, dict):
+                    continue
+                on_event(event)
+                seen += 1
+                if limit is not None and seen >= limit:
+                    return
     finally:
         if connection.is_open:
             connection.close()

@@ -20,8 +20,8 @@ if TYPE_CHECKING:
     from amqptasks.worker.consumer import Worker
     from amqptasks.worker.delivery import Delivery
 
-#: A reject reason is a label only when it is a short code ("poison", "expired"); free text is "rejected".
-_REASON = re.compile(r"[a-z_]{1,32}")
+#: A reject reason is a label only when it is a short code ("worker-lost", "expired"); free text is "rejected".
+_REASON = re.compile(r"[a-z][a-z_-]{0,31}")
 
 
 class Metrics(Middleware):

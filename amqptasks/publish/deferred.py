@@ -4,27 +4,32 @@
 Called on a thread whose event loop is running (in an ``async def`` task, or in any coroutine), waiting there for
 the broker's confirm would stop every other coroutine of that loop: in a worker, every other task and every ack.
 So on a running loop the call checks and builds the message at once (a bad argument still raises at once), hands
-the publish to the loop as a task of its own (:func:`defer`), and returns without waiting for the confirm.
+the publish over (:func:`defer`), and returns without waiting for the confirm. Where it goes, and who waits:
 
-Where the confirm is awaited:
-
-- In a worker, the run of the ``async def`` task that made the call awaits every publish it deferred before the
-  task counts as finished: a confirm still comes before the task's message is acknowledged and before its result
-  is stored, and a publish that fails fails the task (its retry options apply), as if ``delay()`` had raised.
-- Anywhere else, the publish finishes in the background: a failure is logged at ERROR level, and
-  ``await app.aclose()`` waits for what is still in flight on its loop. Use ``await task.adelay()`` to have the
-  confirm (and any error) in hand.
+- In a worker, inside an ``async def`` task: to the loop's publisher, as a task of the loop. The task's run awaits
+  every publish it deferred before the task counts as finished: a confirm still comes before the task's message is
+  acknowledged and before its result is stored, and a publish that fails fails the task (its retry options
+  apply), as if ``delay()`` had raised.
+- Anywhere else (a web app's coroutine, a script's ``asyncio.run``): to one publishing thread per process,
+  in order. It is not the loop's: ``asyncio.run`` ending (which cancels the loop's tasks) does not cancel it, and
+  the interpreter finishes what it holds before exiting. A failure is logged at ERROR level; ``await
+  app.aclose()`` waits for what is still in flight. Use ``await task.adelay()`` to have the confirm, or the
+  error, in hand.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import contextvars
 import functools
 import logging
-from collections.abc import Coroutine
+import threading
+from collections.abc import Callable, Coroutine
 from typing import Any
+
+from amqptasks.broker import forks
 
 __all__ = ["defer", "drain", "owner", "running_loop", "settle"]
 
@@ -34,8 +39,6 @@ log = logging.getLogger("amqptasks.publish")
 owner: contextvars.ContextVar[list[asyncio.Future[Any]] | None] = contextvars.ContextVar(
     "amqptasks_deferred_publishes", default=None
 )
-#: Deferred publishes nobody awaits, per loop (strong references: a task only weakly referenced may vanish).
-_background: dict[asyncio.AbstractEventLoop, set[asyncio.Future[Any]]] = {}
 #: At most this many deferred publishes start per turn of the loop: 50 async tasks that publish twice each would
 #: otherwise start 100 publishes (~130 µs of aio-pika each, measured here) in one turn, and every other coroutine
 #: of the loop would wait ~13 ms for it. The confirms still overlap: this only spreads the sending.
@@ -50,17 +53,49 @@ def running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
-def defer(loop: asyncio.AbstractEventLoop, publish: Coroutine[Any, Any, Any], what: str) -> asyncio.Future[Any]:
-    """Run *publish* on *loop* (this thread's running loop) without waiting for it; see the module docstring."""
-    future = _pump(loop).add(publish, what)
+def defer(
+    loop: asyncio.AbstractEventLoop,
+    on_loop: Callable[[], Coroutine[Any, Any, Any]],
+    in_thread: Callable[[], Any],
+    what: str,
+) -> None:
+    """Publish without waiting, from a thread whose *loop* is running: *on_loop()* (a coroutine) inside a worker's
+    ``async def`` task, else *in_thread()* (blocking) in the publishing thread; see the module docstring."""
     runs = owner.get()
     if runs is not None:
-        runs.append(future)
-        return future
-    pending = _background.setdefault(loop, set())
-    pending.add(future)
-    future.add_done_callback(lambda done: _finished(loop, done, what))
-    return future
+        runs.append(_pump(loop).add(on_loop(), what))
+        return
+    _sender.submit(in_thread, what)
+
+
+class _Sender:
+    """The process's publishing thread for deferred publishes nobody awaits (made on first use, again after fork)."""
+
+    def __init__(self) -> None:
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+        self.pending: set[concurrent.futures.Future[Any]] = set()
+        forks.on_fork_in_child(self._forget_inherited)
+
+    def submit(self, call: Callable[[], Any], what: str) -> None:
+        with self._lock:
+            if self._executor is None:
+                self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="amqptasks-publish")
+            future = self._executor.submit(call)
+            self.pending.add(future)
+        future.add_done_callback(functools.partial(self._finished, what))
+
+    def _finished(self, what: str, future: concurrent.futures.Future[Any]) -> None:
+        with self._lock:
+            self.pending.discard(future)
+        _report(future, what)
+
+    def _forget_inherited(self) -> None:
+        forks.keep_inherited(self._executor)  # its thread does not exist in the child
+        self._executor, self._lock, self.pending = None, threading.Lock(), set()
+
+
+_sender = _Sender()
 
 
 class _Pump:
@@ -118,20 +153,11 @@ def _copy(future: asyncio.Future[Any], task: asyncio.Task[Any]) -> None:
         future.set_result(task.result())
 
 
-def _finished(loop: asyncio.AbstractEventLoop, task: asyncio.Future[Any], what: str) -> None:
-    pending = _background.get(loop)
-    if pending is not None:
-        pending.discard(task)
-        if not pending:
-            del _background[loop]
-    if task.cancelled():
-        log.error(
-            "publishing %s from a coroutine: cancelled before the broker confirmed it (the event loop was stopped "
-            "first?); it may not have been sent -- await app.aclose() before the loop ends",
-            what,
-        )
+def _report(future: concurrent.futures.Future[Any], what: str) -> None:
+    if future.cancelled():
+        log.error("publishing %s from a coroutine: cancelled before it was sent", what)
         return
-    exc = task.exception()
+    exc = future.exception()
     if exc is not None:
         log.error("publishing %s from a coroutine failed: %s (await task.adelay() raises such errors)", what, exc)
 
@@ -150,7 +176,7 @@ async def settle(tasks: list[asyncio.Future[Any]], *, raise_first: bool = True) 
 
 
 async def drain() -> None:
-    """Wait for the running loop's background publishes (their failures are logged, not raised)."""
-    pending = _background.get(asyncio.get_running_loop())
+    """Wait for the deferred publishes nobody awaits (their failures are logged, not raised)."""
+    pending = [asyncio.wrap_future(each) for each in list(_sender.pending)]
     if pending:
-        await asyncio.gather(*list(pending), return_exceptions=True)
+        await asyncio.gather(*pending, return_exceptions=True)

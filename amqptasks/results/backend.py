@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from amqptasks.errors import AmqpTasksError
 from amqptasks.results.states import READY_STATES
 
 if TYPE_CHECKING:
@@ -98,6 +99,32 @@ class ResultBackend:
 
     uses_reply_to = False
     url = ""
+    #: Chords counted in the store itself, as Celery's redis backend counts them (:meth:`chord_part_return`):
+    #: the member that completes a chord publishes its callback; no unlock task, no chord queue.
+    counts_chords = False
+
+    def save_group(self, group_id: str, result: list[Any]) -> None:
+        """``GroupResult.save()``: keep a group's members (its Celery tuple form) under its id."""
+        raise AmqpTasksError(f"the {self.url or 'configured'} results backend cannot save groups: use redis://")
+
+    def restore_group(self, group_id: str) -> list[Any] | None:
+        """The tuple form :meth:`save_group` kept (by either side), or None."""
+        raise AmqpTasksError(f"the {self.url or 'configured'} results backend cannot restore groups: use redis://")
+
+    def delete_group(self, group_id: str) -> None:
+        raise AmqpTasksError(f"the {self.url or 'configured'} results backend cannot delete groups: use redis://")
+
+    def set_chord_size(self, group_id: str, size: int) -> None:
+        """``counts_chords`` only: the publisher records how many members a chord has, before publishing them."""
+        raise NotImplementedError
+
+    def chord_part_return(
+        self, task_id: str, group_id: str, group_index: int | None, meta: dict[str, Any]
+    ) -> list[tuple[str, str, Any]] | None:
+        """``counts_chords`` only: record member *task_id*'s final state. ``(task id, status, result)`` of every
+        member, in the group's order, to the one caller whose member completed the chord; ``[]`` to the others;
+        None when the chord is not counted here (its size was never recorded)."""
+        return None
 
     def publish(self, envelope: Envelope) -> None:
         """rpc:// only: publish a task on the channel its results come back to."""

@@ -141,6 +141,17 @@ class Results(Middleware):
     async def _to_chord(self, delivery: Delivery, m: TaskMessage, meta: dict[str, Any]) -> None:
         if not m.chord or not m.group:
             return
+        backend = self.app.result_backend
+        if backend is not None and backend.counts_chords:
+            try:
+                parts = await asyncio.to_thread(backend.chord_part_return, m.id, m.group, m.group_index, meta)
+            except Exception as exc:
+                _handoff_failed(delivery, f"could not count its result in chord {m.group}", exc)
+                return
+            if parts is not None:  # counted in the store (as Celery's redis backend counts it)
+                if parts:
+                    await self._complete_chord(delivery, m, parts)
+                return
         body = encode(meta)
         envelope = Envelope("", chord_queue(m.group), body, headers={"group_index": m.group_index or 0},
                             correlation_id=m.id)  # fmt: skip
@@ -149,6 +160,33 @@ class Results(Middleware):
             await publisher.publish(envelope)
         except Exception as exc:
             _handoff_failed(delivery, f"could not hand its result to chord {m.group}", exc)
+
+    async def _complete_chord(self, delivery: Delivery, m: TaskMessage, parts: list[tuple[str, str, Any]]) -> None:
+        """This member completed its chord: publish the callback with the members' results, or, if one of them
+        did not succeed, store the callback's failure (Celery's ChordError, "Dependency <id> raised ...")."""
+        from amqptasks.results.chord import ChordError
+        from amqptasks.results.exceptions import rebuild
+
+        assert m.chord is not None
+        try:
+            sig = Signature.from_dict(m.chord, self.app)
+        except Exception as exc:
+            _handoff_failed(delivery, f"could not read the callback of chord {m.group}", exc)
+            return
+        failed = [(task_id, result) for task_id, status, result in parts if status != SUCCESS]
+        if not failed:
+            await self._publish_step(delivery, sig, ([result for _, _, result in parts],), m)
+            return
+        task_id, payload = failed[0]
+        error = ChordError(f"Dependency {task_id} raised {rebuild(payload)!r}")
+        callback_id, backend = sig.options.get("task_id"), self.app.result_backend
+        if callback_id and backend is not None:
+            meta = state_message(str(callback_id), FAILURE, exception_payload(error), format_traceback(error))
+            try:
+                await backend.astore(str(callback_id), meta, sig.options.get("reply_to"))
+            except Exception as exc:
+                log.warning("chord %s: could not store its callback's failure (%r)", m.group, exc)
+        log.error("chord %s: %s; its callback %s does not run", m.group, error, sig.task)
 
     # --- workflows ---------------------------------------------------------------------------------------
 
@@ -265,8 +303,12 @@ def update_state(app: App, task_id: str | None, state: str, meta: Any) -> None:
     reply_to = request.reply_to if request is not None else None
     loop = deferred.running_loop()
     if loop is not None:  # an async def task, or any coroutine: never wait for the broker on the event loop
+        message = state_message(target, state, meta)
         deferred.defer(
-            loop, backend.astore(target, state_message(target, state, meta), reply_to), f"{state} of {target}"
+            loop,
+            lambda: backend.astore(target, message, reply_to),
+            lambda: backend.store(target, message, reply_to),
+            f"the {state} state of task {target}",
         )
     else:
         backend.store(target, state_message(target, state, meta), reply_to)

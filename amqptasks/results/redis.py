@@ -12,7 +12,7 @@ from typing import Any
 
 from amqptasks.errors import AmqpTasksError
 from amqptasks.results.backend import OnMessage, ResultBackend
-from amqptasks.results.states import READY_STATES, REDIS_KEY_PREFIX, decode, encode
+from amqptasks.results.states import READY_STATES, REDIS_GROUP_PREFIX, REDIS_KEY_PREFIX, decode, encode, loads
 
 #: SET with expiry and PUBLISH (as Celery's ``_set``), except that a non-final state never replaces a final one:
 #: a RETRY is reported after the retry message was published, so the retried run's final state can overtake it.
@@ -33,11 +33,40 @@ return 1
 """
 
 
+#: Celery's redis chord counting (celery/backends/redis.py ``on_chord_part_return``, ``result_chord_ordered``): each
+#: member adds ``[1, id, status, result]`` to the sorted set ``<group key>.j`` (score: its group_index); the chord
+#: is complete when the set holds ``<group key>.s`` (its size, set by the publisher) + ``<group key>.t`` members.
+#: Unlike Celery's pipeline, one script: exactly one member sees the chord complete, and it reads and deletes it.
+_CHORD_PART = """
+local size = redis.call('GET', KEYS[3])
+if not size then
+  return false
+end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+local ready = redis.call('ZCOUNT', KEYS[1], '-inf', '+inf')
+local diff = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('EXPIRE', KEYS[3], ARGV[3])
+if ready == (tonumber(size) or 0) + diff then
+  local members = redis.call('ZRANGE', KEYS[1], 0, -1)
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+  return members
+end
+return {}
+"""
+
+
 def key(task_id: str) -> str:
     return REDIS_KEY_PREFIX + task_id
 
 
+def group_key(group_id: str, suffix: str = "") -> str:
+    return REDIS_GROUP_PREFIX + group_id + suffix
+
+
 class RedisBackend(ResultBackend):
+    counts_chords = True
+
     def __init__(self, url: str, expires: int) -> None:
         try:
             import redis
@@ -80,6 +109,39 @@ class RedisBackend(ResultBackend):
 
     def forget(self, task_id: str) -> None:
         self._client.delete(key(task_id))
+
+    # --- groups, saved as Celery saves them: {"result": <tuple form>} under celery-taskset-meta-<id> ---------
+
+    def save_group(self, group_id: str, result: list[Any]) -> None:
+        self._client.set(group_key(group_id), encode({"result": result}), ex=self.expires)
+
+    def restore_group(self, group_id: str) -> list[Any] | None:
+        raw = self._client.get(group_key(group_id))
+        saved = loads(raw) if raw is not None else None
+        return saved.get("result") if isinstance(saved, dict) else None
+
+    def delete_group(self, group_id: str) -> None:
+        self._client.delete(group_key(group_id))
+
+    # --- chords, counted as Celery's redis backend counts them -----------------------------------------------
+
+    def set_chord_size(self, group_id: str, size: int) -> None:
+        self._client.set(group_key(group_id, ".s"), size, ex=self.expires)
+
+    def chord_part_return(
+        self, task_id: str, group_id: str, group_index: int | None, meta: dict[str, Any]
+    ) -> list[tuple[str, str, Any]] | None:
+        member = encode([1, task_id, meta.get("status"), meta.get("result")])
+        keys = (group_key(group_id, ".j"), group_key(group_id, ".t"), group_key(group_id, ".s"))
+        score = "+inf" if group_index is None else str(group_index)
+        found = self._client.eval(_CHORD_PART, 3, *keys, member, score, self.expires)
+        if found is None:
+            return None
+        parts = []
+        for raw in found:
+            _, member_id, status, result = loads(raw)
+            parts.append((str(member_id), str(status), result))
+        return parts
 
     def close(self) -> None:
         self._client.close()

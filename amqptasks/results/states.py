@@ -61,8 +61,13 @@ def _default(value: Any) -> Any:
         return repr(value)
 
 
-def encode(meta: Mapping[str, Any]) -> bytes:
+def encode(meta: Mapping[str, Any] | list[Any]) -> bytes:
     return json.dumps(meta, default=_default).encode()
+
+
+def loads(body: bytes | str) -> Any:
+    """Any JSON of the results (kombu's tags read back)."""
+    return json.loads(body, object_hook=json_object_hook)
 
 
 def decode(body: bytes | str) -> dict[str, Any]:

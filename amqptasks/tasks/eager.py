@@ -145,6 +145,12 @@ def apply(
     **options: Any,
 ) -> EagerResult:
     """The body of :meth:`Task.apply` (see the module docstring)."""
+    unknown = sorted(set(options) - _OPTIONS)
+    if unknown:
+        raise TypeError(
+            f"{task.name}.apply(): unknown option(s) {', '.join(unknown)} (known: {', '.join(sorted(_OPTIONS))})"
+        )
+    link, link_error = _signatures(options.get("link")), _signatures(options.get("link_error"))
     args, kwargs = tuple(args or ()), dict(kwargs or {})
     task.check_arguments(args, kwargs)
     task_id = task_id or new_id()
@@ -168,9 +174,26 @@ def apply(
                 raise cause from None
             einfo = ExceptionInfo(cause)
             task.on_failure(cause, task_id, args, kwargs, einfo)
+            for sig in link_error:  # as Celery: published, with the failed task's id
+                sig.apply_async((task_id,), parent_id=task_id, root_id=request.root_id)
             return _finish(task, request, FAILURE, cause, einfo)
         task.on_success(value, task_id, args, kwargs)
+        for sig in link:  # as Celery's eager tracer: the callbacks are published, with the result
+            sig.apply_async((value,), parent_id=task_id, root_id=request.root_id)
         return _finish(task, request, SUCCESS, value, None)
+
+
+#: What ``apply()`` takes besides task_id, retries, throw and headers (Celery's names): callbacks, and what only shows
+#: in ``self.request.delivery_info`` or is accepted for compatibility.
+_OPTIONS = frozenset(
+    {"link", "link_error", "exchange", "routing_key", "queue", "priority", "ignore_result", "logfile", "loglevel"}
+)
+
+
+def _signatures(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list | tuple) else [value]
 
 
 def _finish(task: Task[Any, Any], request: Request, state: str, value: Any, einfo: ExceptionInfo | None) -> EagerResult:

@@ -123,17 +123,21 @@ async def _run(
     result: DrainResult,
 ) -> None:
     settings = WorkerSettings(queues=queues, concurrency=concurrency, prefetch=concurrency,
-                              hostname="amqptasks@drain", middleware=[_Failures(result)])  # fmt: skip
+                              hostname="amqptasks@drain", middleware=[_Failures(result)], grace=1.0)  # fmt: skip
     worker = Worker(app, settings)
     serving = asyncio.ensure_future(worker.run())
     deadline = time.monotonic() + timeout
     try:
         transport = await _started(worker, serving)
+        busy = f"drain: still busy after {timeout:g} s"
         while not (fail_fast and result.failures):
             if time.monotonic() > deadline:
-                raise TimeoutError(f"drain: still busy after {timeout:g} s ({worker.processed} message(s) handled)")
+                raise TimeoutError(f"{busy} ({worker.processed} message(s) handled)")
             if transport.pump() or worker.running:
-                await asyncio.wait_for(worker.idle(), max(0.001, deadline - time.monotonic()))
+                try:
+                    await asyncio.wait_for(worker.idle(), max(0.001, deadline - time.monotonic()))
+                except TimeoutError:
+                    raise TimeoutError(f"{busy}: {worker.running} task(s) still running") from None
                 continue
             if not advance_time:
                 break

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pika
 
 from amqptasks.broker.connection import connect as connect_blocking
 from amqptasks.broker.management import ManagementClient
 from amqptasks.broker.management_target import management_client as checked_management_client
 from amqptasks.broker.memory import is_memory_url
+from amqptasks.broker.server import server_version
 from amqptasks.broker.url import BrokerURL
+from amqptasks.config import version_rules
+from amqptasks.config.diagnostics import Diagnostics
 from amqptasks.config.model import Broker, Config
-from amqptasks.errors import BrokerError, ManagementAPIError
+from amqptasks.config.versions import RabbitMQVersion
+from amqptasks.errors import BrokerError, ConfigError, ManagementAPIError
 from amqptasks.topology.apply import ApplyResult, apply_plan
 from amqptasks.topology.desired import desired
 from amqptasks.topology.observe import observe_http, probe_plan
@@ -60,7 +66,23 @@ def provision(config: Config, *, prune: bool = False) -> tuple[Plan, ApplyResult
         connection.close()
 
 
+def check_version(config: Config, rabbitmq: RabbitMQVersion | None) -> None:
+    """Raise :class:`ConfigError` for what *config* declares that this broker version refuses."""
+    diags = Diagnostics()
+    version_rules.check(config, diags, rabbitmq)
+    if diags.errors:
+        raise ConfigError(list(diags.errors))
+
+
 def _plan(config: Config, connection: pika.BlockingConnection, prune: bool) -> Plan:
+    rabbitmq = server_version(connection)
+    check_version(config, rabbitmq)
+    the_plan = _read_plan(config, connection, prune)
+    notes = (*the_plan.notes, *version_rules.plan_notes(config, rabbitmq))
+    return replace(the_plan, notes=notes, rabbitmq_version=None if rabbitmq is None else str(rabbitmq))
+
+
+def _read_plan(config: Config, connection: pika.BlockingConnection, prune: bool) -> Plan:
     want = desired(config.topology, config.delays)
     client = management_client(config.broker)
     if client is not None:

@@ -84,6 +84,8 @@ class Plan:
     #: How the broker was read: "management API" or "AMQP probe".
     source: str
     notes: tuple[str, ...] = field(default=())
+    #: The broker's RabbitMQ version, as its connection reported it ("4.0.5"), when known.
+    rabbitmq_version: str | None = None
 
     def by_action(self, action: Action) -> list[Change]:
         return [c for c in self.changes if c.action == action]

@@ -22,19 +22,22 @@ import aio_pika.abc
 
 from amqptasks.broker.aio import open_robust
 from amqptasks.broker.memory import broker_for, is_memory_url
+from amqptasks.constants import REDELIVERIES_HEADER
 from amqptasks.control.worker import WorkerControl
 from amqptasks.errors import Ignore, Reject
 from amqptasks.message.errors import MessageError
 from amqptasks.tasks.dispatch import decode, find_task
 from amqptasks.worker import events
-from amqptasks.worker.admission import Admission
+from amqptasks.worker.admission import Admission, journal_key
 from amqptasks.worker.burst import drained
 from amqptasks.worker.delivery import Delivery
 from amqptasks.worker.execution import Executor, time_limits
 from amqptasks.worker.failure import failed, succeeded
+from amqptasks.worker.journal import Journal
 from amqptasks.worker.memory_transport import MemoryTransport
 from amqptasks.worker.middleware import Hooks, Middleware
 from amqptasks.worker.names import warn_if_shared
+from amqptasks.worker.processes import WorkerLostError
 from amqptasks.worker.request import request_for
 from amqptasks.worker.transport import Incoming, Transport
 
@@ -64,7 +67,7 @@ class WorkerSettings:
     burst: bool = False
     #: Seconds a warm shutdown waits for running tasks before going cold.
     grace: float = 30.0
-    #: Classic queues: a message redelivered more often than this (it killed its worker) is dead-lettered.
+    #: A task charged with killing its worker process more often than this is dead-lettered as worker-lost.
     max_redeliveries: int = 5
     #: Expired tasks are dropped (acked) by default; True dead-letters them instead.
     dead_letter_expired: bool = False
@@ -95,7 +98,7 @@ class Worker:
         ]
         self.hooks = Hooks(self.middleware)
         #: The redelivery, expiry and eta checks a message passes before it runs.
-        self._admission = Admission(app, settings, self.hooks, self._settle)
+        self._admission = Admission(app, settings, self.hooks, self._settle, self._flush)
         #: Bigger bodies are dead-lettered unread (broker.max_message_size; compressed ones may inflate 16x).
         self._max_message_size = app.config.broker.max_message_size
         #: Tasks running now, by task id: their delivery, and the asyncio task handling it (for control).
@@ -117,8 +120,9 @@ class Worker:
         self._transport: Transport | MemoryTransport | None = None
         #: For control commands, the burst watch and publishing: consuming has its own (see transport.py).
         self._connection: aio_pika.abc.AbstractRobustConnection | None = None
+        #: Which tasks this process has started: what tells a crasher from the innocents after a crash.
+        self.journal: Journal | None = None
         self.processed = 0
-        self._name_check: asyncio.Future[None] | None = None
 
     @property
     def connected(self) -> bool:
@@ -138,16 +142,19 @@ class Worker:
         prefetch = self.settings.prefetch_count
         loop = asyncio.get_running_loop()
         if is_memory_url(self.app.config.broker.url):
-            await self._start_memory(prefetch, loop)
+            await self._start_memory(prefetch, loop)  # in-process: nothing outlives a crash, no journal
             return
+        self.journal = Journal(self.settings.hostname)
+        self._admission.crashes.claimer = self.journal.path.name
         # Control first: it reads back the stored revocations, which every message is checked against.
         self._connection = await open_robust(self.app.config.broker, f"{name} (control)")
         await self.control.start(self._connection)
         self._transport = Transport(self.app.config.broker, name, self.settings.queues, prefetch, self._on_batch, loop)
         await self._transport.start()
+        self.journal.ready()
         log.info("ready: consuming %s", ", ".join(self.settings.queues))
         if not self.settings.burst:  # a burst worker is gone before the others could answer
-            self._name_check = asyncio.ensure_future(warn_if_shared(self.app.config, self.settings.hostname))
+            warn_if_shared(self.app.config, self.settings.hostname)
 
     async def _start_memory(self, prefetch: int, loop: asyncio.AbstractEventLoop) -> None:
         """memory://: the in-process broker's transport; control reads its stored revocations (no connection)."""
@@ -188,8 +195,6 @@ class Worker:
             self._gone_cold.set()
 
     async def _shutdown(self) -> None:
-        if self._name_check is not None:
-            self._name_check.cancel()
         if self._transport is not None:
             await self._transport.cancel()
         if not self._cold and self._inflight:
@@ -205,6 +210,8 @@ class Worker:
             await self._transport.close()
         if self._connection is not None:
             await self._connection.close()
+        if self.journal is not None:
+            self.journal.close()  # a clean exit: what it abandoned did not kill it
 
     async def _wait_inflight(self, timeout: float) -> None:
         """Until every message in hand is settled, *timeout* passes, or a second stop request goes cold."""
@@ -235,7 +242,14 @@ class Worker:
         self._start_waiting()
 
     def _slots_for(self, d: Delivery) -> int:
-        """How many of the ``concurrency`` slots a delivery occupies while it is handled."""
+        """How many of the ``concurrency`` slots a delivery occupies while it is handled: all of them for one
+        that may have killed its worker (redelivered, or a counted copy; see worker/journal.py). Its charge then
+        runs with no task beside it that could crash the process between the counted copy's confirm and the
+        original's ack, and the copy runs alone: if it kills the process again, the journal names it alone, and
+        no innocent beside it is charged. (A child of the processes pool dies alone anyway.)"""
+        raw = d.raw
+        if raw.redelivered or (raw.headers is not None and REDELIVERIES_HEADER in raw.headers):
+            return 1 if self.settings.pool == "processes" and not raw.redelivered else self.settings.concurrency
         return 1
 
     def _start_waiting(self) -> None:
@@ -285,7 +299,7 @@ class Worker:
         m, checks = d.message, self._admission
         # The usual message (first delivery, no expiry, no eta) needs none of the three checks' coroutines.
         if (raw.redelivered or m.expires is not None or m.eta is not None) and (
-            await checks.redelivered_too_often(d) or await checks.expired(d) or await checks.early(d)
+            await checks.charge_redelivery(d) or await checks.expired(d) or await checks.early(d)
         ):
             return
         try:
@@ -315,6 +329,9 @@ class Worker:
         d.started = time.monotonic()
         self._running += 1
         self.active[message.id] = (d, asyncio.current_task())
+        journal, key = self.journal, journal_key(message.id, message.extra_headers)
+        if journal is not None:
+            journal.started(key)
         try:
             soft, hard = time_limits(message.timelimit, options.soft_time_limit, options.time_limit)
             result = await self.executor.run(d.task.run_callable(), message.args, dict(message.kwargs), d.request,
@@ -324,6 +341,8 @@ class Worker:
         except Reject as exc:
             self._settle(d, "requeue" if exc.requeue else "reject", exc.reason or "rejected by the task")
             await self.hooks.run("after_reject", d, exc.reason or "rejected by the task", reverse=True)
+        except WorkerLostError as exc:  # its pool child process died under it (processes pool)
+            await self._admission.charge(d, f"worker {self.settings.hostname}: {exc}")
         except Exception as exc:
             await failed(d, exc, self.app, self.hooks, self._settle)
         else:
@@ -334,8 +353,14 @@ class Worker:
             else:
                 await succeeded(d, self.app, self._settle)
         finally:
+            if journal is not None:
+                journal.finished(key)
             self._running -= 1
             self.active.pop(message.id, None)
+
+    def _flush(self) -> None:
+        if isinstance(self._transport, Transport):
+            self._transport.flush()
 
     def _settle(self, d: Delivery, how: str, why: str) -> None:
         # No I/O here: the transport sends it (batched), so no coroutine on the per-message path.
@@ -344,7 +369,8 @@ class Worker:
         d.settled = how
         if self._transport is None or self._transport.is_stale(d.raw):
             # Its channel is gone: the broker has requeued it, and it will run again (at least once).
-            log.warning("%s: could not %s: the connection was lost; the broker will redeliver it", d.label, how)
+            # One line per message would be dozens per cut: the transport's "connection lost" line says it once.
+            log.debug("%s: could not %s: the connection was lost; the broker will redeliver it", d.label, how)
             return
         self._transport.settle(d.raw, how)
         log.debug("%s: %s (%s)", d.label, how, why)

@@ -29,9 +29,7 @@ dead-lettered): it is never redelivered endlessly.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import inspect
-import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -40,17 +38,13 @@ from amqptasks.publish import deferred
 from amqptasks.worker import request as request_context
 from amqptasks.worker.processes import ProcessPool
 from amqptasks.worker.request import Request
-from amqptasks.worker.threads import TaskThreads
+from amqptasks.worker.threads import Run, TaskThreads
 
 if TYPE_CHECKING:
     from amqptasks.app import App
 
 #: The values of ``--pool``.
 POOLS = ("threads", "asyncio", "processes")
-
-
-def _raise_in_thread(thread_id: int, exc_type: type[BaseException]) -> None:
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exc_type))
 
 
 def time_limits(header: Sequence[Any], soft: float | None, hard: float | None) -> tuple[float | None, float | None]:
@@ -73,8 +67,8 @@ class Executor:
             raise ValueError(f"unknown pool {pool!r}: use one of {', '.join(POOLS)}")
         self.pool = TaskThreads(threads)
         self.processes: ProcessPool | None = None
-        #: Sync calls running in a thread now: task id -> the thread's id (for revoke --terminate).
-        self._threads_running: dict[str, int] = {}
+        #: Sync calls submitted to a thread and not finished: task id -> its run (for revoke --terminate).
+        self._runs: dict[str, Run] = {}
         self._closed = False
         if pool == "processes":
             if app is None:
@@ -148,17 +142,28 @@ class Executor:
         soft: float | None, hard: float | None,
     ) -> Any:  # fmt: skip
         loop = asyncio.get_running_loop()
-        if soft is None and hard is None:  # the usual case: no started signal, no timers
-            return await self.pool.submit(loop, self._in_thread(fn, args, kwargs, request))
+        run = Run()
+        self._runs[request.id] = run
+        try:
+            if soft is None and hard is None:  # the usual case: no started signal, no timers
+                return await self.pool.submit(loop, self._in_thread(fn, args, kwargs, request), run)
+            return await self._limited_thread(loop, run, fn, args, kwargs, request, soft, hard)
+        finally:
+            if self._runs.get(request.id) is run:  # a later run of the same id (a retry) may have taken the slot
+                del self._runs[request.id]
+
+    async def _limited_thread(
+        self, loop: asyncio.AbstractEventLoop, run: Run, fn: Callable[..., Any], args: tuple[Any, ...],
+        kwargs: dict[str, Any], request: Request, soft: float | None, hard: float | None,
+    ) -> Any:  # fmt: skip
         started: asyncio.Future[None] = loop.create_future()
 
         def mark_started() -> None:
             if not started.done():
                 started.set_result(None)
 
-        future = self.pool.submit(
-            loop, self._in_thread(fn, args, kwargs, request, lambda: loop.call_soon_threadsafe(mark_started))
-        )
+        on_start = lambda: loop.call_soon_threadsafe(mark_started)  # noqa: E731
+        future = self.pool.submit(loop, self._in_thread(fn, args, kwargs, request, on_start), run)
         # The limits count from when a thread picks the call up, not from submission: threads abandoned
         # at their hard limit can keep the pool busy, and a call must not be failed before it starts.
         await asyncio.wait({started, future}, return_when=asyncio.FIRST_COMPLETED)
@@ -168,7 +173,7 @@ class Executor:
         except TimeoutError:
             pass
         if soft is not None:
-            self._interrupt(request.id, SoftTimeLimitExceeded)
+            run.interrupt(SoftTimeLimitExceeded)  # this run only: a no-op once its function has ended
         if hard is None:
             return await future
         try:
@@ -180,11 +185,9 @@ class Executor:
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], request: Request,
         on_start: Callable[[], Any] | None = None,
     ) -> Callable[[], Any]:  # fmt: skip
-        """The call a pool thread makes: ``self.request`` set, and the thread known by task id while it runs
-        (for the soft limit and ``revoke --terminate``)."""
+        """The call a pool thread makes, with ``self.request`` set."""
 
         def call() -> Any:
-            self._threads_running[request.id] = threading.get_ident()
             if on_start is not None:
                 on_start()
             token = request_context.current.set(request)
@@ -192,22 +195,14 @@ class Executor:
                 return fn(*args, **kwargs)
             finally:
                 request_context.current.reset(token)
-                self._threads_running.pop(request.id, None)
 
         return call
 
-    def _interrupt(self, task_id: str, exc_type: type[BaseException]) -> bool:
-        """Raise *exc_type* in the thread running *task_id*, at its next Python bytecode (not while it is
-        blocked in C); False if no thread runs it (it has not started, or has finished)."""
-        thread = self._threads_running.get(task_id)
-        if thread is None:
-            return False
-        _raise_in_thread(thread, exc_type)
-        return True
-
     def terminate_thread(self, task_id: str) -> bool:
-        """``revoke --terminate`` of a sync task in a thread: :class:`Terminated` raised in it (see _interrupt)."""
-        return self._interrupt(task_id, Terminated)
+        """``revoke --terminate`` of a sync task in a thread: :class:`Terminated` raised in it at its next bytecode
+        (not while it is blocked in C); False if it is not inside its function now (see worker/threads.py)."""
+        run = self._runs.get(task_id)
+        return run is not None and run.interrupt(Terminated)
 
     def shutdown(self, wait: bool) -> None:
         """Stop the pools. Children running a task finish it (*wait*) or are killed; threads cannot be."""

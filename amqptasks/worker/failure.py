@@ -55,6 +55,13 @@ async def failed(d: Delivery, exc: BaseException, app: App, hooks: Hooks, settle
     settle(d, "reject", f"failed: {type(cause).__name__}: {cause}")
 
 
+def transient(exc: BaseException | None) -> bool:
+    """A publish failure that may go away (the broker refused, a queue or exchange is missing, the connection
+    was lost), rather than one that happens again whatever the broker does: a value that cannot be encoded
+    (EncodeError is a TypeError), arguments the next step does not take, a bad option."""
+    return not isinstance(exc, TypeError | ValueError)
+
+
 async def handoff_failed(d: Delivery, app: App, settle: Settle) -> None:
     """The task ran, but the next step of its chain, its chord hand-off, a callback or an errback could not be
     published (a missing exchange or queue, a broker refusal): acking would lose the rest of the workflow.
@@ -62,9 +69,16 @@ async def handoff_failed(d: Delivery, app: App, settle: Settle) -> None:
     Like a retry that could not be published, the message stays on the broker: it is sent again through the
     delay tiers, backing off (1, 2, 4... up to 60 s), so the task runs again, and its workflow resumes, once the
     cause is fixed. Without delay tiers, or when even that cannot be published, it is requeued (and counted as a
-    redelivery). The task runs again each time: at least once, as with any redelivery.
+    redelivery). The task runs again each time: at least once, as with any redelivery. A failure that running it
+    again cannot cure (a result the next step cannot encode) dead-letters the message instead.
     """
     assert d.message is not None
+    if not transient(d.handoff_error):
+        # What comes next can never be published as it is (its arguments cannot be encoded, a bad signature):
+        # running the task again would fail the same way. Dead-lettered, to be replayed once the code is fixed.
+        log.error("%s: what its workflow needs next cannot be published (%s); dead-lettered", d.label, d.handoff_error)
+        settle(d, "reject", f"workflow hand-off failed: {d.handoff_error!r}")
+        return
     previous = d.message.extra_headers.get(HANDOFFS_HEADER, 0)
     attempt = (previous if isinstance(previous, int) else 0) + 1
     backoff = min(2.0 ** (attempt - 1), HANDOFF_BACKOFF_MAX)

@@ -7,12 +7,12 @@ Like Celery's DuplicateNodenameWarning, this is a warning: the worker still runs
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import multiprocessing
 import os
 import re
 import socket
+import threading
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -24,13 +24,12 @@ _FORMAT = re.compile(r"%([hnd%])")
 
 
 def expand_hostname(name: str, host: str | None = None) -> str:
-    """``-n`` as Celery reads it: ``%h`` the host name, ``%n`` its first label, ``%d`` its domain, ``%%`` a %;
-    a name without ``@`` gets ``@<host>`` (``-n billing`` is ``billing@<host>``)."""
+    """``-n`` with Celery's abbreviations: ``%h`` the host name, ``%n`` its first label, ``%d`` its domain, ``%%``
+    a %. Unlike Celery, a name without ``@`` is kept as it is (it was always used as given)."""
     host = host or socket.gethostname()
     short, _, domain = host.partition(".")
     values = {"h": host, "n": short, "d": domain, "%": "%"}
-    expanded = _FORMAT.sub(lambda m: values[m.group(1)], name)
-    return expanded if "@" in expanded else f"{expanded}@{host}"
+    return _FORMAT.sub(lambda m: values[m.group(1)], name)
 
 
 #: Seconds the check listens for the other workers' replies.
@@ -52,12 +51,19 @@ def others_named(replies: list[dict[str, Any]], hostname: str, pid: int, sibling
     return found
 
 
-async def warn_if_shared(config: Config, hostname: str) -> None:
-    """Ask the live workers for their stats; warn if another one is named *hostname*. Never raises."""
+def warn_if_shared(config: Config, hostname: str) -> threading.Thread:
+    """Ask the live workers for their stats, in a daemon thread (a shutdown never waits for it); warn if another
+    one is named *hostname*. Never raises."""
+    thread = threading.Thread(target=_check, args=(config, hostname), name="amqptasks-name-check", daemon=True)
+    thread.start()
+    return thread
+
+
+def _check(config: Config, hostname: str) -> None:
     from amqptasks.control.client import broadcast
 
     try:
-        replies = await asyncio.to_thread(broadcast, config, "stats", timeout=REPLY_WINDOW)
+        replies = broadcast(config, "stats", timeout=REPLY_WINDOW)
     except Exception as exc:  # a check, not a duty: the worker runs anyway
         log.debug("could not check for other workers named %r (%r)", hostname, exc)
         return
@@ -66,6 +72,6 @@ async def warn_if_shared(config: Config, hostname: str) -> None:
     if others:
         log.warning(
             "another live worker is named %r (pid %s): control replies, inspect, events and monitoring cannot tell "
-            "them apart; give each worker its own name with -n/--hostname (e.g. -n billing-1@HOST)",
+            "them apart; give each worker its own name with -n/--hostname (e.g. -n billing-1@%%h)",
             hostname, ", ".join(str(p) for p in others),
         )  # fmt: skip

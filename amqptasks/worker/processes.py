@@ -14,8 +14,9 @@ What this pool guarantees for sync tasks (``async def`` tasks still run on the w
 - **Hard limit**: the child is killed with ``SIGKILL`` whatever it is doing; the task fails with
   ``TimeLimitExceeded`` (so its message goes down the failure path) and a fresh child takes its place. Tasks in
   other children are not affected.
-- **A crashing task** (segfault, ``os._exit``, ``sys.exit``, the OOM killer) fails with ``WorkerLostError`` and
-  its child is replaced; the worker keeps consuming.
+- **A crashing task** (segfault, ``os._exit``, ``sys.exit``, the OOM killer) raises ``WorkerLostError`` and its
+  child is replaced; the worker keeps consuming. The worker charges the task one "killed its worker" attempt: it
+  runs again (as a counted copy) up to ``max_redeliveries`` times, then goes to its DLQ as ``worker-lost``.
 - **max_tasks_per_child**: a child is retired after that many tasks and replaced (leaky tasks or libraries).
 - Children ignore SIGINT, SIGTERM and SIGQUIT: Ctrl-C, or a signal sent to the whole process group (systemd's
   default ``KillMode``), does not kill running tasks; the worker's warm or cold shutdown decides. A child whose
@@ -140,7 +141,7 @@ class ProcessPool:
                 self._discard(child, kill=status is None, reaped=status is not None)
             how = _describe(status)
             log.error("%s: its child process %d %s; a fresh child replaces it", label, child.pid, how)
-            raise WorkerLostError(f"the child process running it ({child.pid}) {how}") from None
+            raise WorkerLostError(f"the child process running it (pid {child.pid}) {how}") from None
         except BaseException:  # cancelled mid-task: the child's state is unknown
             self._discard(child, kill=True)
             raise

@@ -31,7 +31,8 @@ def again(
     """
     assert d.message is not None
     m = d.message
-    extra = {k: v for k, v in m.extra_headers.items() if k != REDELIVERIES_HEADER}
+    # x-delivery-count is the quorum queue's count of the received copy; the fresh one starts from zero.
+    extra = {k: v for k, v in m.extra_headers.items() if k not in (REDELIVERIES_HEADER, "x-delivery-count")}
     extra.update(headers)
     later = now + timedelta(seconds=countdown) if countdown > 0 else None
     retries, eta = (m.retries + 1, later) if retry else (m.retries, later or m.eta)

@@ -8,7 +8,6 @@ import dataclasses
 import importlib.util
 import json
 import logging
-import multiprocessing
 import os
 import signal
 import sys
@@ -17,12 +16,15 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from amqptasks.broker.connection import open_blocking, tls_options
-from amqptasks.broker.url import BrokerURL
+from amqptasks.broker.logs import quiet_clients
+from amqptasks.broker.memory import is_memory_url
+from amqptasks.broker.url import BrokerURL, mask_url
 from amqptasks.constants import ENV_EVENT_LOOP, REVOKED_STREAM, REVOKED_STREAM_ARGUMENTS, dlq_name, is_delay_name
 from amqptasks.errors import AmqpTasksError
 from amqptasks.topology.desired import desired
 from amqptasks.topology.observe import Prober
 from amqptasks.worker.consumer import Worker, WorkerSettings
+from amqptasks.worker.supervise import Supervisor
 from amqptasks.worker.tasklog import TASKS_LOGGER
 from amqptasks.worker.transport import missing_queue
 
@@ -49,10 +51,19 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data)
 
 
+def _no_transport_tracebacks(record: logging.LogRecord) -> bool:
+    """pika and aiormq log a failed connection attempt (a refused TLS certificate, a node that went away) with
+    its traceback; the worker says itself what failed and what to do, so their line is kept without it."""
+    if record.name.startswith(("pika", "aiormq", "aio_pika")):
+        record.exc_info, record.exc_text = None, None
+    return True
+
+
 def setup_logging(level: str, fmt: str, log_tasks: bool = False) -> None:
     """The root logger at *level*; the per-task progress lines (:mod:`~amqptasks.worker.tasklog`) only with
     *log_tasks* or at debug level."""
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_no_transport_tracebacks)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
@@ -60,15 +71,11 @@ def setup_logging(level: str, fmt: str, log_tasks: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("pika", "aio_pika", "aiormq"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_clients(debug=level.upper() == "DEBUG")  # the worker says what happened to its connections itself
     if log_tasks:  # asked for: shown whatever the level
         logging.getLogger(TASKS_LOGGER).setLevel(logging.INFO)
     else:
         logging.getLogger(TASKS_LOGGER).setLevel(logging.NOTSET if level.upper() == "DEBUG" else logging.WARNING)
-    # pika warns of every channel the broker closes; the worker says so itself, with what to do (a missing
-    # queue, a consumer_timeout), so pika's line would only come first with a repr of its internals.
-    logging.getLogger("pika.channel").setLevel(logging.ERROR)
 
 
 def banner(app: App, settings: WorkerSettings, pool: str, processes: int) -> str:
@@ -80,7 +87,7 @@ def banner(app: App, settings: WorkerSettings, pool: str, processes: int) -> str
             if processes > 1
             else ""
         ),
-        f"  broker:  {BrokerURL.parse(app.config.broker.url).masked()}",
+        f"  broker:  {mask_url(app.config.broker.url)}",
         f"  pool:    {pool}, concurrency {settings.concurrency} x {processes} process(es) on {event_loop()}, "
         f"prefetch {settings.prefetch_count}",
         "  queues:",
@@ -141,8 +148,17 @@ def run_loop(main: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(main)
 
 
+def _refuse_memory(app: App) -> None:
+    if is_memory_url(app.config.broker.url):
+        raise AmqpTasksError(
+            f"broker {app.config.broker.url!r} lives inside one process: a worker process cannot reach the one your "
+            "app publishes to; run the tasks in that process with amqptasks.testing.drain(app), or use amqp://"
+        )
+
+
 def serve(app: App, settings: WorkerSettings, *, beat: bool = False) -> None:
     """One consuming process (blocks until shutdown); with *beat*, the periodic-task scheduler in a thread."""
+    _refuse_memory(app)
     if app.config.topology.provision:
         app.provision()
     with _beat_thread(app, beat):
@@ -156,34 +172,20 @@ def serve(app: App, settings: WorkerSettings, *, beat: bool = False) -> None:
 
 
 def serve_many(app: App, settings: WorkerSettings, processes: int, *, beat: bool = False) -> int:
-    """N forked consuming processes; signals go to all of them; returns the worst exit status.
+    """N forked consuming processes, each replaced when it dies (:mod:`amqptasks.worker.supervise`); signals go
+    to all of them; returns the worst exit status of the shutdown, or 1 when they keep dying at start.
 
     With *beat*, the scheduler runs in a thread of this (parent) process, started after the fork.
     """
+    _refuse_memory(app)
     if app.config.topology.provision:
         app.provision()
     _prepare_broker(app, settings.queues)
-    context = multiprocessing.get_context("fork")
-    children = [
-        context.Process(
-            target=_serve_child, args=(app, child_settings(settings, i + 1), os.getpid()), name=f"worker-{i + 1}"
-        )
-        for i in range(processes)
-    ]
-    for child in children:
-        child.start()
-
-    def forward(signum: int, _frame: Any) -> None:
-        for child in children:
-            if child.pid and child.is_alive():
-                os.kill(child.pid, signum)
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
-        signal.signal(sig, forward)
+    parent = os.getpid()
+    supervisor = Supervisor(lambda number: _serve_child(app, child_settings(settings, number), parent), processes)
+    supervisor.start()
     with _beat_thread(app, beat):
-        for child in children:
-            child.join()
-    return max((child.exitcode or 0) for child in children)
+        return supervisor.watch()
 
 
 def _prepare_broker(app: App, queues: Sequence[str]) -> None:

@@ -11,7 +11,7 @@ from amqptasks.errors import AmqpTasksError
 from amqptasks.worker.consumer import WorkerSettings
 from amqptasks.worker.names import expand_hostname
 
-DEFAULTS: dict[str, Any] = {"concurrency": 8, "pool": "threads", "grace": 30.0}
+DEFAULTS: dict[str, Any] = {"concurrency": 8, "pool": "threads", "grace": 30.0, "max_redeliveries": 5}
 
 
 def default_processes(pool: str, metrics_port: int | None) -> int:
@@ -41,7 +41,7 @@ def plan_worker(config: Config, queues: list[str], profile: str | None, options:
         p = config.workers[profile]
         chosen = {
             "concurrency": p.concurrency, "prefetch": p.prefetch, "pool": p.pool, "processes": p.processes,
-            "max_tasks_per_child": p.max_tasks_per_child, "grace": p.grace,
+            "max_tasks_per_child": p.max_tasks_per_child, "grace": p.grace, "max_redeliveries": p.max_redeliveries,
         }  # fmt: skip
         queues = queues or list(p.queues)
     if not queues:
@@ -68,6 +68,7 @@ def plan_worker(config: Config, queues: list[str], profile: str | None, options:
         grace=pick("grace"),
         pool=pool,
         max_tasks_per_child=max_tasks_per_child,
+        max_redeliveries=pick("max_redeliveries"),
         metrics_port=options.get("metrics_port"),
         events=bool(options.get("events")),
     )

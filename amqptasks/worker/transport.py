@@ -31,6 +31,7 @@ import pika.exceptions
 from pika.adapters.asyncio_connection import AsyncioConnection
 
 from amqptasks.broker.connection import connect_error, pika_parameters, tls_options
+from amqptasks.broker.logs import why_closed
 from amqptasks.broker.url import BrokerURL
 from amqptasks.config.model import Broker
 from amqptasks.errors import AmqpTasksError
@@ -42,6 +43,10 @@ __all__ = ["Incoming", "Transport"]
 log = logging.getLogger("amqptasks.worker")
 
 RECONNECT_MIN_S, RECONNECT_MAX_S = 0.5, 5.0
+#: A consuming connection that received nothing this long is probed; unanswered this long again, it is dropped.
+LIVENESS_S = 10.0
+#: While the broker stays unreachable: a first line after this long, then one every STILL_DOWN_LOG_S.
+FIRST_DOWN_LOG_S, STILL_DOWN_LOG_S = 5.0, 30.0
 
 T = TypeVar("T")
 
@@ -104,21 +109,30 @@ class Transport:
         self._reconnecting: asyncio.Task[None] | None = None
         self._closed_future: asyncio.Future[None] | None = None
         self._started = False  # reconnecting starts after the first success: a failed start() just raises
+        self._lost_at = 0.0  # when the connection (or the consuming channel) was last lost, loop time
+        self._watching: asyncio.Task[None] | None = None
+        self._stalled: str | None = None  # why the watchdog gave up on the current connection
+        self._node, self._attempts = 0, 0  # which of the URL's nodes (amqp://h1;amqp://h2) the next attempt uses
 
     # --- the worker's side --------------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Connect and consume; raises :class:`AmqpTasksError` saying why (unreachable broker, missing queue,
         refused access...)."""
-        try:
-            await self._connect()
-        except (Lost, TimeoutError, pika.exceptions.AMQPError) as exc:
-            reason = str(exc) or f"no answer within {STEP_TIMEOUT_S:g} s"
+        for attempt in range(len(self._url.nodes())):  # each node once: the first that answers
+            try:
+                await self._connect()
+                break
+            except (Lost, TimeoutError, pika.exceptions.AMQPError) as exc:
+                if attempt + 1 < len(self._url.nodes()):
+                    continue
+                reason = str(exc) or f"no answer within {STEP_TIMEOUT_S:g} s"
             raise AmqpTasksError(
                 f"cannot consume {', '.join(map(repr, self.queues))} on {self._url.masked()}: {reason} "
                 "(check the user's permissions on these queues and the broker's log)"
             ) from None
         self._started = True
+        self._watching = self._loop.create_task(self._watch())
 
     def is_stale(self, incoming: Incoming) -> bool:
         """Its channel is gone: the broker has requeued it and will deliver it again."""
@@ -129,6 +143,10 @@ class Transport:
         loop; acks within :data:`~amqptasks.worker.acks.ACK_BATCH_S`, or with them, or once a quarter of the
         prefetch is waiting."""
         self._acks.settle(how, incoming.delivery_tag, incoming.channel)
+
+    def flush(self) -> None:
+        """Send every settlement held, now (into the socket: a process that dies next still delivers them)."""
+        self._acks.flush(final=True)
 
     async def cancel(self) -> None:
         """Stop consuming: the broker sends nothing more; deliveries already here stay in the worker's hands."""
@@ -146,6 +164,8 @@ class Transport:
     async def close(self) -> None:
         """Send every settlement still held, then close the connection (the broker requeues the rest)."""
         self._closing = True
+        if self._watching is not None:
+            self._watching.cancel()
         if self._reconnecting is not None:
             self._reconnecting.cancel()
         for waiting in self._waiting:
@@ -163,8 +183,14 @@ class Transport:
     # --- connecting -----------------------------------------------------------------------------------------
 
     async def _connect(self) -> None:
+        # A cluster's nodes in turn: every attempt after the first goes to the next one (the one before did not
+        # answer, or its connection was lost).
+        nodes = self._url.nodes()
+        if self._attempts:
+            self._node = (self._node + 1) % len(nodes)
+        self._attempts += 1
         parameters = pika_parameters(
-            self._url, heartbeat=self.broker.heartbeat, connection_name=self.name, tls=tls_options(self.broker)
+            nodes[self._node], heartbeat=self.broker.heartbeat, connection_name=self.name, tls=tls_options(self.broker)
         )
         opened: asyncio.Future[AsyncioConnection] = self._loop.create_future()
 
@@ -258,6 +284,7 @@ class Transport:
         if self._closing or not self._started or self._connection is None or not self._connection.is_open:
             return
         # Closed by the broker (e.g. consumer_timeout's PRECONDITION_FAILED); it requeued its deliveries.
+        self._lost_at = self._loop.time()
         log.warning("the consuming channel was closed by the broker (%s); reopening it", reason)
         self._start_reconnecting(channel_only=True)
 
@@ -270,8 +297,46 @@ class Transport:
         if self._closing or not self._started or _connection is not self._connection:
             return
         self._connection = None
-        log.warning("connection to the broker lost (%s); reconnecting", reason)
+        self._lost_at = self._loop.time()
+        stalled, self._stalled = self._stalled, None
+        log.warning("connection to the broker lost: %s; reconnecting (the messages in hand go back to their queues)",
+                    stalled or why_closed(reason))  # fmt: skip
         self._start_reconnecting(channel_only=False)
+
+    async def _watch(self) -> None:
+        """Our own liveness check: a connection that received nothing for LIVENESS_S gets a probe (a ``basic.qos``,
+        answered at once by a live broker); no answer within LIVENESS_S means the broker stopped answering (a
+        frozen VM, a SIGSTOPped node, a black-holed network, which heartbeats of 60 s take minutes to notice):
+        the connection is dropped and the usual reconnecting takes over. Idle costs one round trip per period."""
+        quiet_since, seen = self._loop.time(), -1
+        while not self._closing:
+            await asyncio.sleep(LIVENESS_S / 2)
+            connection, channel = self._connection, self._channel
+            if connection is None or channel is None or not channel.is_open or not self.connected:
+                seen = -1
+                continue
+            now = self._loop.time()
+            if connection.bytes_received != seen:
+                quiet_since, seen = now, connection.bytes_received
+                continue
+            if now - quiet_since < LIVENESS_S:
+                continue
+            try:
+                probe = self._steps.run(
+                    lambda done, ch=channel: ch.basic_qos(prefetch_count=self.prefetch, callback=done)  # type: ignore[misc]
+                )
+                await asyncio.wait_for(probe, LIVENESS_S)
+                continue
+            except TimeoutError:
+                pass
+            except (Lost, pika.exceptions.AMQPError):
+                continue  # the channel or connection went: its own callbacks deal with it
+            if connection is self._connection and connection is not None and not self._closing:
+                silent = now - quiet_since + LIVENESS_S
+                self._stalled = f"the broker stopped answering (nothing received for {silent:.0f} s)"
+                # What pika's own heartbeat checker does: drop the stream; the close callback reconnects.
+                connection._terminate_stream(pika.exceptions.AMQPHeartbeatTimeout(self._stalled))
+            quiet_since, seen = self._loop.time(), -1
 
     def _start_reconnecting(self, *, channel_only: bool) -> None:
         if self._reconnecting is None or self._reconnecting.done():
@@ -279,6 +344,7 @@ class Transport:
 
     async def _reconnect(self, channel_only: bool) -> None:
         attempt = 0
+        said_at = self._loop.time() - STILL_DOWN_LOG_S + FIRST_DOWN_LOG_S  # the first failures are quick retries
         while not self._closing:
             try:
                 connection = self._connection
@@ -290,10 +356,17 @@ class Transport:
                         with contextlib.suppress(pika.exceptions.AMQPError):
                             connection.close()
                     await self._connect()
-                log.info("consuming %s again", ", ".join(self.queues))
+                down = self._loop.time() - self._lost_at
+                log.info("consuming %s again, %.2f s after the connection was lost", ", ".join(self.queues), down)
                 return
             except (AmqpTasksError, Lost, TimeoutError, pika.exceptions.AMQPError, OSError) as exc:
-                log.warning("reconnecting failed (%s); trying again", exc)
+                # One line now, then one every STILL_DOWN_LOG_S: an outage of an hour is not 700 lines.
+                now = self._loop.time()
+                if now >= said_at + STILL_DOWN_LOG_S:
+                    said_at = now
+                    reason = str(exc) or f"no answer within {STEP_TIMEOUT_S:g} s"
+                    log.warning("still cannot reach the broker %.0f s after the connection was lost (%s); retrying "
+                                "every %g s", now - self._lost_at, reason, RECONNECT_MAX_S)  # fmt: skip
                 channel_only = False
             await asyncio.sleep(min(RECONNECT_MAX_S, RECONNECT_MIN_S * 2**attempt))
             attempt += 1

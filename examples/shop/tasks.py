@@ -40,4 +40,4 @@ def remind(customer: str) -> str:
 def sync_inventory(sku: str) -> None:
     """Always fails: retried twice through the broker's delay tiers (shop.yaml's tasks: section), then
     rejected, so RabbitMQ dead-letters it to orders.dlq, where `amqptasks dlq list orders` shows it."""
-    raise ConnectionError(f"inventory service unreachable while syncing {sku}")
+    raise ConnectionError(f"inventory down ({sku})")

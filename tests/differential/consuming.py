@@ -116,3 +116,53 @@ def quorum_queue_with_a_delivery_limit_serves_returned_messages_first(d: Driver)
     d.nack(first.tag, requeue=True)
     d.arrived("q", 3)
     return d.drain("q")
+
+
+@scenario
+def multiple_acks_and_nacks_settle_everything_up_to_the_tag(d: Driver) -> Any:
+    d.queue("q")
+    for body in "12345":
+        d.publish("", "q", body)
+    tags = []
+    for _ in range(5):
+        got = d.get("q")
+        assert got is not None
+        tags.append(got.tag)
+    d.ack(tags[1], multiple=True)  # 1 and 2
+    d.nack(tags[3], requeue=True, multiple=True)  # 3 and 4 back
+    d.reopen()  # 5 back, too
+    return d.drain("q")
+
+
+@scenario
+def auto_ack_gets_and_purge(d: Driver) -> Any:
+    d.queue("q")
+    for body in "123":
+        d.publish("", "q", body)
+    first = d.get_auto_ack("q")
+    held = d.get("q")
+    assert held is not None
+    purged = d.purge("q")  # only the ready one: the held delivery stays held
+    d.reopen()
+    return first, purged, d.drain("q")
+
+
+@scenario
+def deleting_an_exchange_takes_its_bindings(d: Driver) -> Any:
+    d.exchange("x", "fanout")
+    d.exchange("up", "fanout")
+    d.queue("q")
+    d.bind("q", "x")
+    d.bind_exchange("x", "up")
+    d.delete_exchange("x")
+    return d.publish("up", "", "m", mandatory=True), d.attempt(lambda: d.publish("x", "", "m")), d.count("q")
+
+
+@scenario
+def deleting_a_queue_reports_what_it_held(d: Driver) -> Any:
+    d.queue("q")
+    d.queue("empty")
+    d.publish("", "q", "1")
+    d.publish("", "q", "2")
+    refused = d.attempt(lambda: d.delete_queue("q", if_empty=True))
+    return refused, d.delete_queue("q"), d.delete_queue("empty", if_empty=True), d.attempt(lambda: d.count("q"))

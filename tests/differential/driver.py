@@ -1,8 +1,9 @@
-"""One scenario, two brokers: a small driver API with an adapter for pika on a real RabbitMQ vhost and one for
-the in-memory broker. Scenarios are written once against :class:`Driver` and return what they observed.
+"""One scenario, two brokers: a small driver API (:class:`Driver`), written once against pika's
+``BlockingChannel``, and two adapters -- a real RabbitMQ vhost through pika, and the in-memory broker through its
+pika-shaped connection (:mod:`amqptasks.broker.memory.blocking`). Scenarios return what they observed.
 
 What differs between the brokers by nature is normalised here, once: the vhost name in error texts (the real one
-is random), and x-death times (wall clock there, a virtual clock here; both must be timestamps).
+is random), x-death times (wall clock there, a virtual clock here; both must be timestamps), and how time passes.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import Any
 import pika
 import pika.exceptions
 
-from amqptasks.broker.memory import ChannelError, MemoryBroker, VirtualClock
+from amqptasks.broker.memory import MemoryBroker, VirtualClock
+from amqptasks.broker.memory.blocking import BlockingConnection as MemoryConnection
 from amqptasks.broker.url import BrokerURL
 from amqptasks.message.envelope import Envelope
 
@@ -69,132 +71,27 @@ def normalise(value: Any) -> Any:
 
 
 class Driver:
-    """What a scenario may do. ``attempt`` turns a refusal into ``(code, text)``; the channel is reopened."""
+    """What a scenario may do, on a pika-style connection. ``attempt`` turns a refusal into ``(code, text)``; after
+    a refusal the channel is reopened, as a client would."""
 
     vhost: str
 
-    def exchange(
-        self,
-        name: str,
-        type: str = "direct",
-        *,
-        durable: bool = True,
-        auto_delete: bool = False,
-        internal: bool = False,
-        arguments: Mapping[str, Any] | None = None,
-    ) -> None:
-        raise NotImplementedError
+    def __init__(self, connection: Any, vhost: str) -> None:
+        self.vhost = vhost
+        self._connection = connection
+        self._channel = self._open()
 
-    def queue(
-        self,
-        name: str,
-        *,
-        durable: bool = True,
-        exclusive: bool = False,
-        auto_delete: bool = False,
-        arguments: Mapping[str, Any] | None = None,
-        passive: bool = False,
-    ) -> int:
-        raise NotImplementedError
-
-    def bind(self, queue: str, exchange: str, key: str = "", arguments: Mapping[str, Any] | None = None) -> None:
-        raise NotImplementedError
-
-    def unbind(self, queue: str, exchange: str, key: str = "", arguments: Mapping[str, Any] | None = None) -> None:
-        raise NotImplementedError
-
-    def bind_exchange(
-        self, destination: str, source: str, key: str = "", arguments: Mapping[str, Any] | None = None
-    ) -> None:
-        raise NotImplementedError
-
-    def publish(
-        self,
-        exchange: str,
-        key: str,
-        body: bytes | str,
-        *,
-        headers: Mapping[str, Any] | None = None,
-        priority: int | None = None,
-        expiration: int | None = None,
-        mandatory: bool = False,
-    ) -> str:
-        """'ack', 'returned' (mandatory, unroutable) or 'nack'."""
-        raise NotImplementedError
-
-    def publish_envelope(self, envelope: Envelope) -> str:
-        raise NotImplementedError
-
-    def get(self, queue: str) -> Got | None:
-        raise NotImplementedError
-
-    def ack(self, tag: int) -> None:
-        raise NotImplementedError
-
-    def nack(self, tag: int, requeue: bool = True) -> None:
-        raise NotImplementedError
-
-    def reject(self, tag: int, requeue: bool = True) -> None:
-        raise NotImplementedError
-
-    def reopen(self) -> None:
-        """Close the channel (its unacked deliveries go back) and open a new one."""
-        raise NotImplementedError
-
-    def count(self, queue: str) -> int:
-        return self.queue(queue, passive=True)
+    # --- what differs between the adapters ----------------------------------------------------------------
 
     def elapse(self, seconds: float, until: Callable[[], bool] | None = None) -> None:
         """Let *seconds* pass; then (real broker) poll until *until* holds, as the broker expires lazily."""
         raise NotImplementedError
 
-    def declare(self, decl: Any) -> None:
-        """An amqptasks topology declaration, through amqptasks' own declare()."""
+    def observed(self) -> Any:
+        """What the vhost holds, as amqptasks' planner reads it (management API / the memory broker's state)."""
         raise NotImplementedError
 
-    def arrived(self, queue: str, count: int = 1) -> None:
-        """Wait until *queue* holds *count* messages: dead-lettering is asynchronous on a real broker (the
-        dead letter travels from one queue process to another, so a get may overtake it)."""
-        self.elapse(0.0, until=lambda: self.count(queue) == count)
-
-    # --- helpers built on the above ---------------------------------------------------------------------
-
-    def attempt(self, op: Callable[[], Any]) -> Any:
-        try:
-            return ("ok", normalise(op()))
-        except Refused as exc:
-            return ("refused", exc.code, exc.text)
-
-    def drain(self, queue: str) -> list[tuple[Any, ...]]:
-        """Take and ack every message of *queue*: what a consumer would see of each."""
-        seen = []
-        while (got := self.get(queue)) is not None:
-            seen.append(got.seen())
-            self.ack(got.tag)
-        return seen
-
-    def bodies(self, queue: str) -> list[str]:
-        return [str(item[0]) for item in self.drain(queue)]
-
-
-def _got(method: Any, properties: Any, body: bytes) -> Got:
-    return Got(
-        body,
-        normalise(dict(properties.headers or {})),
-        bool(method.redelivered),
-        method.exchange,
-        method.routing_key,
-        method.delivery_tag,
-        properties.priority,
-        properties.expiration,
-    )
-
-
-class RabbitDriver(Driver):
-    def __init__(self, url: BrokerURL) -> None:
-        self.vhost = url.vhost
-        self._connection = pika.BlockingConnection(_parameters(url))
-        self._channel = self._open()
+    # --- the operations ---------------------------------------------------------------------------------
 
     def _open(self) -> Any:
         channel = self._connection.channel()
@@ -222,9 +119,10 @@ class RabbitDriver(Driver):
         internal: bool = False,
         arguments: Mapping[str, Any] | None = None,
     ) -> None:
+        args = dict(arguments or {})
         self._call(
             lambda: self._channel.exchange_declare(
-                name, type, durable=durable, auto_delete=auto_delete, internal=internal, arguments=dict(arguments or {})
+                name, type, durable=durable, auto_delete=auto_delete, internal=internal, arguments=args
             )
         )
 
@@ -238,17 +136,16 @@ class RabbitDriver(Driver):
         arguments: Mapping[str, Any] | None = None,
         passive: bool = False,
     ) -> int:
+        args = dict(arguments or {})
         ok = self._call(
             lambda: self._channel.queue_declare(
-                name,
-                passive=passive,
-                durable=durable,
-                exclusive=exclusive,
-                auto_delete=auto_delete,
-                arguments=dict(arguments or {}),
+                name, passive=passive, durable=durable, exclusive=exclusive, auto_delete=auto_delete, arguments=args
             )
         )
         return int(ok.method.message_count)
+
+    def count(self, queue: str) -> int:
+        return self.queue(queue, passive=True)
 
     def bind(self, queue: str, exchange: str, key: str = "", arguments: Mapping[str, Any] | None = None) -> None:
         self._call(lambda: self._channel.queue_bind(queue, exchange, key, arguments=dict(arguments or {})))
@@ -281,6 +178,7 @@ class RabbitDriver(Driver):
         expiration: int | None = None,
         mandatory: bool = False,
     ) -> str:
+        """'ack', 'returned' (mandatory, unroutable) or 'nack' (the confirm)."""
         properties = pika.BasicProperties(
             headers=dict(headers) if headers else None,
             priority=priority,
@@ -288,20 +186,48 @@ class RabbitDriver(Driver):
         )
         return self._publish(exchange, key, body.encode() if isinstance(body, str) else body, properties, mandatory)
 
+    def publish_raw_expiration(self, queue: str, expiration: str) -> str:
+        """A message whose expiration property is *expiration* as given (any string)."""
+        return self._publish("", queue, b"m", pika.BasicProperties(expiration=expiration), False)
+
     def publish_envelope(self, envelope: Envelope) -> str:
         properties = pika.BasicProperties(**envelope.properties())
         return self._publish(envelope.exchange, envelope.routing_key, envelope.body, properties, envelope.mandatory)
 
     def get(self, queue: str) -> Got | None:
         method, properties, body = self._call(lambda: self._channel.basic_get(queue))
-        return None if method is None else _got(method, properties, body)
+        if method is None:
+            return None
+        return Got(
+            body,
+            normalise(dict(properties.headers or {})),
+            bool(method.redelivered),
+            method.exchange,
+            method.routing_key,
+            method.delivery_tag,
+            properties.priority,
+            properties.expiration,
+        )
 
-    def ack(self, tag: int) -> None:
-        self._call(lambda: self._channel.basic_ack(tag))
+    def ack(self, tag: int, multiple: bool = False) -> None:
+        self._call(lambda: self._channel.basic_ack(tag, multiple=multiple))
         self._sync()
 
-    def nack(self, tag: int, requeue: bool = True) -> None:
-        self._call(lambda: self._channel.basic_nack(tag, requeue=requeue))
+    def get_auto_ack(self, queue: str) -> str | None:
+        method, _, body = self._call(lambda: self._channel.basic_get(queue, auto_ack=True))
+        return None if method is None else str(body.decode())
+
+    def purge(self, queue: str) -> int:
+        return int(self._call(lambda: self._channel.queue_purge(queue)).method.message_count)
+
+    def delete_queue(self, name: str, *, if_empty: bool = False) -> int:
+        return int(self._call(lambda: self._channel.queue_delete(name, if_empty=if_empty)).method.message_count)
+
+    def delete_exchange(self, name: str) -> None:
+        self._call(lambda: self._channel.exchange_delete(name))
+
+    def nack(self, tag: int, requeue: bool = True, multiple: bool = False) -> None:
+        self._call(lambda: self._channel.basic_nack(tag, multiple=multiple, requeue=requeue))
         self._sync()
 
     def reject(self, tag: int, requeue: bool = True) -> None:
@@ -314,9 +240,52 @@ class RabbitDriver(Driver):
         self._call(lambda: self._channel.basic_qos(prefetch_count=0))
 
     def reopen(self) -> None:
+        """Close the channel (its unacked deliveries go back) and open a new one."""
         self._channel.close()
         self._channel = self._open()
         self._sync()
+
+    def declare(self, decl: Any) -> None:
+        """An amqptasks topology declaration, through amqptasks' own declare()."""
+        from amqptasks.topology.declare import declare
+
+        self._call(lambda: declare(self._channel, decl))
+
+    # --- helpers built on the above ---------------------------------------------------------------------
+
+    def arrived(self, queue: str, count: int = 1) -> None:
+        """Wait until *queue* holds *count* messages: dead-lettering is asynchronous on a real broker (the
+        dead letter travels from one queue process to another, so a get may overtake it)."""
+        self.elapse(0.0, until=lambda: self.count(queue) == count)
+
+    def attempt(self, op: Callable[[], Any]) -> Any:
+        try:
+            return ("ok", normalise(op()))
+        except Refused as exc:
+            return ("refused", exc.code, exc.text)
+
+    def drain(self, queue: str) -> list[tuple[Any, ...]]:
+        """Take and ack every message of *queue*: what a consumer would see of each."""
+        seen = []
+        while (got := self.get(queue)) is not None:
+            seen.append(got.seen())
+            self.ack(got.tag)
+        return seen
+
+    def bodies(self, queue: str) -> list[str]:
+        return [str(item[0]) for item in self.drain(queue)]
+
+
+class RabbitDriver(Driver):
+    """A real RabbitMQ vhost, through pika."""
+
+    def __init__(self, url: BrokerURL) -> None:
+        from amqptasks.broker.connection import pika_parameters
+
+        self.url = url
+        super().__init__(
+            pika.BlockingConnection(pika_parameters(url, connection_name="amqptasks differential")), url.vhost
+        )
 
     def elapse(self, seconds: float, until: Callable[[], bool] | None = None) -> None:
         # Time passing is what these scenarios are about: the broker has no clock to move, so it must pass.
@@ -327,143 +296,26 @@ class RabbitDriver(Driver):
                 raise AssertionError(f"the broker did not reach the expected state {SETTLE_DEADLINE_S:g} s later")
             time.sleep(0.02)
 
-    def declare(self, decl: Any) -> None:
-        from amqptasks.topology.declare import declare
+    def observed(self) -> Any:
+        from amqptasks.broker.management import ManagementClient
+        from amqptasks.topology.observe import observe_http
 
-        self._call(lambda: declare(self._channel, decl))
-
-
-def _parameters(url: BrokerURL) -> pika.ConnectionParameters:
-    from amqptasks.broker.connection import pika_parameters
-
-    return pika_parameters(url, connection_name="amqptasks differential")
+        return observe_http(ManagementClient.for_broker(self.url), self.vhost)
 
 
 class MemoryDriver(Driver):
+    """A fresh in-memory broker on a frozen virtual clock, through its pika-shaped connection."""
+
     def __init__(self, vhost: str = "differential") -> None:
-        self.vhost = vhost
-        self.clock = VirtualClock()
-        self.broker = MemoryBroker(vhost, self.clock)
-        self._channel = self.broker.channel()
-
-    def _call(self, op: Callable[[], Any]) -> Any:
-        try:
-            return op()
-        except ChannelError as exc:
-            self._channel = self.broker.channel()
-            raise Refused(exc.reply_code, exc.reply_text.replace(self.vhost, "{vhost}")) from None
-
-    def exchange(
-        self,
-        name: str,
-        type: str = "direct",
-        *,
-        durable: bool = True,
-        auto_delete: bool = False,
-        internal: bool = False,
-        arguments: Mapping[str, Any] | None = None,
-    ) -> None:
-        self._call(
-            lambda: self._channel.exchange_declare(
-                name, type, durable=durable, auto_delete=auto_delete, internal=internal, arguments=arguments
-            )
-        )
-
-    def queue(
-        self,
-        name: str,
-        *,
-        durable: bool = True,
-        exclusive: bool = False,
-        auto_delete: bool = False,
-        arguments: Mapping[str, Any] | None = None,
-        passive: bool = False,
-    ) -> int:
-        ok = self._call(
-            lambda: self._channel.queue_declare(
-                name,
-                passive=passive,
-                durable=durable,
-                exclusive=exclusive,
-                auto_delete=auto_delete,
-                arguments=arguments,
-            )
-        )
-        return int(ok.message_count)
-
-    def bind(self, queue: str, exchange: str, key: str = "", arguments: Mapping[str, Any] | None = None) -> None:
-        self._call(lambda: self._channel.queue_bind(queue, exchange, key, arguments))
-
-    def unbind(self, queue: str, exchange: str, key: str = "", arguments: Mapping[str, Any] | None = None) -> None:
-        self._call(lambda: self._channel.queue_unbind(queue, exchange, key, arguments))
-
-    def bind_exchange(
-        self, destination: str, source: str, key: str = "", arguments: Mapping[str, Any] | None = None
-    ) -> None:
-        self._call(lambda: self._channel.exchange_bind(destination, source, key, arguments))
-
-    def _publish(self, exchange: str, key: str, body: bytes, properties: dict[str, Any], mandatory: bool) -> str:
-        routed = self._call(lambda: self._channel.basic_publish(exchange, key, body, properties, mandatory))
-        return "nack" if routed.nacked else "returned" if routed.returned else "ack"
-
-    def publish(
-        self,
-        exchange: str,
-        key: str,
-        body: bytes | str,
-        *,
-        headers: Mapping[str, Any] | None = None,
-        priority: int | None = None,
-        expiration: int | None = None,
-        mandatory: bool = False,
-    ) -> str:
-        properties = {
-            "headers": dict(headers) if headers else None,
-            "priority": priority,
-            "expiration": None if expiration is None else str(expiration),
-        }
-        return self._publish(exchange, key, body.encode() if isinstance(body, str) else body, properties, mandatory)
-
-    def publish_envelope(self, envelope: Envelope) -> str:
-        return self._publish(
-            envelope.exchange, envelope.routing_key, envelope.body, envelope.properties(), envelope.mandatory
-        )
-
-    def get(self, queue: str) -> Got | None:
-        got = self._call(lambda: self._channel.basic_get(queue))
-        if got is None:
-            return None
-        p = got.properties
-        return Got(
-            got.body,
-            normalise(dict(p.get("headers") or {})),
-            got.redelivered,
-            got.exchange,
-            got.routing_key,
-            got.delivery_tag,
-            p.get("priority"),
-            p.get("expiration"),
-        )
-
-    def ack(self, tag: int) -> None:
-        self._call(lambda: self._channel.basic_ack(tag))
-
-    def nack(self, tag: int, requeue: bool = True) -> None:
-        self._call(lambda: self._channel.basic_nack(tag, requeue=requeue))
-
-    def reject(self, tag: int, requeue: bool = True) -> None:
-        self._call(lambda: self._channel.basic_reject(tag, requeue=requeue))
-
-    def reopen(self) -> None:
-        self._channel.close()
-        self._channel = self.broker.channel()
+        self.broker = MemoryBroker(vhost, VirtualClock())
+        super().__init__(MemoryConnection(self.broker), vhost)
 
     def elapse(self, seconds: float, until: Callable[[], bool] | None = None) -> None:
         self.broker.advance(seconds)
         if until is not None:
             assert until(), "memory:// did not reach the expected state once the time had passed"
 
-    def declare(self, decl: Any) -> None:
-        from amqptasks.topology.declare import declare
+    def observed(self) -> Any:
+        from amqptasks.topology.memory import observe
 
-        self._call(lambda: declare(self._channel, decl))
+        return observe(self.broker)

@@ -114,3 +114,52 @@ def requeued_message_keeps_its_priority_place(d: Driver) -> Any:
     d.publish("", "q", "high-2", priority=2)
     d.nack(got.tag, requeue=True)
     return d.drain("q")
+
+
+@scenario
+def drop_head_on_a_priority_queue(d: Driver) -> Any:
+    _dlx(d)
+    d.queue("q", arguments={"x-max-priority": 5, "x-max-length": 2, "x-dead-letter-exchange": "dlx"})
+    for body, priority in [("p0", 0), ("p5", 5), ("p1", 1), ("p5-b", 5)]:
+        d.publish("", "q", body, priority=priority)
+    d.arrived("dlq", 2)
+    return d.bodies("dlq"), d.bodies("q")
+
+
+@scenario
+def a_dead_letter_into_a_full_reject_publish_queue_is_dropped(d: Driver) -> Any:
+    d.exchange("dlx", "fanout")
+    d.queue("full", arguments={"x-max-length": 1, "x-overflow": "reject-publish"})
+    d.queue("open")
+    d.bind("full", "dlx")
+    d.bind("open", "dlx")
+    d.publish("", "full", "already-there")
+    d.queue("q", arguments={"x-dead-letter-exchange": "dlx"})
+    d.publish("", "q", "dead")
+    got = d.get("q")
+    assert got is not None
+    d.reject(got.tag, requeue=False)
+    d.arrived("open")
+    return d.bodies("full"), d.bodies("open")
+
+
+@scenario
+def a_dead_letter_keeps_its_priority(d: Driver) -> Any:
+    d.exchange("dlx", "fanout")
+    d.queue("dlq", arguments={"x-max-priority": 5})
+    d.bind("dlq", "dlx")
+    d.queue("q", arguments={"x-dead-letter-exchange": "dlx"})
+    for body, priority in [("low", 1), ("high", 5), ("mid", 3)]:
+        d.publish("", "q", body, priority=priority)
+    for _ in range(3):
+        got = d.get("q")
+        assert got is not None
+        d.reject(got.tag, requeue=False)
+    d.arrived("dlq", 3)
+    return d.bodies("dlq")
+
+
+@scenario
+def a_full_queue_nacks_a_mandatory_message_and_reject_publish_dlx_without_dlx_drops_it(d: Driver) -> Any:
+    d.queue("full", arguments={"x-max-length": 0, "x-overflow": "reject-publish-dlx"})
+    return d.publish("", "full", "m", mandatory=True), d.count("full")

@@ -198,3 +198,63 @@ def publishing_to_a_missing_exchange_closes_the_channel(d: Driver) -> Any:
     d.queue("q")
     refused = d.attempt(lambda: d.publish("missing", "k", "1"))
     return refused, d.publish("", "q", "after"), d.bodies("q")
+
+
+@scenario
+def headers_exchange_any_with_x_and_all_with_x(d: Driver) -> Any:
+    d.exchange("x", "headers")
+    d.queue("any-x")
+    d.queue("all-x")
+    d.bind("any-x", "x", "", {"x-match": "any-with-x", "x-tag": "t", "kind": "k"})
+    d.bind("all-x", "x", "", {"x-match": "all-with-x", "x-tag": "t", "kind": "k"})
+    sent = [
+        d.publish("x", "", "x-only", headers={"x-tag": "t"}),
+        d.publish("x", "", "both", headers={"x-tag": "t", "kind": "k"}),
+        d.publish("x", "", "kind-only", headers={"kind": "k"}),
+    ]
+    return sent, d.bodies("any-x"), d.bodies("all-x")
+
+
+@scenario
+def cc_and_bcc_headers_add_routing_keys(d: Driver) -> Any:
+    d.exchange("x", "direct")
+    for name in ("main", "copy", "hidden"):
+        d.queue(name)
+        d.bind(name, "x", name)
+    sent = d.publish("x", "main", "m", headers={"CC": ["copy"], "BCC": ["hidden"], "keep": 1})
+    return sent, d.drain("main"), d.drain("copy"), d.drain("hidden")
+
+
+@scenario
+def an_alternate_exchange_downstream_of_an_exchange_binding(d: Driver) -> Any:
+    d.exchange("ae", "fanout")
+    d.exchange("inner", "direct", arguments={"alternate-exchange": "ae"})
+    d.exchange("outer", "fanout")
+    d.queue("caught")
+    d.bind("caught", "ae")
+    d.bind_exchange("inner", "outer")
+    return d.publish("outer", "unbound-key", "m", mandatory=True), d.drain("caught")
+
+
+@scenario
+def headers_binding_with_a_void_value_matches_presence(d: Driver) -> Any:
+    d.exchange("x", "headers")
+    d.queue("q")
+    d.bind("q", "x", "", {"x-match": "all", "flag": None})
+    sent = [
+        d.publish("x", "", "with-flag", headers={"flag": "anything"}),
+        d.publish("x", "", "without", headers={"other": 1}),
+    ]
+    return sent, d.bodies("q")
+
+
+@scenario
+def topic_patterns_of_wildcards_only(d: Driver) -> Any:
+    d.exchange("x", "topic")
+    patterns = {"two-stars": "*.*", "hash-hash": "#.#", "star-hash": "*.#", "hash-star": "#.*"}
+    for name, pattern in patterns.items():
+        d.queue(name)
+        d.bind(name, "x", pattern)
+    keys = ["", "a", "a.b", "a.b.c"]
+    sent = [d.publish("x", key, key or "(empty)", mandatory=True) for key in keys]
+    return sent, {name: d.bodies(name) for name in patterns}

@@ -20,6 +20,7 @@ from amqptasks.broker.memory.broker import MemoryBroker
 from amqptasks.broker.memory.channel import MemoryChannel
 from amqptasks.broker.memory.errors import ChannelError
 from amqptasks.broker.memory.message import PROPERTY_NAMES
+from amqptasks.errors import BrokerError
 
 __all__ = ["BlockingConnection"]
 
@@ -50,7 +51,12 @@ class BlockingChannel:
 
     def __getattr__(self, name: str) -> Any:
         # Declarations, bindings, deletes, acks: the same names and arguments as pika's BlockingChannel.
-        method = getattr(self._channel, name)
+        method = getattr(self._channel, name, None)
+        if method is None or name.startswith("_"):
+            raise BrokerError(
+                f"memory:// has no {name}(): it is a broker inside one process, so nothing here can wait for other "
+                "processes (workers, monitors) to answer; use a RabbitMQ for that, or amqptasks.testing in-process"
+            )
         return lambda *args, **kwargs: self._call(lambda: method(*args, **kwargs))
 
     def basic_publish(self, exchange: str, routing_key: str, body: bytes, properties: Any = None,
@@ -69,6 +75,14 @@ class BlockingChannel:
         method = SimpleNamespace(delivery_tag=got.delivery_tag, redelivered=got.redelivered, exchange=got.exchange,
                                  routing_key=got.routing_key, message_count=got.message_count)  # fmt: skip
         return method, pika.BasicProperties(**dict(got.properties)), got.body
+
+    def queue_purge(self, queue: str) -> Any:
+        count = self._call(lambda: self._channel.queue_purge(queue))
+        return SimpleNamespace(method=SimpleNamespace(message_count=count))
+
+    def queue_delete(self, queue: str, if_unused: bool = False, if_empty: bool = False) -> Any:
+        count = self._call(lambda: self._channel.queue_delete(queue, if_unused, if_empty))
+        return SimpleNamespace(method=SimpleNamespace(message_count=count))
 
     def confirm_delivery(self) -> None:
         """Publishing is always confirmed here."""

@@ -12,9 +12,9 @@ from typing import Any
 
 from amqptasks.broker.memory.clock import Clock, VirtualClock
 from amqptasks.broker.memory.deadletter import dead_lettered, is_cycle
-from amqptasks.broker.memory.errors import ACCESS_REFUSED, NOT_FOUND, ChannelError
+from amqptasks.broker.memory.errors import ACCESS_REFUSED, NOT_FOUND, PRECONDITION_FAILED, ChannelError
 from amqptasks.broker.memory.exchanges import Binding, MemoryExchange, route
-from amqptasks.broker.memory.message import Message, Stored
+from amqptasks.broker.memory.message import Message, Stored, addressed, expiration_error
 from amqptasks.broker.memory.queues import Dropped, MemoryQueue
 from amqptasks.constants import DIRECT_REPLY_TO
 
@@ -138,6 +138,10 @@ class MemoryBroker:
                 raise ChannelError(
                     ACCESS_REFUSED, f"cannot publish to internal exchange '{x.name}' in vhost '{self.vhost}'"
                 )
+            invalid = expiration_error(message.properties.get("expiration"))
+            if invalid is not None:
+                raise ChannelError(PRECONDITION_FAILED, invalid)
+            message = addressed(message)
             targets = self._route(message)
             if not targets:
                 return Routed((), returned=mandatory)
@@ -162,8 +166,8 @@ class MemoryBroker:
         return Routed((message.routing_key,))
 
     def _route(self, message: Message) -> list[str]:
-        return route(message.exchange, message.routing_key, message.headers, self.exchanges.get,
-                     self.queues.__contains__)  # fmt: skip
+        keys = message.routing_keys
+        return route(message.exchange, keys, message.headers, self.exchanges.get, self.queues.__contains__)
 
     def _ready(self, queues: list[str]) -> None:
         for name in queues:
@@ -207,10 +211,9 @@ class MemoryBroker:
             q = self.queues.get(queue)
             if q is None:
                 return  # its queue was deleted meanwhile
-            dropped = q.requeue(stored)
+            dropped = q.requeue(stored, self.now())
             self._dead_letter_dropped(queue, dropped)
-            if not dropped:
-                self._ready([queue])
+            self._ready([queue])
 
     def settle(self, queue: str, stored: Stored, dead_letter: bool) -> None:
         with self.lock:
@@ -227,13 +230,23 @@ class MemoryBroker:
         """Expire what is due by now: messages at the heads of queues (dead-lettered), then unused queues."""
         with self.lock:
             now = self.now()
-            for name, q in list(self.queues.items()):
-                dropped = q.expire(now)
-                if dropped:
-                    self._dead_letter_dropped(name, dropped)
-            for name, q in list(self.queues.items()):
-                if q.expires_ms is not None and q.unacked == 0 and now >= q.last_used + q.expires_ms / 1000:
+            # Again while something expired: a dead letter may land in a queue already looked at, already due
+            # (a zero TTL). Bounded: the cycle rule drops dead letters that would go round for ever.
+            for _ in range(1000):
+                expired = False
+                unused = []
+                for name, q in list(self.queues.items()):
+                    if q.ready:
+                        dropped = q.expire(now)
+                        if dropped:
+                            expired = True
+                            self._dead_letter_dropped(name, dropped)
+                    if q.expires_ms is not None and q.unacked == 0 and now >= q.last_used + q.expires_ms / 1000:
+                        unused.append(name)
+                for name in unused:
                     self.delete_queue(name)
+                if not expired:
+                    return
 
     def next_due(self) -> float | None:
         """When something next expires (a message at a queue's head, or an unused queue), in broker time."""

@@ -194,7 +194,13 @@ class MemoryChannel:
         self._run(lambda: self._bind(exchange, binding, False))
 
     def queue_delete(self, queue: str, if_unused: bool = False, if_empty: bool = False) -> int:
-        return self._run(lambda: self.broker.delete_queue(queue))
+        def op() -> int:
+            q = self.broker.queues.get(queue)
+            if q is not None and if_empty and q.ready:
+                raise ChannelError(PRECONDITION_FAILED, f"queue '{queue}' in vhost '{self.broker.vhost}' not empty")
+            return self.broker.delete_queue(queue)
+
+        return self._run(op)
 
     def queue_purge(self, queue: str) -> int:
         return self._run(lambda: self.broker.queue(queue).purge())

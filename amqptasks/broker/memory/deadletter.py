@@ -1,7 +1,8 @@
 """Dead-lettering as RabbitMQ 3.x does it (pure): the ``x-death`` history and the cycle rule.
 
 A dead-lettered message is published again to the queue's ``x-dead-letter-exchange`` with its
-``x-dead-letter-routing-key`` or, without one, its own routing key. Its ``expiration`` property is removed (kept
+``x-dead-letter-routing-key`` (its ``CC`` header removed) or, without one, every routing key it had (its own, and
+those of its ``CC`` and ``BCC`` headers). Its ``expiration`` property is removed (kept
 in x-death as ``original-expiration``). ``x-death`` holds one entry per (queue, reason), most recent first; an
 entry seen again has its ``count`` raised and moves to the front (its time stays the first one); the older
 entries are reordered as RabbitMQ's grouping does (see ``_grouped``). The first death
@@ -34,7 +35,7 @@ def dead_lettered(
         "queue": queue,
         "time": datetime.datetime.fromtimestamp(int(now), datetime.UTC),
         "exchange": message.exchange,
-        "routing-keys": [message.routing_key],
+        "routing-keys": [message.routing_key, *message.cc],  # BCC keys are never shown
     }
     properties = dict(message.properties)
     expiration = properties.pop("expiration", None)
@@ -53,7 +54,11 @@ def dead_lettered(
         entry = {**same[0], "count": int(same[0].get("count", 0)) + 1} if same else {"count": 1, **info}
         headers["x-death"] = [entry, *others]
     properties["headers"] = headers
-    return Message(message.body, properties, exchange, message.routing_key if routing_key is None else routing_key)
+    if routing_key is None:  # routed again with every key it had, BCC's included
+        return Message(message.body, properties, exchange, message.routing_key, message.cc, message.bcc)
+    # x-dead-letter-routing-key replaces every key, and the CC header goes with the keys it named.
+    properties["headers"] = {k: v for k, v in headers.items() if k != "CC"}
+    return Message(message.body, properties, exchange, routing_key)
 
 
 def _grouped(deaths: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:

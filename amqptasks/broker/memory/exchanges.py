@@ -7,7 +7,7 @@ legal). An exchange whose own bindings match nothing at all -- no queue and no e
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -59,17 +59,18 @@ class MemoryExchange:
 
 def route(
     start: str,
-    routing_key: str,
+    routing_keys: Sequence[str],
     headers: Mapping[str, Any] | None,
     exchange: Callable[[str], MemoryExchange | None],
     queue_exists: Callable[[str], bool],
 ) -> list[str]:
-    """The queues a message published to exchange *start* reaches, in the order first reached.
+    """The queues a message published to exchange *start* reaches, in the order first reached. *routing_keys*: its
+    routing key, then those its ``CC`` and ``BCC`` headers add (sender-selected distribution).
 
-    The default exchange (``""``) routes to the queue named by the routing key, if it exists.
+    The default exchange (``""``) routes to the queue named by each routing key, if it exists.
     """
     if start == "":
-        return [routing_key] if queue_exists(routing_key) else []
+        return list(dict.fromkeys(key for key in routing_keys if queue_exists(key)))
     queues: list[str] = []
     seen: set[str] = set()
     work = [start]
@@ -81,7 +82,8 @@ def route(
         x = exchange(name)
         if x is None:
             continue
-        found = x.matching(routing_key, headers)
+        # Each binding once, however many of the keys it matches.
+        found = list({id(b): b for key in routing_keys for b in x.matching(key, headers)}.values())
         for binding in found:
             if binding.destination_type == "exchange":
                 work.append(binding.destination)

@@ -26,6 +26,10 @@ class Message:
     properties: Mapping[str, Any] = field(default_factory=dict)
     exchange: str = ""
     routing_key: str = ""
+    #: Routing keys the ``CC`` and ``BCC`` headers added when it was published (sender-selected distribution);
+    #: a dead letter keeps them unless its queue sets ``x-dead-letter-routing-key``.
+    cc: tuple[str, ...] = ()
+    bcc: tuple[str, ...] = ()
 
     @property
     def headers(self) -> Mapping[str, Any]:
@@ -47,6 +51,11 @@ class Message:
         except (TypeError, ValueError):
             return None
 
+    @property
+    def routing_keys(self) -> list[str]:
+        """Every key it is routed with: its routing key, then CC's and BCC's."""
+        return [self.routing_key, *self.cc, *self.bcc]
+
     def with_headers(self, headers: Mapping[str, Any]) -> Message:
         return replace(self, properties={**self.properties, "headers": dict(headers)})
 
@@ -59,6 +68,39 @@ class Message:
         if "headers" in props:
             props["headers"] = dict(props["headers"])
         return cls(bytes(body), props, exchange, routing_key)
+
+
+def _keys(value: Any) -> list[str]:
+    if not isinstance(value, list | tuple):
+        return []
+    return [v.decode() if isinstance(v, bytes) else v for v in value if isinstance(v, str | bytes)]
+
+
+def addressed(message: Message) -> Message:
+    """*message* as published: the keys of its ``CC`` and ``BCC`` headers taken, ``BCC`` removed (as RabbitMQ)."""
+    headers = message.headers
+    if "CC" not in headers and "BCC" not in headers:
+        return message
+    kept = {k: v for k, v in headers.items() if k != "BCC"}
+    return replace(message.with_headers(kept), cc=tuple(_keys(headers.get("CC"))), bcc=tuple(_keys(headers.get("BCC"))))
+
+
+def expiration_error(value: Any) -> str | None:
+    """Why RabbitMQ refuses an ``expiration`` property (rabbit_basic:parse_expiration), in its words; None if valid."""
+    if value is None:
+        return None
+    text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+    digits = len(text) - len(text.lstrip("+-"))
+    sign, rest = text[: min(digits, 1)], text[min(digits, 1) :]
+    number = rest[: len(rest) - len(rest.lstrip("0123456789"))]
+    if not number:
+        return f"invalid expiration '{text}': no_integer"
+    left = rest[len(number) :]
+    if left:
+        return f"invalid expiration '{text}': {{leftover_string,\"{left}\"}}"
+    if sign == "-" and int(number) != 0:
+        return f"invalid expiration '{text}': {{value_negative,-{int(number)}}}"
+    return None
 
 
 @dataclass

@@ -4,8 +4,12 @@
   maximum), then arrival. A classic queue puts a requeued message back in its old place. A quorum queue (3.10)
   puts a returned message at the back -- or, when it has an ``x-delivery-limit``, serves returned messages
   first, in the order they came back.
-- TTL: the shorter of ``x-message-ttl`` and the message's ``expiration``, counted from arrival. A message expires
-  only at the head of its queue (of its priority level): one behind a longer-lived head waits.
+- TTL: the shorter of ``x-message-ttl`` and the message's ``expiration``, counted from arrival. Messages expire
+  only at the head of the queue, and only when the queue looks, as rabbit_amqqueue_process does: a TTL timer set
+  for the head's expiry, looked at again when it fires, when a message becomes the only one, when overflow drops
+  one, after a delivery and after a requeue. So one behind a longer-lived head waits; and on a priority queue, a
+  short-lived message that goes ahead of the head does not move the timer (RabbitMQ 3.10 assumes new messages go
+  to the back), nor does a delivery check what it hands out.
 - Limits: ``x-max-length`` and ``x-max-length-bytes`` (bodies) count ready messages. ``drop-head`` drops from the
   head after storing, ``reject-publish`` refuses the newcomer, ``reject-publish-dlx`` refuses and dead-letters it.
 - Quorum ``x-delivery-limit``: a message returned more often than the limit is dead-lettered (``delivery_limit``).
@@ -46,6 +50,8 @@ class MemoryQueue:
     unacked: int = 0
     #: Broker time of the last use (declare, get, consume), for ``x-expires``.
     last_used: float = 0.0
+    #: When the queue next looks for expired messages at its head (RabbitMQ's ttl timer); None: no timer.
+    timer: float | None = None
     _seq: int = 0
     _returns: int = 0
 
@@ -90,8 +96,7 @@ class MemoryQueue:
         return self.kind == "quorum" and _int_arg(self.arguments, "x-delivery-limit") is not None
 
     def _insert(self, stored: Stored) -> None:
-        keys = [self._key(s) for s in self.ready]
-        self.ready.insert(bisect.bisect(keys, self._key(stored)), stored)
+        self.ready.insert(bisect.bisect(self.ready, self._key(stored), key=self._key), stored)
 
     def _ttl_ms(self, message: Message) -> int | None:
         ttls = [t for t in (_int_arg(self.arguments, "x-message-ttl"), message.expiration_ms) if t is not None]
@@ -118,7 +123,10 @@ class MemoryQueue:
         priority = 0 if limit is None else max(0, min(priority, limit))
         self._seq += 1
         self._insert(Stored(message, self._seq, None if ttl is None else now + ttl / 1000, priority))
-        return True, self._drop_head()
+        dropped = self._drop_head()
+        if dropped or len(self.ready) == 1:  # rabbit_amqqueue_process only looks then (see the module docstring)
+            dropped += self._look(now)
+        return True, dropped
 
     def _drop_head(self) -> Dropped:
         dropped: Dropped = []
@@ -133,45 +141,43 @@ class MemoryQueue:
 
     # --- time -------------------------------------------------------------------------------------------
 
-    def _heads(self) -> list[int]:
-        """Index of the head of each priority level (each level expires at its own head, as in RabbitMQ)."""
-        heads, seen = [], set()
-        for i, stored in enumerate(self.ready):
-            if stored.priority not in seen:
-                seen.add(stored.priority)
-                heads.append(i)
-        return heads
+    def _look(self, now: float) -> Dropped:
+        """drop_expired_msgs: drop expired messages from the head, then set the timer for the new head."""
+        dropped: Dropped = []
+        while self.ready and (e := self.ready[0].expires_at) is not None and e <= now:
+            dropped.append((self.ready.pop(0).message, "expired"))
+        # ensure_ttl_timer: a timer already set stays unless this one is due more than 1 ms sooner.
+        expiry = self.ready[0].expires_at if self.ready else None
+        if expiry is not None and (self.timer is None or expiry + 0.001 < self.timer):
+            self.timer = expiry
+        return dropped
 
     def expire(self, now: float) -> Dropped:
-        """Remove the messages expired at a head, repeatedly (the next one may have expired too)."""
-        dropped: Dropped = []
-        while True:
-            due = [i for i in self._heads() if (e := self.ready[i].expires_at) is not None and e <= now]
-            if not due:
-                return dropped
-            for i in reversed(due):
-                dropped.append((self.ready.pop(i).message, "expired"))
+        """The TTL timer fired, if it is due: look at the head."""
+        if self.timer is None or self.timer > now:
+            return []
+        self.timer = None
+        return self._look(now)
 
     def next_expiry(self) -> float | None:
-        times = [e for i in self._heads() if (e := self.ready[i].expires_at) is not None]
-        return min(times, default=None)
+        return self.timer
 
     # --- delivering -------------------------------------------------------------------------------------
 
     def take(self, now: float) -> tuple[Stored | None, Dropped]:
-        """The next message to deliver (expired heads dropped first)."""
-        dropped = self.expire(now)
+        """The next message to deliver, and what the look after the delivery dropped (the delivered message itself
+        is not checked: a due timer has fired before, in :meth:`expire`)."""
         self.last_used = now
         if not self.ready:
-            return None, dropped
+            return None, []
         stored = self.ready.pop(0)
         self.unacked += 1
-        return stored, dropped
+        return stored, self._look(now)
 
     def settled(self) -> None:
         self.unacked = max(0, self.unacked - 1)
 
-    def requeue(self, stored: Stored) -> Dropped:
+    def requeue(self, stored: Stored, now: float) -> Dropped:
         """A delivery given back (nack/reject with requeue, or its channel closed)."""
         self.settled()
         stored.redelivered = True
@@ -187,7 +193,7 @@ class MemoryQueue:
                 self._seq += 1
                 stored.seq = self._seq  # to the back
         self._insert(stored)
-        return []
+        return self._look(now)
 
     def purge(self) -> int:
         count = len(self.ready)

@@ -70,7 +70,8 @@ class SyncPublisher:
 
     ``blocked_connection_timeout``: how long a connection blocked by a broker resource alarm may stay blocked
     before a publish fails with ``PublishTimeout`` (a value in the broker URL's query wins). ``confirm_timeout``:
-    optionally, how long to wait for confirms at all. ``window``: how many messages ``publish_many`` keeps
+    how long one wait for confirms may last before ``PublishTimeout`` (None: for ever; a connection another
+    process wrote on after a fork never sees its confirm). ``window``: how many messages ``publish_many`` keeps
     unconfirmed at once (and at most 64 MiB of bodies).
     """
 
@@ -82,7 +83,7 @@ class SyncPublisher:
         connection_name: str | None = None,
         retry_policy: RetryPolicy | None = None,
         blocked_connection_timeout: float = 30.0,
-        confirm_timeout: float | None = None,
+        confirm_timeout: float | None = 30.0,
         window: int = 10_000,
     ) -> None:
         if window < 1:
@@ -175,6 +176,11 @@ class SyncPublisher:
             items = itertools.chain(resend, items)
         error = outcome.error()
         if error is not None:
+            if outcome.nacked and link is not None and link.channel is not None:
+                # RabbitMQ 3.10 can go on nacking every publish of a channel whose quorum queue lost its leader
+                # (the new leader is there, the channel's session is not): the next publish gets a new channel.
+                channel, link.channel = link.channel, None
+                channel.close()
             raise error
 
     # -- connections -------------------------------------------------------------------------------------------
