@@ -451,6 +451,49 @@ def connection_lines(log: str) -> list[str]:
             and "ready: consuming" not in line]  # fmt: skip
 
 
+def children_of(pid: int) -> list[int]:
+    """The live child processes of *pid* (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.timeout(180)
+def test_sigkilled_consuming_processes_are_replaced_and_nothing_is_lost_nor_an_innocent_dead_lettered(
+    tmp_path: Path, app: App, vhost: BrokerURL, record: Record, spawn: Callable[..., WorkerProcess]
+) -> None:
+    # Given `worker --processes 2` working through 300 tasks of 20 ms
+    worker = spawn(vhost.to_url(), "--processes", "2", "-c", "4")
+    published = publish(app, [{"seconds": 0.02}] * 300)
+
+    # When one of its consuming processes is killed with SIGKILL, 5 times, each once tasks are completing again
+    kills = 0
+    for _ in range(5):
+        done_before = len(record.dones())
+        wait_until(lambda d=done_before: len(record.dones()) >= d + 10, 30, "10 more tasks to complete", worker)
+        wait_until(lambda: len(children_of(worker.process.pid)) == 2, 30, "two consuming processes", worker)
+        os.kill(children_of(worker.process.pid)[0], signal.SIGKILL)  # a child of the worker we started
+        kills += 1
+    wait_until(all_completed(published, record), 90, "every task to complete", worker)
+
+    # Then nothing was lost, nothing is in the DLQ, the parent replaced each process and still runs
+    lost, duplicated = report(f"--processes 2, a consuming process SIGKILLed {kills} times", published, record)
+    assert not lost, lost
+    assert len(duplicated) <= 64 * kills, duplicated
+    assert dlq_depth(vhost.to_url()) == 0, dlq_rows(tmp_path, vhost.to_url())
+    log = worker.tail(100_000)
+    replaced = [line for line in log.splitlines() if "] worker process " in line and "killed by signal SIGKILL" in line]
+    assert len(replaced) == kills and "Traceback" not in log, log[-5000:]
+    assert worker.process.poll() is None
+    assert worker.finish() == 0, worker.tail()
+
+
 @pytest.mark.timeout(180)
 def test_twenty_connection_cuts_lose_nothing_and_log_at_most_three_lines_each_without_a_traceback(
     app: App, vhost: BrokerURL, record: Record, spawn: Callable[..., WorkerProcess]
@@ -683,6 +726,10 @@ def test_batch_survives_a_broker_restart_in_the_middle_and_every_task_completes(
     lost, _ = report(f"broker restarted after {completed_while_up} completed tasks", published, record)
     assert completed_while_up < len(published), "the batch ended before the restart: the test proves nothing"
     assert not lost
+    # And the restart cost a few clear lines, none of them a traceback
+    lines = connection_lines(worker.tail(100_000))
+    print("broker restart, the worker said:\n" + "\n".join(lines))
+    assert "Traceback" not in worker.tail(100_000) and len(lines) <= 8, "\n".join(lines)
     assert code == 0, worker.tail()
     assert ready_count(node.url) == 0
 
