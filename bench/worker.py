@@ -22,6 +22,7 @@ import re
 import shlex
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -54,7 +55,7 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 OURS, TUNED, CELERY, DRAMATIQ = "amqptasks", "amqptasks (tuned)", "Celery 5", "Dramatiq"
 CEILING = "broker ceiling (drain)"
 #: amqptasks' default prefetch per process (WorkerSettings), for the settings line.
-DEFAULT_PREFETCH = 128
+DEFAULT_PREFETCH = 256
 
 log = logging.getLogger("bench.worker")
 
@@ -300,6 +301,8 @@ class Result:
     framework: Framework
     drain_rate: float | None = None
     drain_cpu: float | None = None  # CPU seconds per 10,000 tasks
+    drains: list[float] = field(default_factory=list)  # each trial's drain rate (--repeat)
+    drain_cpus: list[float] = field(default_factory=list)
     e2e_rate: float | None = None
     e2e_cpu: float | None = None
     e2e_publish_rate: float | None = None
@@ -367,9 +370,12 @@ class Bench:
             counts.wait_for(n, worker, on_first=lambda done: first.append((cpu_seconds(worker.pid), done)))
             cpu_end = cpu_seconds(worker.pid)
             cpu_start, done_before = first[0]
-            result.drain_rate = n / ((counts.last_ns() - counts.first_ns()) / 1e9)
+            result.drains.append(n / ((counts.last_ns() - counts.first_ns()) / 1e9))
             # (c): CPU from the first completions seen (start-up excluded) to the last
-            result.drain_cpu = (cpu_end - cpu_start) / (n - done_before) * 10_000
+            result.drain_cpus.append((cpu_end - cpu_start) / (n - done_before) * 10_000)
+            # --repeat: the median of the trials (interleaved with the other frameworks' trials)
+            result.drain_rate = statistics.median(result.drains)
+            result.drain_cpu = statistics.median(result.drain_cpus)
             self._check_count(counts, n, "drain", result)
 
     def end_to_end(self, fw: Framework, n: int, result: Result) -> None:
@@ -518,8 +524,9 @@ def run_table(bench: Bench, args: argparse.Namespace) -> int:
     results = [Result(fw) for fw in chosen]
     # Measurement by measurement, every framework in turn: the ratios compare runs minutes apart, not a quarter hour.
     steps: list[tuple[str, Result, Callable[[], None]]] = []
-    for r in results:
-        steps.append(("drain", r, functools.partial(bench.drain, r.framework, args.n, r)))
+    for _ in range(args.repeat):  # trials interleaved: a burst of load on the machine hits every framework
+        for r in results:
+            steps.append(("drain", r, functools.partial(bench.drain, r.framework, args.n, r)))
     for r in (r for r in results if not r.framework.drain_only):
         steps.append(("e2e", r, functools.partial(bench.end_to_end, r.framework, args.n, r)))
     for r in (r for r in results if not r.framework.drain_only):
@@ -542,6 +549,11 @@ def run_table(bench: Bench, args: argparse.Namespace) -> int:
             print(f"{title}:\n\n{markdown_table(rows)}\n")
     for line in ratios(results):
         print(line)
+    if args.repeat > 1:
+        for r in results:
+            if r.drains:
+                trials = " / ".join(f"{rate:,.0f}" for rate in r.drains)
+                print(f"(a) drain, {r.framework.name}: median of {len(r.drains)} trials: {trials} msgs/s")
     for r in results:
         if r.publisher:
             print(f"(b) publisher, {r.framework.name}: {r.publisher}; {_n(r.e2e_publish_rate)} msgs/s while the "
@@ -564,6 +576,8 @@ def run_table(bench: Bench, args: argparse.Namespace) -> int:
 #: (category, frame patterns): a main-thread sample goes to the first category with a frame in its stack,
 #: scanning from the innermost frame out; samples matching none are the event loop's own work.
 PROFILE_CATEGORIES: list[tuple[str, list[str]]] = [
+    ("logging: per-task lines (format, lock, write)", [r"\(logging/", r"TaskLog\.", r"TaskProgress\.",
+                                                       r"JsonFormatter"]),
     ("send: acks (batched), socket writes", [r"_on_socket_writable", r"_produce \(", r"Acks\.flush",
                                              r"Acks\.settle", r"Worker\._settle"]),
     ("receive: socket reads, AMQP frame parsing (pika)", [r"_on_socket_readable", r"_proto_data_received",
@@ -584,8 +598,10 @@ LOOP_CATEGORY = "event loop: epoll, running callbacks and task steps"
 STARTUP = re.compile(r"_find_and_load|provision|load_app|banner|plan_worker")
 
 
-def breakdown(raw: Path, n: int, rate: int) -> str:
-    """py-spy's raw (collapsed) stacks → µs per message, by category, as a Markdown table."""
+def breakdown(raw: Path, n: int, rate: int, cpu_us: float | None = None) -> str:
+    """py-spy's raw (collapsed) stacks → µs per message, by category, as a Markdown table. Samples are wall time
+    (a thread waiting for the GIL or for a core counts too); with *cpu_us*, the worker's measured CPU per task
+    (from /proc), each category also gets its share of that: the per-task CPU budget."""
     patterns = [(name, [re.compile(p) for p in ps]) for name, ps in PROFILE_CATEGORIES]
     loop: collections.Counter[str] = collections.Counter()
     threads: collections.Counter[str] = collections.Counter()
@@ -615,13 +631,18 @@ def breakdown(raw: Path, n: int, rate: int) -> str:
             loop[LOOP_CATEGORY] += samples
     us = 1e6 / rate / n
     total = sum(loop.values()) + sum(threads.values())
-    lines = ["| where | µs per message | share |", "|---|---:|---:|"]
+
+    def cpu(samples: int) -> str:
+        return "" if cpu_us is None else f" {cpu_us * samples / total:.1f} |"
+
+    head = "| where | µs per message (samples) | share |" + (" CPU µs per task |" if cpu_us is not None else "")
+    lines = [head, "|---|---:|---:|" + ("---:|" if cpu_us is not None else "")]
     for title, counter in (("main thread (the asyncio loop)", loop), ("other threads", threads)):
         for name, samples in counter.most_common():
-            lines.append(f"| {name} | {samples * us:.0f} | {100 * samples / total:.0f} % |")
+            lines.append(f"| {name} | {samples * us:.0f} | {100 * samples / total:.0f} % |{cpu(samples)}")
         lines.append(f"| **{title}, total** | **{sum(counter.values()) * us:.0f}** | "
-                     f"**{100 * sum(counter.values()) / total:.0f} %** |")  # fmt: skip
-    lines.append(f"| **all** | **{total * us:.0f}** | |")
+                     f"**{100 * sum(counter.values()) / total:.0f} %** |{cpu(sum(counter.values()))}")  # fmt: skip
+    lines.append(f"| **all** | **{total * us:.0f}** | |{cpu(total)}")
     return "\n".join(lines)
 
 
@@ -642,13 +663,21 @@ def run_profile(bench: Bench, args: argparse.Namespace) -> int:
         wait_for_depth(url, args.n)
         worker.command = [*spy, *fw.command, "--processes", "1", "--burst"]
         worker.start()
-        counts.wait_for(args.n, worker)
+
+        def worker_cpu() -> float:  # the worker (py-spy's child), not py-spy itself
+            spied = [pid for pid in process_tree(worker.pid) if (_stat(pid) or ["", "0"])[1] == str(worker.pid)]
+            return sum(cpu_seconds(pid) for pid in spied)
+
+        first: list[tuple[float, int]] = []
+        counts.wait_for(args.n, worker, on_first=lambda done: first.append((worker_cpu(), done)))
+        cpu_us = (worker_cpu() - first[0][0]) / (args.n - first[0][1]) * 1e6
         seconds = (counts.last_ns() - counts.first_ns()) / 1e9
         assert worker.proc is not None
         worker.proc.wait(120)  # --burst: the worker exits once the queue stays empty; py-spy then writes
-    print(f"amqptasks default worker under py-spy ({rate} Hz, --nonblocking): {args.n:,} tasks drained at "
-          f"{args.n / seconds:,.0f} msgs/s; stacks in {raw}\n")  # fmt: skip
-    print(breakdown(raw, args.n, rate))
+    print(f"amqptasks default worker (one process) under py-spy ({rate} Hz, --nonblocking): {args.n:,} tasks drained "
+          f"at {args.n / seconds:,.0f} msgs/s, {cpu_us:.0f} µs of CPU per task (/proc, py-spy's own excluded); "
+          f"stacks in {raw}; load average {os.getloadavg()[0]:.1f}\n")  # fmt: skip
+    print(breakdown(raw, args.n, rate, cpu_us))
     return 0
 
 
@@ -663,6 +692,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="(d): at most this many seconds for the worker to take them in [120]")  # fmt: skip
     parser.add_argument("--tuned", default="--prefetch 500",
                         help="amqptasks worker options of the tuned row [%(default)s]")  # fmt: skip
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="(a) drain trials per framework, interleaved; the table shows the median [3]")  # fmt: skip
     parser.add_argument("--only", help="comma-separated frameworks to run, e.g. 'amqptasks,Dramatiq'")
     parser.add_argument("--skip", default="", help="comma-separated measurements to skip: drain,e2e,delayed")
     parser.add_argument("--profile", action="store_true", help="only profile amqptasks' default worker (py-spy)")

@@ -116,7 +116,7 @@ APP_HELP = "The app: pkg.module:app [the Django project's, when DJANGO_SETTINGS_
 @click.option("-Q", "--queues", help="Comma-separated queues to consume.")
 @click.option("--profile", help="A named setup from the YAML's workers: section.")
 @click.option("-c", "--concurrency", type=click.IntRange(min=1), help="Tasks run at once per process [8].")
-@click.option("--prefetch", type=click.IntRange(min=1), help="Messages prefetched per process [concurrency x 16].")
+@click.option("--prefetch", type=click.IntRange(min=1), help="Messages prefetched per process [concurrency x 32].")
 @click.option("--pool", type=click.Choice(["asyncio", "threads", "processes"]), help="Where sync tasks run [threads].")
 @click.option("--processes", type=click.IntRange(min=1),
               help="Consuming processes [one per core; 1 with --pool processes or --metrics-port].")  # fmt: skip

@@ -48,12 +48,13 @@ __all__ = ["Worker", "WorkerSettings"]
 
 log = logging.getLogger("amqptasks.worker")
 
-#: The default prefetch per task slot (128 per process with the default 8 slots). Short tasks need a deep
+#: The default prefetch per task slot (256 per process with the default 8 slots). Short tasks need a deep
 #: prefetch: every ack takes a round trip through a busy broker before the next delivery comes, and bigger
 #: batches per socket read cost less per message (measured on 2 cores, 2 processes: prefetch 32 drained
-#: 6-7k tasks/s, 128 drained 9-10k, 256 and 500 about 11k). The price is fairness: a process holds up to
-#: this many messages another idle worker cannot take. For long tasks give ``--prefetch`` (1 to 2 x concurrency).
-PREFETCH_PER_SLOT = 16
+#: 6-7k tasks/s, 128 about 9-10k, 256 and 500 11-13k, on a machine shared with other work). It stays within
+#: the 100-300 RabbitMQ suggests. The price is fairness: a process holds up to this many messages that another
+#: idle worker cannot take. For long tasks give ``--prefetch`` (1 to 2 x concurrency).
+PREFETCH_PER_SLOT = 32
 
 
 @dataclass
