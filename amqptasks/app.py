@@ -438,13 +438,10 @@ class App:
 
 
 def _retry_policy(call: Mapping[str, Any], config: Config) -> Any:
-    """The call's ``retry_policy``, over the YAML's ``broker.publish_retry``, over Celery's defaults."""
-    from amqptasks.broker.retry import from_options
+    """The call's ``retry``/``retry_policy`` over the YAML's ``broker.publish_retry`` (over Celery's defaults)."""
+    import dataclasses
 
-    configured = config.broker.publish_retry
-    defaults: dict[str, Any] = {}
-    if configured is not None:
-        defaults = {
-            k: getattr(configured, k) for k in ("max_retries", "interval_start", "interval_step", "interval_max")
-        }
+    from amqptasks.broker.retry import configured, from_options
+
+    defaults = dataclasses.asdict(configured(config.broker))
     return from_options(call.get("retry", True), {**defaults, **(call.get("retry_policy") or {})})

@@ -135,3 +135,27 @@ def test_gave_up_says_the_message_may_still_have_been_delivered() -> None:
 
     error = gave_up("task t[1]", "connection refused", 3)
     assert "may still have been delivered" in str(error) and "broker.publish_retry" in str(error)
+
+
+def test_publish_many_and_every_publisher_of_the_app_use_the_yaml_window() -> None:
+    # Given a YAML window of 2 quick retries and a broker that refuses connections (nothing listens there)
+    from amqptasks import App
+    from amqptasks.config import load_config_text
+    from amqptasks.errors import PublishConnectionError
+
+    yaml = (
+        "broker:\n  url: amqp://guest:guest@127.0.0.1:1/%2F\n"
+        "  publish_retry: {max_retries: 2, interval_step: 0.01, interval_max: 0.01}\ntopology:\n  provision: false\n"
+    )
+    app = App(config=load_config_text(yaml, "app.yaml"))
+
+    @app.task(name="t", queue="q")
+    def t() -> None: ...
+
+    # When a batch is published (the path the worker's own re-publishes share: the app's publishers' default)
+    with pytest.raises(PublishConnectionError) as raised:
+        app.publish_many([t.s()])
+
+    # Then it gave up after the YAML's 2 retries (Celery's default would be 3), saying it may have been delivered
+    assert "gave up after 2 retries" in str(raised.value)
+    assert "broker.publish_retry" in str(raised.value)

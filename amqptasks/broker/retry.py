@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from amqptasks import errors
+from amqptasks.config.model import Broker
 
 __all__ = ["NO_RETRY", "RetryPolicy", "from_options", "gave_up"]
 
@@ -70,6 +71,14 @@ class RetryPolicy:
         if self.max_retries is None:
             return float("inf")
         return sum(self.intervals())
+
+
+def configured(broker: Broker) -> RetryPolicy:
+    """The YAML's ``broker.publish_retry`` (Celery's defaults where it is not set): every publisher's default."""
+    given = broker.publish_retry
+    if given is None:
+        return RetryPolicy()
+    return RetryPolicy(**{name: getattr(given, name) for name in _FIELDS})
 
 
 def from_options(retry: bool = True, retry_policy: Mapping[str, Any] | None = None) -> RetryPolicy:

@@ -85,7 +85,8 @@ class Broker(Located):
     publish_retry: PublishRetry | None = field(
         default=None,
         metadata=_doc(
-            "The retry window of apply_async()/delay() through a broker failure (a call's retry_policy= wins). "
+            "The retry window of every publish through a broker failure: apply_async()/delay(), publish_many(), "
+            "batch(), beat and the worker's own re-publishes (a call's retry_policy= wins). "
             "Default: 3 retries after 0, 0.2 and 0.2 s, so a publish gives up about half a second (plus its "
             "connection attempts) into an outage, raising PublishConnectionError. Publishing is at-least-once: "
             "a message whose publish raised may still have been delivered."

@@ -22,7 +22,7 @@ from amqptasks import errors
 from amqptasks.broker.aio import open_robust
 from amqptasks.broker.outcome import BLOCKED_HINT
 from amqptasks.broker.rabbitmq.blocking import DEFAULT_CONNECTION_NAME
-from amqptasks.broker.retry import RetryPolicy, gave_up
+from amqptasks.broker.retry import RetryPolicy, configured, gave_up
 from amqptasks.broker.url import BrokerURL
 from amqptasks.config.model import Broker
 from amqptasks.message.envelope import Envelope
@@ -69,7 +69,7 @@ class AsyncPublisher:
         self._url = BrokerURL.parse(broker.url)
         self._broker = broker
         self.connection_name = connection_name or broker.connection_name or DEFAULT_CONNECTION_NAME
-        self._retry_policy = retry_policy or RetryPolicy()
+        self._retry_policy = retry_policy or configured(broker)
         self._confirm_timeout = confirm_timeout
         self._connect_timeout = connect_timeout
         self._reconnect_interval = reconnect_interval

@@ -22,7 +22,7 @@ from amqptasks import errors
 from amqptasks.broker.connection import open_blocking, tls_options
 from amqptasks.broker.outcome import BLOCKED_HINT, Outcome
 from amqptasks.broker.rabbitmq.pipeline import ConfirmChannel, ConfirmTimeout, Item
-from amqptasks.broker.retry import RetryPolicy, gave_up
+from amqptasks.broker.retry import RetryPolicy, configured, gave_up
 from amqptasks.broker.url import BrokerURL
 from amqptasks.config.model import Broker
 from amqptasks.message.envelope import Envelope
@@ -93,7 +93,7 @@ class SyncPublisher:
         self._heartbeat = broker.heartbeat
         self.connection_name = connection_name or broker.connection_name or DEFAULT_CONNECTION_NAME
         self._confirm = confirm
-        self._retry_policy = retry_policy or RetryPolicy()
+        self._retry_policy = retry_policy or configured(broker)
         self._blocked_connection_timeout = blocked_connection_timeout
         self._confirm_timeout = confirm_timeout
         self._window = window
