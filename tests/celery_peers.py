@@ -12,14 +12,14 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from amqptasks.broker import BrokerURL, ManagementClient
+from amqptasks.broker import BrokerURL
 from tests.celery_interop_app import MAX_PRIORITY, PLAIN_QUEUES, QUEUE
+from tests.conftest import _fresh_vhost
 from tests.worker_helpers import Project, WorkerProcess
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,16 +87,8 @@ def record_task(self, *args, **kwargs):
 """
 
 
-@contextmanager
-def module_vhost(broker: BrokerURL, mgmt: ManagementClient) -> Iterator[BrokerURL]:
-    """A fresh vhost (full permissions for the broker's user) for one test module; deleted afterwards."""
-    name = f"amqptasks-test-{uuid.uuid4().hex[:8]}"
-    mgmt.create_vhost(name)
-    try:
-        mgmt.set_permissions(name, broker.username)
-        yield broker.with_vhost(name)
-    finally:
-        mgmt.delete_vhost(name)
+#: A fresh vhost for one test module, as a context manager (the same vhost set-up as conftest's fixtures).
+module_vhost = contextmanager(_fresh_vhost)
 
 
 def our_project(path: Path, vhost: BrokerURL, backend: str | None) -> Project:
