@@ -181,7 +181,7 @@ def celery_command(pool: str) -> Callable[[str], list[str]]:
     return command
 
 
-def specs(prefork: bool) -> list[Spec]:
+def specs(prefork: bool, amqptasks_args: Sequence[str] = ()) -> list[Spec]:
     common = ["--concurrency", str(CONCURRENCY)]
     rows = [
         Spec(
@@ -190,7 +190,7 @@ def specs(prefork: bool) -> list[Spec]:
             f"threads x{CONCURRENCY} (`amqptasks worker`, default pool)",
             "rt_amqptasks",
             AMQPTASKS_MODULE,
-            lambda m: [*amqptasks_command(m), *common, "--loglevel", "warning"],
+            lambda m: [*amqptasks_command(m), *common, "--loglevel", "warning", *amqptasks_args],
         ),
         Spec(
             "Celery threads",
@@ -266,11 +266,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=500, help="measured round trips per row (default 500)")
     parser.add_argument("--warmup", type=int, default=50, help="round trips before measuring (default 50)")
     parser.add_argument("--no-prefork", action="store_true", help="skip the Celery prefork row")
+    parser.add_argument("--only", help="comma-separated row names to run (e.g. 'amqptasks threads')")
+    parser.add_argument("--amqptasks-args", default="", help="extra flags for the amqptasks worker row")
     parser.add_argument("--broker", default=os.environ.get(ENV_BROKER_URL, DEFAULT_BROKER_URL))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     broker = BrokerURL.parse(args.broker)
-    rows = [measure(spec, broker, args.n, max(1, args.warmup)) for spec in specs(not args.no_prefork)]
+    chosen = [
+        s
+        for s in specs(not args.no_prefork, args.amqptasks_args.split())
+        if not args.only or s.name in args.only.split(",")
+    ]
+    rows = [measure(spec, broker, args.n, max(1, args.warmup)) for spec in chosen]
     print(markdown_table(rows))
     print()
     print(machine(ManagementClient.for_broker(broker), broker.host))
