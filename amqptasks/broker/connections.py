@@ -91,6 +91,11 @@ class Connections:
                 channel = self._replies = driver.reply_channel(on_reply)
             return channel
 
+    def open_reply_channel(self) -> ReplyChannel | None:
+        """The reply channel if there is one and it is open (none is made)."""
+        channel = self._replies
+        return channel if channel is not None and channel.is_open else None
+
     def close(self) -> None:
         """Close the threads' publisher and the reply channel. A loop's publisher is closed by :meth:`aclose`
         on that loop (a connection of another loop cannot be closed from here: it is forgotten)."""

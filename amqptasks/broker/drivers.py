@@ -85,6 +85,10 @@ class ReplyChannel(Protocol):
     def publish(self, envelope: Envelope) -> None:
         """Returns once confirmed; bounded: ``PublishTimeout`` says what it waited for."""
 
+    def pump(self, seconds: float) -> bool:
+        """Read replies in the calling thread for up to *seconds* (less once one came); False at once when this
+        thread cannot (another thread reads them, or the driver hands them over by itself)."""
+
     def close(self) -> None: ...
 
 

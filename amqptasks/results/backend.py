@@ -19,6 +19,13 @@ if TYPE_CHECKING:
     from amqptasks.message.envelope import Envelope
 
 OnMessage = Callable[[dict[str, Any]], Any]
+#: Reads states in the waiting thread for up to the seconds given (returning sooner once one came); False when
+#: it cannot (another thread reads them and adds them to the book).
+Pump = Callable[[float], bool]
+#: The longest one pump() lasts before the waiting thread looks at the book again.
+PUMP_S = 1.0
+#: While another thread reads the states: how long to wait for it before trying to read them here.
+OTHER_PUMP_S = 0.01
 
 
 #: Final states a process keeps at most (the oldest go first). A process that publishes tasks and never reads
@@ -35,6 +42,7 @@ class StateBook:
         self._final: collections.OrderedDict[str, None] = collections.OrderedDict()  # ids with a final state
         self._max_final = max_final
         self.changed = threading.Condition()
+        self._added = 0  # states added so far
 
     def add(self, meta: dict[str, Any]) -> None:
         with self.changed:
@@ -44,6 +52,7 @@ class StateBook:
                 # A state arriving after the final one is stale (an older RETRY or PROGRESS overtaken by it).
                 return
             states.append(meta)
+            self._added += 1
             if meta.get("status") in READY_STATES:
                 self._final[task_id] = None
                 while len(self._final) > self._max_final:
@@ -72,9 +81,12 @@ class StateBook:
             self._states.pop(task_id, None)
             self._final.pop(task_id, None)
 
-    def wait(self, task_id: str, timeout: float | None, on_message: OnMessage | None) -> dict[str, Any]:
+    def wait(
+        self, task_id: str, timeout: float | None, on_message: OnMessage | None, pump: Pump | None = None
+    ) -> dict[str, Any]:
         """The final state of *task_id*; ``TimeoutError`` after *timeout* seconds. Calls *on_message* with
-        every state, intermediate ones included, in the order they arrived."""
+        every state, intermediate ones included, in the order they arrived. *pump*: reads the states in this
+        thread when it can (see :data:`Pump`); otherwise they come from the thread that adds them."""
         deadline = None if timeout is None else time.monotonic() + timeout
         seen = 0
         with self.changed:
@@ -91,7 +103,19 @@ class StateBook:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError(f"task {task_id}: no result within {timeout:g} s")
-                self.changed.wait(remaining)
+                if pump is None:
+                    self.changed.wait(remaining)
+                    continue
+                added = self._added
+                self.changed.release()  # the states pump() reads are added from this thread or another
+                try:
+                    pumped = pump(PUMP_S if remaining is None else min(remaining, PUMP_S))
+                finally:
+                    self.changed.acquire()
+                if not pumped and self._added == added:
+                    # Another thread reads them: it notifies when it adds one (a short wait, then this thread
+                    # tries again, for a state that arrived just as that thread let the connection go).
+                    self.changed.wait(OTHER_PUMP_S if remaining is None else min(remaining, OTHER_PUMP_S))
 
 
 class ResultBackend:

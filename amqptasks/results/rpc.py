@@ -5,9 +5,10 @@ publishes its tasks with ``reply_to="amq.rabbitmq.reply-to"`` **on that same cha
 reply_to to a name that routes back to this consumer, and workers publish state messages to it through the
 default exchange. Nothing is declared or stored on the broker; a result whose publisher went away is dropped.
 
-The channel is the app's reply channel (``app.connections.reply_channel``: on RabbitMQ a thread of its own,
-:mod:`amqptasks.broker.rabbitmq.replies`). If its connection is lost, the next publish opens a new one; results
-still due on the old one are lost (their ``get()`` times out).
+The channel is the app's reply channel (``app.connections.reply_channel``; on RabbitMQ
+:mod:`amqptasks.broker.rabbitmq.replies`): ``get()`` reads it in the waiting thread unless another thread does
+already. If its connection is lost, the next publish opens a new one; results still due on the old one are lost
+(their ``get()`` times out).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from amqptasks import errors
 from amqptasks.broker import forks
 from amqptasks.message.envelope import Envelope
 from amqptasks.results.backend import OnMessage, ResultBackend, StateBook
-from amqptasks.results.states import decode, encode
+from amqptasks.results.states import READY_STATES, decode, encode
 
 if TYPE_CHECKING:
     from amqptasks.app import App
@@ -64,7 +65,11 @@ class RpcBackend(ResultBackend):
         return str(address) if address else None
 
     def peek(self, task_id: str) -> dict[str, Any] | None:
-        return self.book.latest(task_id)
+        latest = self.book.latest(task_id)
+        if latest is None or latest.get("status") not in READY_STATES:
+            self._pump(0)  # what has arrived but not been read yet (``ready()`` in a loop)
+            latest = self.book.latest(task_id)
+        return latest
 
     def wait(
         self, task_id: str, timeout: float | None, interval: float, on_message: OnMessage | None
@@ -76,7 +81,12 @@ class RpcBackend(ResultBackend):
                 "has published none, so this result can never arrive here. Wait for it where it was published, or "
                 "keep results in a store readable from anywhere (YAML 'results: {backend: redis://...}')"
             )
-        return self.book.wait(task_id, timeout, on_message)
+        return self.book.wait(task_id, timeout, on_message, pump=self._pump)
+
+    def _pump(self, seconds: float) -> bool:
+        """Read the replies in this thread when no other thread does (see broker/rabbitmq/replies.py)."""
+        channel = self.app.connections.open_reply_channel()
+        return channel is not None and channel.pump(seconds)
 
     def forget(self, task_id: str) -> None:
         self.book.forget(task_id)

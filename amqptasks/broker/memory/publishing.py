@@ -135,6 +135,9 @@ class MemoryReplyChannel:
         if error is not None:
             raise error
 
+    def pump(self, seconds: float) -> bool:
+        return False  # replies are handed over as they are published
+
     def close(self) -> None:
         self._open = False
         self.broker.reply_sinks.pop(self.address, None)

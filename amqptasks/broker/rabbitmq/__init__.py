@@ -1,5 +1,5 @@
 """RabbitMQ behind :mod:`amqptasks.broker.drivers`: pika for threads (pipelined confirms, one connection per
-thread), aio-pika for event loops (one robust connection per loop), and a reply-to thread for ``rpc://``."""
+thread), aio-pika for event loops (one robust connection per loop), and a shared reply-to connection for ``rpc://``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ if TYPE_CHECKING:
     from amqptasks.broker.drivers import Driver, OnReply
     from amqptasks.broker.rabbitmq.aio_publisher import AsyncPublisher
     from amqptasks.broker.rabbitmq.blocking import SyncPublisher
-    from amqptasks.broker.rabbitmq.replies import ReplyThread
+    from amqptasks.broker.rabbitmq.replies import ReplyConnection
     from amqptasks.config.model import Broker
 
 __all__ = ["RabbitMQ", "driver"]
@@ -35,10 +35,10 @@ class RabbitMQ:
 
         return AsyncPublisher(self.broker, confirm_timeout=CONFIRM_TIMEOUT)
 
-    def reply_channel(self, on_reply: OnReply) -> ReplyThread:
-        from amqptasks.broker.rabbitmq.replies import ReplyThread
+    def reply_channel(self, on_reply: OnReply) -> ReplyConnection:
+        from amqptasks.broker.rabbitmq.replies import ReplyConnection
 
-        return ReplyThread.start_for(self.broker, on_reply, timeout=CONFIRM_TIMEOUT)
+        return ReplyConnection(self.broker, on_reply, timeout=CONFIRM_TIMEOUT)
 
 
 def driver(broker: Broker) -> Driver:

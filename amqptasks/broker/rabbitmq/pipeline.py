@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
 import pika
+import pika.adapters.blocking_connection
 import pika.channel
 import pika.exceptions
 import pika.spec
@@ -86,6 +87,17 @@ class ConfirmChannel:
     @property
     def is_open(self) -> bool:
         return bool(self._channel.is_open)
+
+    @property
+    def blocking(self) -> pika.adapters.blocking_connection.BlockingChannel:
+        """The pika channel itself, for what is not publishing (declares, ``basic_get``); a ``basic_publish`` on it
+        would put the delivery tags out of step with ours."""
+        return self._channel
+
+    def consume(self, queue: str, callback: Callable[..., None]) -> None:
+        """Consume *queue* with no acks on this channel; deliveries reach *callback* when the connection's events
+        are processed (``process_data_events``), not inside :meth:`send`."""
+        self._channel.basic_consume(queue, callback, auto_ack=True)
 
     @property
     def clean(self) -> bool:
