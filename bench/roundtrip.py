@@ -126,7 +126,9 @@ class Spec:
 def worker_process(spec: Spec, url: BrokerURL, workdir: Path) -> Iterator[subprocess.Popen[bytes]]:
     """The worker, started from *workdir* (where its module lives); terminated, then killed, on the way out."""
     (workdir / f"{spec.module}.py").write_text(spec.source, encoding="utf-8")
-    env = {**os.environ, URL_ENV: url.to_url(), ENV_BROKER_URL: url.to_url(), "PYTHONPATH": str(workdir)}
+    # The app module first; then whatever PYTHONPATH says (a snapshot of amqptasks to measure, see --versus).
+    path = os.pathsep.join(filter(None, [str(workdir), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, URL_ENV: url.to_url(), ENV_BROKER_URL: url.to_url(), "PYTHONPATH": path}
     log = (workdir / f"{spec.module}.log").open("wb")
     process = subprocess.Popen(
         spec.command(spec.module), cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -185,12 +187,13 @@ def specs(prefork: bool, amqptasks_args: Sequence[str] = ()) -> list[Spec]:
     common = ["--concurrency", str(CONCURRENCY)]
     rows = [
         Spec(
-            "amqptasks threads",
             "amqptasks",
-            f"threads x{CONCURRENCY} (`amqptasks worker`, default pool)",
+            "amqptasks",
+            " ".join(["`amqptasks worker` with no flags", *amqptasks_args])
+            + f" (one process per core, threads x{CONCURRENCY} each)",
             "rt_amqptasks",
             AMQPTASKS_MODULE,
-            lambda m: [*amqptasks_command(m), *common, "--loglevel", "warning", *amqptasks_args],
+            lambda m: [*amqptasks_command(m), *amqptasks_args],  # its defaults: what users get
         ),
         Spec(
             "Celery threads",
@@ -218,33 +221,85 @@ def specs(prefork: bool, amqptasks_args: Sequence[str] = ()) -> list[Spec]:
 # --- measuring ---------------------------------------------------------------------------------------------
 
 
-def measure(spec: Spec, broker: BrokerURL, n: int, warmup: int) -> Row:
+@contextmanager
+def caller(spec: Spec, broker: BrokerURL, warmup: int) -> Iterator[Callable[[int], int]]:
+    """A worker for *spec* in a fresh vhost, warmed up; yields ``timed(i)``: one checked round trip, in ns."""
     mgmt = ManagementClient.for_broker(broker)
     print(f"running {spec.name} ...", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(prefix="amqptasks-roundtrip-") as tmp, fresh_vhost(mgmt, broker) as url:
         workdir = Path(tmp)
         with worker_process(spec, url, workdir) as process:
             call, close = load_client(url, workdir, spec.module)
+            clock = time.perf_counter_ns
+
+            def timed(i: int) -> int:
+                before = clock()
+                value = call(i)
+                elapsed = clock() - before
+                if value != i + 1:
+                    raise RuntimeError(f"{spec.name}: add({i}, 1) returned {value!r}")
+                return elapsed
+
             try:
                 if call(0, timeout=FIRST_CALL_TIMEOUT_S) != 1:  # worker up, queue declared, result path works
                     raise RuntimeError(f"{spec.name}: wrong result")
                 for i in range(1, warmup):
                     call(i)
-                latencies = [0] * n
-                clock = time.perf_counter_ns
-                for i in range(n):
-                    before = clock()
-                    value = call(i)
-                    latencies[i] = clock() - before
-                    if value != i + 1:
-                        raise RuntimeError(f"{spec.name}: add({i}, 1) returned {value!r}")
+                yield timed
             except BaseException:
                 log = (workdir / f"{spec.module}.log").read_text(encoding="utf-8", errors="replace")
                 print(f"--- {spec.name} worker log (exit {process.poll()}) ---\n{log[-4000:]}", file=sys.stderr)
                 raise
             finally:
                 close()
+
+
+def measure(spec: Spec, broker: BrokerURL, n: int, warmup: int) -> Row:
+    with caller(spec, broker, warmup) as timed:
+        latencies = [timed(i) for i in range(n)]
     return Row(spec.framework, "`rpc://`", spec.pool, latencies)
+
+
+def serve_calls(spec: Spec, broker: BrokerURL, warmup: int) -> None:
+    """``--serve-calls``: one round trip per line read on stdin, its latency (ns) written back (see --versus)."""
+    with caller(spec, broker, warmup) as timed:
+        print("ready", flush=True)
+        for i, _line in enumerate(sys.stdin):
+            print(timed(i), flush=True)
+
+
+def versus(spec: Spec, broker: BrokerURL, n: int, warmup: int, other: str, flags: str, other_flags: str) -> list[Row]:
+    """The amqptasks row for this tree and for the amqptasks package under *other*, paired: two caller processes,
+    each with its own worker and vhost, take turns call by call, so both see the same moment of the machine."""
+    here = str(Path(__file__).resolve())
+    base = [sys.executable, here, "--serve-calls", "--warmup", str(warmup), "--broker", broker.to_url()]
+    sides = []
+    for path, given in ((None, flags), (other, other_flags)):
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [path, os.environ.get("PYTHONPATH")]))}
+        args = [*base, "--amqptasks-args", given]
+        sides.append(subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True))
+    try:
+        for side in sides:
+            assert side.stdout is not None
+            if side.stdout.readline().strip() != "ready":
+                raise RuntimeError("a caller process did not start (its error is above)")
+        latencies: list[list[int]] = [[], []]
+        for i in range(n):
+            for k in (0, 1) if i % 2 == 0 else (1, 0):
+                side = sides[k]
+                assert side.stdin is not None and side.stdout is not None
+                side.stdin.write("go\n")
+                side.stdin.flush()
+                latencies[k].append(int(side.stdout.readline()))
+    finally:
+        for side in sides:
+            if side.stdin is not None:
+                side.stdin.close()
+            side.wait(60)
+    return [
+        Row(spec.framework, "`rpc://`", f"this tree: `amqptasks worker` {flags or '(no flags)'}", latencies[0]),
+        Row(spec.framework, "`rpc://`", f"{other}: `amqptasks worker` {other_flags or '(no flags)'}", latencies[1]),
+    ]
 
 
 def markdown_table(rows: Sequence[Row]) -> str:
@@ -266,12 +321,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=500, help="measured round trips per row (default 500)")
     parser.add_argument("--warmup", type=int, default=50, help="round trips before measuring (default 50)")
     parser.add_argument("--no-prefork", action="store_true", help="skip the Celery prefork row")
-    parser.add_argument("--only", help="comma-separated row names to run (e.g. 'amqptasks threads')")
+    parser.add_argument("--only", help="comma-separated rows to run: amqptasks, Celery threads, Celery prefork")
     parser.add_argument("--amqptasks-args", default="", help="extra flags for the amqptasks worker row")
+    parser.add_argument(
+        "--versus",
+        metavar="DIR",
+        help="the amqptasks row only, paired call by call with the amqptasks package in DIR (a snapshot: "
+        "git archive REV amqptasks | tar -x -C DIR)",
+    )
+    parser.add_argument("--versus-args", default="", help="with --versus: the flags of DIR's worker")
+    parser.add_argument("--serve-calls", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--broker", default=os.environ.get(ENV_BROKER_URL, DEFAULT_BROKER_URL))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     broker = BrokerURL.parse(args.broker)
+    if args.serve_calls:
+        serve_calls(specs(False, args.amqptasks_args.split())[0], broker, max(1, args.warmup))
+        return 0
+    if args.versus:
+        spec = specs(False, args.amqptasks_args.split())[0]
+        print(
+            markdown_table(
+                versus(spec, broker, args.n, max(1, args.warmup), args.versus, args.amqptasks_args, args.versus_args)
+            )
+        )
+        print()
+        print(machine(ManagementClient.for_broker(broker), broker.host))
+        return 0
     chosen = [
         s
         for s in specs(not args.no_prefork, args.amqptasks_args.split())
