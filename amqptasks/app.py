@@ -26,6 +26,7 @@ from amqptasks.message.envelope import Envelope
 from amqptasks.publish import batch as batching
 from amqptasks.publish import deferred
 from amqptasks.result import AsyncResult
+from amqptasks.result import AsyncResult as _Result  # for annotations after App.AsyncResult (Celery's name)
 from amqptasks.results.states import DIRECT_REPLY_TO
 from amqptasks.signals import Signals
 from amqptasks.tasks import lineage
@@ -293,44 +294,35 @@ class App:
         its confirms (see :mod:`amqptasks.publish.deferred`); ``stream`` makes no difference there.
         """
         loop = deferred.running_loop()
+        results: list[AsyncResult] = []  # built with each message: streaming overlaps them with the broker's work
+        envelopes = self._envelopes(signatures, results)
         if loop is not None:  # on an event loop: built here (a bad one raises here), sent by a thread, unwaited
-            sent_here: list[tuple[str, str, Mapping[str, Any]]] = []
-            batch = list(self._envelopes(signatures, sent_here))
+            batch = list(envelopes)
             send = functools.partial(self._publish_many_now, batch)
             deferred.defer(loop, lambda: asyncio.to_thread(send), send, f"a batch of {len(batch)}")
-            return self._results(sent_here)
+            return results
         self._ensure_provisioned()
-        # Only what publishing and the results need is kept per message (not the TaskMessage): fewer live
-        # objects for the garbage collector to walk while a large batch is prepared (~10 µs a message at 20,000).
-        sent: list[tuple[str, str, Mapping[str, Any]]] = []  # task id, task name, call options
-        envelopes = self._envelopes(signatures, sent)
         if not stream:
             self.publisher.publish_many(list(envelopes))
-            return self._results(sent)
+            return results
         try:
             self.publisher.publish_many(envelopes)
         except errors.BatchInterrupted as interrupted:
-            interrupted.results = self._results(sent[: interrupted.position])
+            interrupted.results = results[: interrupted.position]
             raise
-        return self._results(sent)
+        return results
 
-    def _results(self, sent: Iterable[tuple[str, str, Mapping[str, Any]]]) -> list[AsyncResult]:
-        """publish_many's results, bound to this app and its backend (none for a task that ignores its result)."""
+    def _many_backend(self) -> ResultBackend | None:
+        """Where publish_many's results are read: rpc:// cannot bring them back (see below)."""
         backend = self.result_backend
         if backend is not None and backend.uses_reply_to:
             from amqptasks.results.rpc import Unreachable
 
-            backend = Unreachable(
+            return Unreachable(
                 "publish_many() does not publish on the rpc:// reply channel, so its results cannot come back: "
                 "use delay()/apply_async() for results by rpc://, or a result store (results: {backend: redis://...})"
             )
-        results = []
-        for task_id, name, call in sent:
-            declared = self.tasks[name].declared if name in self.tasks else None
-            ignored = call.get("ignore_result", self.task_options(name, declared).ignore_result)
-            result = AsyncResult(task_id, name, app=self, backend=None if ignored else backend)
-            results.append(lineage.added(result, call.get("add_to_parent", True)))
-        return results
+        return backend
 
     def AsyncResult(self, id: str, task_name: str = "") -> AsyncResult:
         """Celery's ``app.AsyncResult(id)``: the result of task *id*, read from this app's result backend."""
@@ -340,10 +332,10 @@ class App:
         self._ensure_provisioned()
         self.publisher.publish_many(envelopes)
 
-    def _envelopes(
-        self, signatures: Iterable[Signature], sent: list[tuple[str, str, Mapping[str, Any]]]
-    ) -> Iterator[Envelope]:
-        """Build each signature's message as it is taken; records (id, task, call options) of each in ``sent``."""
+    def _envelopes(self, signatures: Iterable[Signature], results: list[_Result]) -> Iterator[Envelope]:
+        """Build each signature's message as it is taken, and its result (bound to this app and its backend; none
+        for a task that ignores its result) into *results*."""
+        backend = self._many_backend()
         for position, sig in enumerate(signatures):
             try:
                 task = self.tasks.get(sig.task)
@@ -355,7 +347,9 @@ class App:
             except Exception as exc:
                 exc.add_note(f"publish_many: raised for signature #{position} (task {getattr(sig, 'task', '?')!r})")
                 raise
-            sent.append((prepared.message.id, sig.task, call))
+            ignored = call.get("ignore_result", options.ignore_result)
+            result = AsyncResult(prepared.message.id, sig.task, app=self, backend=None if ignored else backend)
+            results.append(lineage.added(result, call.get("add_to_parent", True)))
             yield prepared.envelope
 
     def _warn_priority(self, prepared: Prepared) -> None:

@@ -1,5 +1,7 @@
 """What the crash journal (amqptasks/worker/journal.py) adds to every task: one ``started`` and one ``finished``
-write, measured in a tight loop (µs per task), on the journal directory the worker would use.
+record (stores into its memory map), measured in a tight loop (µs per task), on the journal directory the worker
+would use. A tight loop has no other thread: what the former ``write()`` calls cost the worker besides their own
+time (a GIL release each, taken by a task thread) shows in ``bench/worker.py --profile`` instead.
 
     python bench/journal_cost.py [tasks]
 """
