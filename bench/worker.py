@@ -690,7 +690,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="(d): the same for Celery and Dramatiq, if it must differ [--delayed]")  # fmt: skip
     parser.add_argument("--delayed-wait", type=float, default=120.0,
                         help="(d): at most this many seconds for the worker to take them in [120]")  # fmt: skip
-    parser.add_argument("--tuned", default="--prefetch 500",
+    parser.add_argument("--tuned", default="--concurrency 4 --prefetch 1000",
                         help="amqptasks worker options of the tuned row [%(default)s]")  # fmt: skip
     parser.add_argument("--repeat", type=int, default=3,
                         help="(a) drain trials per framework, interleaved; the table shows the median [3]")  # fmt: skip
