@@ -324,6 +324,7 @@ def flower(
 ) -> Iterator[str]:
     port = _free_port()
     log_path = tmp_path_factory.mktemp("flower") / "flower.log"
+    receivers_before = _event_receivers(tools_vhost)
     command = [sys.executable, "-m", "celery", "--broker", tools_vhost.to_url(), "flower", f"--port={port}",
                "--address=127.0.0.1", "--inspect_timeout=2000"]  # fmt: skip
     with log_path.open("w") as log:
@@ -334,6 +335,9 @@ def flower(
     try:
         poll(lambda: process.poll() is None and _get(f"{base}/healthcheck") == "OK", "Flower to answer",
              timeout=30)  # fmt: skip
+        # Answering HTTP is not listening to events yet: a task's events sent before Flower's own celeryev queue
+        # is bound never reach it (the exchange has no queue for them to wait in).
+        poll(lambda: set(_event_receivers(tools_vhost)) - set(receivers_before), "Flower to consume events")
         yield base
     except AssertionError:
         raise AssertionError(f"Flower did not start:\n{log_path.read_text()[-3000:]}") from None
@@ -344,6 +348,13 @@ def flower(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(5)
+
+
+def _event_receivers(vhost: BrokerURL) -> list[str]:
+    """The celeryev queues of the vhost with a consumer (as the management API last counted them: a passive declare
+    cannot look, the receivers' queues are exclusive)."""
+    queues = ManagementClient.for_broker(vhost).list_queues(vhost.vhost)
+    return [q["name"] for q in queues if q["name"].startswith("celeryev.") and (q.get("consumers") or 0) > 0]
 
 
 def _get(url: str) -> Any:
