@@ -17,6 +17,7 @@ import pytest
 
 from amqptasks import App
 from amqptasks.broker import BrokerURL
+from amqptasks.errors import PublishConnectionError, PublishError
 from tests.worker_helpers import YAML, Project, worker_process
 
 pytestmark = pytest.mark.broker
@@ -118,3 +119,15 @@ def test_an_idle_caller_keeps_its_reply_connection_past_its_heartbeat(
     # Then its reply connection was kept alive meanwhile: no "connection lost", and the next round trip works
     assert later == 7
     assert [r.getMessage() for r in caplog.records if "connection lost" in r.getMessage()] == []
+
+
+def test_a_task_sent_to_a_missing_exchange_says_so_and_the_next_round_trip_works(caller: App) -> None:
+    # Given a caller whose results come back by rpc://
+    # When it publishes a task to an exchange that does not exist
+    with pytest.raises(PublishError) as raised:
+        caller.send_task("calc.add", (1, 2), exchange="nowhere", routing_key="x")
+    # Then it is told which exchange and what to do, not that its connection was lost
+    assert "404" in str(raised.value) and "'nowhere'" in str(raised.value) and "declare it first" in str(raised.value)
+    assert not isinstance(raised.value, PublishConnectionError)
+    # And its next task still gets its result (the reply channel the broker closed was replaced)
+    assert caller.send_task("calc.add", (2, 3)).get(timeout=15) == 5

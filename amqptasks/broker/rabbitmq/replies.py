@@ -95,6 +95,13 @@ class ReplyConnection:
                     f"no confirm for {envelope.describe()} on the rpc:// results connection within "
                     f"{self._timeout:g} s: {BLOCKED_HINT}; the broker may or may not have it"
                 ) from None
+            except pika.exceptions.ChannelClosedByBroker as exc:  # e.g. 404: the task's exchange does not exist
+                self._closed.set()  # the channel is gone: the next publish makes a new connection
+                hint = " (declare it first, e.g. `amqptasks topology apply`)" if exc.reply_code == 404 else ""
+                raise errors.PublishError(
+                    f"cannot publish {envelope.describe()}: the broker closed the channel with {exc.reply_code} "
+                    f"{exc.reply_text}{hint}"
+                ) from None
             except pika.exceptions.AMQPError as exc:
                 self._lost(repr(exc))
                 raise errors.PublishConnectionError(
