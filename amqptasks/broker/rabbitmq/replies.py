@@ -107,7 +107,7 @@ class ReplyConnection:
                 raise errors.PublishConnectionError(
                     f"cannot publish {envelope.describe()}: the rpc:// results connection was lost ({exc!r})"
                 ) from None
-            self._dispatch()  # the replies read while waiting for the confirm
+            self._read(0)  # hand over the replies read while waiting for the confirm
         error = outcome.error()
         if error is not None:
             raise error
@@ -146,11 +146,6 @@ class ReplyConnection:
             self._connection.process_data_events(time_limit=max(0.0, seconds))
         except Exception as exc:  # lost: the owner makes a new connection for the next publish
             self._lost(repr(exc))
-        self._last_io = time.monotonic()
-
-    def _dispatch(self) -> None:
-        with contextlib.suppress(Exception):  # lost meanwhile: the next call sees it closed
-            self._connection.process_data_events(time_limit=0)
         self._last_io = time.monotonic()
 
     def _reply(self, _channel: Any, _method: Any, properties: Any, body: bytes) -> None:
